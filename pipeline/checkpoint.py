@@ -1,0 +1,61 @@
+"""Loading nnU-Net checkpoints without executing pickled code.
+
+``torch.load(..., weights_only=True)`` only rebuilds tensors, containers and the classes on an
+allow-list. nnU-Net checkpoints also hold numpy scalars and arrays (logged metrics); those numpy
+reconstructors are the only extra globals allowed here. A checkpoint that needs anything else is
+refused with a clear error rather than unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import NnzooError
+
+__all__ = ["safe_globals", "load_checkpoint_safely"]
+
+
+def safe_globals() -> list:
+    """The numpy globals nnU-Net checkpoints need, under numpy 2 and numpy 1 module names."""
+    from numpy._core import multiarray
+
+    out: list = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    out += [(multiarray.scalar, "numpy.core.multiarray.scalar"),
+            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    out += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return out
+
+
+def load_checkpoint_safely(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load an nnU-Net checkpoint with ``weights_only=True`` and nnzoo's allow-list.
+
+    Args:
+        path: checkpoint file.
+        map_location: where to put tensors.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        NnzooError: missing file, a file that is not a checkpoint, or one that needs globals
+            outside the allow-list (arbitrary pickled code is never run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NnzooError(f"{path}: checkpoint not found")
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
+        text = str(e)
+        if "Unsupported global" in text or "not an allowed global" in text.lower() or "WeightsUnpickler" in text:
+            detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "global" in ln), text[:200])
+            raise NnzooError(f"{path}: refused to load, it contains objects outside nnzoo's allow-list for safe "
+                             f"loading ({detail})") from None
+        raise NnzooError(f"{path}: not a readable checkpoint ({type(e).__name__}: {text[:200]})") from None
+    if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "trainer_name" not in ckpt:
+        raise NnzooError(f"{path}: not an nnU-Net checkpoint (no network_weights/trainer_name)")
+    return ckpt

@@ -1,0 +1,321 @@
+"""Raw datasets: import plain image/label folders as ``nnUNet_raw/DatasetNNN_NAME`` and find datasets by id.
+
+nnU-Net expects ``imagesTr/{case}_{XXXX}{ending}``, ``labelsTr/{case}{ending}`` and a
+``dataset.json``; :func:`create_dataset` builds exactly that from folders where images and
+labels are matched by file name, after checking every case (see :mod:`nnzoo.pipeline.validate`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .errors import NnzooError
+from .validate import Case, check_cases, declared_label_values
+
+__all__ = [
+    "SUPPORTED_ENDINGS",
+    "split_ending",
+    "scan_image_folder",
+    "create_dataset",
+    "resolve_dataset_name",
+    "raw_cases",
+    "unlabeled_raw_cases",
+    "check_raw_dataset",
+]
+
+# endings nnU-Net's readers support, longest first so ".nii.gz" wins over ".gz"-less ".nii"
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl", ".png", ".bmp", ".tif", ".tiff")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+def split_ending(filename: str) -> tuple[str, str] | None:
+    """``("case", ".nii.gz")`` for a supported file name, None otherwise."""
+    low = filename.lower()
+    for e in SUPPORTED_ENDINGS:
+        if low.endswith(e) and len(filename) > len(e):
+            return filename[: -len(e)], filename[-len(e):]
+    return None
+
+
+def scan_image_folder(folder: str | Path, num_channels: int, what: str = "images") -> tuple[dict[str, list[str]], str]:
+    """Group the image files of a folder into cases.
+
+    With one channel a file is a case (``case.nii.gz``, ``case_0000.nii.gz`` also accepted);
+    with several channels files must be named ``{case}_{XXXX}{ending}`` as in nnU-Net.
+
+    Args:
+        folder: the folder.
+        num_channels: expected channels per case.
+        what: name of the folder's role, for messages.
+
+    Returns:
+        ``({case: [file per channel]}, file ending)``.
+
+    Raises:
+        NnzooError: missing or empty folder, unsupported or mixed endings, missing channel files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NnzooError(f"{what} folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise NnzooError(f"{what} folder {folder} is empty")
+    parsed = {}
+    for p in files:
+        s = split_ending(p.name)
+        if s is None:
+            raise NnzooError(f"{p}: unsupported file type; supported endings: {', '.join(SUPPORTED_ENDINGS)}")
+        parsed[p] = s
+    endings = {e.lower() for _, e in parsed.values()}
+    if len(endings) > 1:
+        raise NnzooError(f"{what} folder {folder} mixes file types {sorted(endings)}; convert them to one type")
+    ending = next(iter(parsed.values()))[1]
+
+    cases: dict[str, dict[int, str]] = {}
+    for p, (stem, _) in parsed.items():
+        m = _CHANNEL_RE.match(stem)
+        if num_channels > 1 and m is None:
+            raise NnzooError(f"{p}: with {num_channels} channels, image files must be named "
+                             f"CASE_XXXX{ending} (XXXX = channel index 0000..{num_channels - 1:04d})")
+        case, ch = (m["case"], int(m["ch"])) if m is not None else (stem, 0)
+        if num_channels == 1 and m is not None and int(m["ch"]) != 0:
+            case, ch = stem, 0  # a single-channel file that happens to end in _NNNN
+        if ch >= num_channels:
+            raise NnzooError(f"{p}: channel {ch:04d} but only {num_channels} channel(s) were declared (--channel)")
+        if ch in cases.setdefault(case, {}):
+            raise NnzooError(f"{p}: case {case!r} channel {ch:04d} appears twice ({cases[case][ch]})")
+        cases[case][ch] = str(p)
+    out = {}
+    for case, chans in sorted(cases.items()):
+        missing = [c for c in range(num_channels) if c not in chans]
+        if missing:
+            raise NnzooError(f"case {case!r} in {folder}: missing channel file(s) "
+                             + ", ".join(f"{case}_{c:04d}{ending}" for c in missing))
+        out[case] = [chans[c] for c in range(num_channels)]
+    return out, ending
+
+
+def resolve_dataset_name(dataset: str | int) -> str:
+    """``DatasetNNN_NAME`` for an id or name, looked up as nnU-Net does.
+
+    Raises:
+        NnzooError: unknown id, ambiguous id, or malformed input.
+    """
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    s = str(dataset)
+    if s.startswith("Dataset"):
+        if not re.match(r"^Dataset\d{3}_", s):
+            raise NnzooError(f"dataset name {s!r} must look like DatasetNNN_NAME")
+        return s
+    try:
+        did = int(s)
+    except ValueError:
+        raise NnzooError(f"dataset {s!r} is neither an id (number) nor a DatasetNNN_NAME") from None
+    found = list(find_candidate_datasets(did))
+    if not found:
+        raise NnzooError(f"unknown dataset id {did}: no Dataset{did:03d}_* in nnUNet_raw ({os.environ.get('nnUNet_raw')}),"
+                         f" nnUNet_preprocessed or nnUNet_results")
+    if len(found) > 1:
+        raise NnzooError(f"dataset id {did} is ambiguous: {', '.join(found)}")
+    return found[0]
+
+
+def raw_cases(raw_folder: str | Path, dataset_json: dict) -> list[Case]:
+    """Labeled cases of a raw nnU-Net dataset folder (``imagesTr``/``labelsTr`` or dataset.json's ``dataset``).
+
+    Raises:
+        NnzooError: missing/empty folders, missing channel or label files.
+    """
+    raw_folder = Path(raw_folder)
+    n_ch = len(dataset_json["channel_names"])
+    ending = dataset_json["file_ending"]
+    if "dataset" in dataset_json:
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+        ds = get_filenames_of_train_images_and_targets(str(raw_folder), dict(dataset_json))
+        return [Case(k, v["images"], v["label"]) for k, v in sorted(ds.items())]
+    images = raw_folder / "imagesTr"
+    if not images.is_dir() or not any(images.iterdir()):
+        raise NnzooError(f"{images}: missing or empty images folder")
+    cases = _strict_cases(images, ending, n_ch)
+    out = []
+    for case, files in cases.items():
+        label = raw_folder / "labelsTr" / f"{case}{ending}"
+        if not label.is_file():
+            raise NnzooError(f"{label}: label file of case {case!r} not found")
+        out.append(Case(case, files, str(label)))
+    return out
+
+
+def unlabeled_raw_cases(raw_folder: str | Path, dataset_json: dict) -> list[Case]:
+    """Cases of ``imagesUnlabeled/`` (empty list when the folder does not exist)."""
+    folder = Path(raw_folder) / "imagesUnlabeled"
+    if not folder.is_dir():
+        return []
+    return [Case(k, v) for k, v in _strict_cases(folder, dataset_json["file_ending"],
+                                                 len(dataset_json["channel_names"])).items()]
+
+
+def _strict_cases(folder: Path, ending: str, n_ch: int) -> dict[str, list[str]]:
+    """Cases of an nnU-Net image folder (``{case}_{XXXX}{ending}``), checking channel files."""
+    cases: dict[str, set[int]] = {}
+    for p in folder.iterdir():
+        if not p.name.endswith(ending):
+            continue
+        m = _CHANNEL_RE.match(p.name[: -len(ending)])
+        if m is None:
+            raise NnzooError(f"{p}: not named CASE_XXXX{ending} as nnU-Net requires")
+        cases.setdefault(m["case"], set()).add(int(m["ch"]))
+    if not cases:
+        raise NnzooError(f"{folder}: no {ending} images")
+    for case, chans in cases.items():
+        missing = sorted(set(range(n_ch)) - chans)
+        if missing:
+            raise NnzooError(f"case {case!r} in {folder}: missing channel file(s) "
+                             + ", ".join(f"{case}_{c:04d}{ending}" for c in missing))
+    return {c: [str(folder / f"{c}_{i:04d}{ending}") for i in range(n_ch)] for c in sorted(cases)}
+
+
+def create_dataset(images: str | Path, labels: str | Path, name: str, dataset_id: int, channels: list[str],
+                   unlabeled: str | Path | None = None, label_names: dict[int, str] | None = None,
+                   num_workers: int | None = None) -> Path:
+    """Turn plain image and label folders into ``nnUNet_raw/DatasetNNN_NAME``.
+
+    Labels are the integer values found in the label files: ``0..max`` are declared, 0 named
+    ``background`` and the others ``label_<v>`` unless ``label_names`` names them. The folder is
+    assembled under a temporary name and renamed at the end, so a failure leaves nothing behind.
+
+    Args:
+        images: folder of images (``case.ext`` or ``case_XXXX.ext``).
+        labels: folder of label files ``case.ext`` with the same ending.
+        name: dataset name (letters, digits, ``_``, ``-``).
+        dataset_id: 1..999.
+        channels: channel names, e.g. ``["T1"]`` or ``["CT"]``; their count sets the channels per case.
+        unlabeled: optional folder of unlabeled images, copied to ``imagesUnlabeled/``.
+        label_names: optional ``{value: name}``.
+        num_workers: threads for checking.
+
+    Returns:
+        The new dataset folder.
+
+    Raises:
+        NnzooError: bad arguments, an existing dataset with this id, unmatched cases, or any
+            problem :func:`check_cases` finds.
+    """
+    if not 1 <= int(dataset_id) <= 999:
+        raise NnzooError(f"dataset id must be between 1 and 999, got {dataset_id}")
+    if not _NAME_RE.match(name):
+        raise NnzooError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
+    if not channels:
+        raise NnzooError("give at least one --channel NAME (e.g. --channel CT)")
+    raw_root = Path(os.environ["nnUNet_raw"])
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    existing = list(find_candidate_datasets(int(dataset_id)))
+    if existing:
+        raise NnzooError(f"dataset id {dataset_id} is already used by {', '.join(existing)}; "
+                         "choose another id (nothing was changed)")
+    target = raw_root / f"Dataset{int(dataset_id):03d}_{name}"
+
+    img_cases, ending = scan_image_folder(images, len(channels), "images")
+    lab_files, lab_ending = scan_image_folder(labels, 1, "labels")
+    if lab_ending.lower() != ending.lower():
+        raise NnzooError(f"labels in {labels} are {lab_ending} files but images are {ending}; use one file type")
+    missing_lab = sorted(set(img_cases) - set(lab_files))
+    missing_img = sorted(set(lab_files) - set(img_cases))
+    if missing_lab or missing_img:
+        msg = []
+        if missing_lab:
+            msg.append(f"images without label in {labels}: {', '.join(missing_lab[:10])}")
+        if missing_img:
+            msg.append(f"labels without image in {images}: {', '.join(missing_img[:10])}")
+        raise NnzooError("; ".join(msg))
+    cases = [Case(c, img_cases[c], lab_files[c][0]) for c in sorted(img_cases)]
+    unl_cases: dict[str, list[str]] = {}
+    if unlabeled is not None:
+        unl_cases, unl_ending = scan_image_folder(unlabeled, len(channels), "unlabeled")
+        if unl_ending.lower() != ending.lower():
+            raise NnzooError(f"unlabeled images in {unlabeled} are {unl_ending} files but images are {ending}")
+        clash = sorted(set(unl_cases) & set(img_cases))
+        if clash:
+            raise NnzooError(f"unlabeled case names also used by labeled cases: {', '.join(clash[:10])}")
+
+    print(f"Checking {len(cases)} labeled and {len(unl_cases)} unlabeled cases...")
+    values = check_cases(cases, None, num_workers, what=f"dataset from {images}")
+    if unl_cases:
+        check_cases([Case(c, f) for c, f in unl_cases.items()], None, num_workers, what=f"unlabeled images in {unlabeled}")
+    label_names = dict(label_names or {})
+    bad = [v for v in label_names if v not in range(max(values) + 1)]
+    if bad:
+        raise NnzooError(f"--label names values {bad} that no label file contains (found {sorted(values)})")
+    labels_json = {"background": 0}
+    for v in range(1, max(values) + 1):
+        labels_json[label_names.get(v, f"label_{v}")] = v
+    if len(set(labels_json)) != len(labels_json):
+        raise NnzooError(f"label names must be unique: {labels_json}")
+
+    raw_root.mkdir(parents=True, exist_ok=True)
+    tmp = raw_root / f".{target.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        for sub in ("imagesTr", "labelsTr") + (("imagesUnlabeled",) if unl_cases else ()):
+            (tmp / sub).mkdir(parents=True)
+        for c in cases:
+            for i, f in enumerate(c.images):
+                shutil.copy2(f, tmp / "imagesTr" / f"{c.name}_{i:04d}{ending}")
+            shutil.copy2(c.label, tmp / "labelsTr" / f"{c.name}{ending}")
+        for c, files in unl_cases.items():
+            for i, f in enumerate(files):
+                shutil.copy2(f, tmp / "imagesUnlabeled" / f"{c}_{i:04d}{ending}")
+        dataset_json = {
+            "channel_names": {str(i): ch for i, ch in enumerate(channels)},
+            "labels": labels_json,
+            "numTraining": len(cases),
+            "file_ending": ending,
+            "name": name,
+            "numUnlabeled": len(unl_cases),
+        }
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"Created {target}: {len(cases)} cases, {len(unl_cases)} unlabeled, labels {labels_json}, "
+          f"channels {dataset_json['channel_names']}")
+    return target
+
+
+def check_raw_dataset(raw_folder: str | Path, num_workers: int | None = None) -> tuple[dict, list[Case], list[Case]]:
+    """Check a raw dataset folder as nnzoo's other commands expect it.
+
+    Returns:
+        ``(dataset_json, labeled cases, unlabeled cases)``.
+
+    Raises:
+        NnzooError: missing/invalid dataset.json or any problem in the cases.
+    """
+    raw_folder = Path(raw_folder)
+    dj_file = raw_folder / "dataset.json"
+    if not dj_file.is_file():
+        raise NnzooError(f"{dj_file}: not found")
+    try:
+        dataset_json = json.loads(dj_file.read_text())
+    except json.JSONDecodeError as e:
+        raise NnzooError(f"{dj_file}: not valid JSON ({e})") from None
+    for key in ("channel_names", "labels", "file_ending"):
+        if key not in dataset_json:
+            raise NnzooError(f"{dj_file}: missing key {key!r}")
+    cases = raw_cases(raw_folder, dataset_json)
+    unl = unlabeled_raw_cases(raw_folder, dataset_json)
+    print(f"Checking {len(cases)} labeled and {len(unl)} unlabeled cases of {raw_folder.name}...")
+    check_cases(cases, declared_label_values(dataset_json), num_workers, what=str(raw_folder))
+    if unl:
+        check_cases(unl, None, num_workers, what=f"{raw_folder}/imagesUnlabeled")
+    return dataset_json, cases, unl

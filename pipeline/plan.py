@@ -1,0 +1,176 @@
+"""``plan_and_preprocess``: fingerprint, plan and preprocess through nnU-Net's own functions.
+
+With nnU-Net's default planner the plans are exactly those of ``nnUNetv2_plan_and_preprocess``.
+nnzoo adds: every case is checked first (clear errors instead of deep tracebacks), method
+planners selected by name, preprocessed data shared between plans whose preprocessing is the
+same (skipped when already complete), unlabeled images preprocessed into their own folder, and
+a changed plans file is backed up instead of silently replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .dataset import check_raw_dataset, resolve_dataset_name
+from .errors import NnzooError
+
+__all__ = ["plan_and_preprocess", "DEFAULT_CONFIGURATIONS"]
+
+DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+_PP_KEYS = ("spacing", "normalization_schemes", "use_mask_for_norm", "resampling_fn_data", "resampling_fn_seg",
+            "resampling_fn_data_kwargs", "resampling_fn_seg_kwargs", "preprocessor_name")
+
+
+def _preprocessing_key(plans: dict, configuration: str) -> str:
+    """Hash of everything in the plans that determines a configuration's preprocessed arrays."""
+    cfg = plans["configurations"][configuration]
+    parent = cfg.get("inherits_from")
+    merged = dict(plans["configurations"][parent]) if parent else {}
+    merged.update(cfg)
+    relevant = {k: merged.get(k) for k in _PP_KEYS}
+    relevant["transpose_forward"] = plans["transpose_forward"]
+    relevant["foreground_intensity_properties_per_channel"] = plans["foreground_intensity_properties_per_channel"]
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _complete(folder: Path, case_ids: list[str]) -> bool:
+    return folder.is_dir() and all((folder / f"{c}.pkl").is_file() and (folder / f"{c}.b2nd").is_file()
+                                   and (folder / f"{c}_seg.b2nd").is_file() for c in case_ids)
+
+
+def _save_plans_backup_if_changed(plans_file: Path, old_text: str | None) -> None:
+    if old_text is None:
+        return
+    if json.loads(old_text) != json.loads(plans_file.read_text()):
+        backup = plans_file.with_name(f"{plans_file.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        backup.write_text(old_text)
+        print(f"Plans changed; the previous plans were kept as {backup}")
+
+
+@contextmanager
+def _planning_threads():
+    """nnU-Net's planner calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which fails for 0 workers."""
+    old = os.environ.get("nnUNet_n_proc_DA")
+    if old is not None and old.strip() == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ["nnUNet_n_proc_DA"] = old
+
+
+def plan_and_preprocess(dataset: str | int, configurations: list[str] | None = None,
+                        planner: str = "ExperimentPlanner", num_processes: int | None = None,
+                        verify: bool = False, gpu_memory_target: float | None = None, clean: bool = False,
+                        preprocess: bool = True) -> dict:
+    """Fingerprint, plan and preprocess a raw dataset.
+
+    Args:
+        dataset: dataset id or ``DatasetNNN_NAME`` in ``nnUNet_raw``.
+        configurations: configurations to preprocess (default 2d, 3d_fullres, 3d_lowres; those the
+            plans lack are skipped, as in nnU-Net).
+        planner: nnzoo or nnU-Net planner class name (``-pl``).
+        num_processes: worker processes (default: number of cores).
+        verify: also run nnU-Net's own ``verify_dataset_integrity``.
+        gpu_memory_target: GPU memory target in GB for planning (default: the planner's).
+        clean: recompute the fingerprint even if one exists.
+        preprocess: preprocess after planning (False: plan only).
+
+    Returns:
+        The plans dict as saved.
+
+    Raises:
+        NnzooError: unknown dataset or planner, or bad input data.
+    """
+    from nnzoo.plans.registry import UnknownPlannerError, get_planner_class
+
+    name = resolve_dataset_name(dataset)
+    did = int(name[7:10])
+    raw = Path(os.environ["nnUNet_raw"]) / name
+    if not raw.is_dir():
+        raise NnzooError(f"{raw}: raw dataset folder not found (create it with `nnzoo dataset create`)")
+    try:
+        planner_cls = get_planner_class(planner)
+    except UnknownPlannerError as e:
+        raise NnzooError(str(e)) from None
+    nproc = max(1, num_processes or os.cpu_count() or 1)
+    configurations = list(configurations or DEFAULT_CONFIGURATIONS)
+
+    dataset_json, cases, unlabeled = check_raw_dataset(raw, nproc)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    if verify:
+        from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+        try:
+            verify_dataset_integrity(str(raw), nproc)
+        except (AssertionError, RuntimeError) as e:
+            raise NnzooError(f"{raw}: nnU-Net's dataset integrity check failed: {e}") from None
+
+    pre = Path(os.environ["nnUNet_preprocessed"]) / name
+    if clean or not (pre / "dataset_fingerprint.json").is_file():
+        print(f"[1/3] Fingerprinting {name} ({len(cases)} cases, {nproc} processes)")
+        extract_fingerprint_dataset(did, DatasetFingerprintExtractor, nproc, False, True, True)
+    else:
+        print(f"[1/3] Using the existing fingerprint {pre / 'dataset_fingerprint.json'} (--clean recomputes it)")
+
+    print(f"[2/3] Planning with {planner}")
+    probe = planner_cls(did) if gpu_memory_target is None else planner_cls(did, gpu_memory_target_in_gb=gpu_memory_target)
+    plans_file = pre / f"{probe.plans_identifier}.json"
+    old_text = plans_file.read_text() if plans_file.is_file() else None
+    with _planning_threads():
+        plans, plans_identifier = plan_experiment_dataset(did, planner_cls, gpu_memory_target)
+    _save_plans_backup_if_changed(plans_file, old_text)
+    plans = json.loads(plans_file.read_text())
+    print(f"Plans saved to {plans_file}")
+    for c, cfg in plans["configurations"].items():
+        if "patch_size" in cfg:
+            print(f"  {c}: patch {cfg['patch_size']}, batch {cfg['batch_size']}, spacing {cfg['spacing']}")
+
+    if not preprocess:
+        return plans
+    case_ids = [c.name for c in cases]
+    for c in configurations:
+        if c not in plans["configurations"]:
+            print(f"[3/3] {c}: not in the plans (not needed for this dataset), skipped")
+            continue
+        data_id = plans["configurations"][c].get("data_identifier") or \
+            plans["configurations"][plans["configurations"][c]["inherits_from"]]["data_identifier"]
+        folder = pre / data_id
+        key = _preprocessing_key(plans, c)
+        stamp = pre / f"nnzoo_preprocessing_{data_id}.json"  # beside, not inside: nnU-Net infers the format from the files in it
+        if _complete(folder, case_ids) and stamp.is_file():
+            if json.loads(stamp.read_text()).get("key") == key:
+                print(f"[3/3] {c}: preprocessed data in {folder} is complete and identical; reused")
+                _preprocess_unlabeled(name, plans_identifier, c, nproc, unlabeled)
+                continue
+            owner = json.loads(stamp.read_text()).get("plans")
+            if owner != plans_identifier:
+                raise NnzooError(f"{folder} holds data preprocessed for {owner} differently from what {plans_identifier}"
+                                 f" ({c}) needs; it is not overwritten. Use a planner without shared preprocessing.")
+        print(f"[3/3] Preprocessing {c} into {folder} ({nproc} processes)")
+        preprocess_dataset(did, plans_identifier, [c], [nproc])
+        stamp.write_text(json.dumps({"key": key, "plans": plans_identifier, "configuration": c}))
+        _preprocess_unlabeled(name, plans_identifier, c, nproc, unlabeled)
+    return plans
+
+
+def _preprocess_unlabeled(name: str, plans_identifier: str, configuration: str, nproc: int, unlabeled: list) -> None:
+    if not unlabeled:
+        return
+    from .unlabeled import preprocess_unlabeled
+
+    n = preprocess_unlabeled(name, plans_identifier, [configuration], nproc)
+    print(f"      unlabeled: {n}")
+

@@ -1,0 +1,106 @@
+"""Planners for BA-Net: nnU-Net's planners with a memory estimate that counts the boundary decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+    nnUNetPlannerResEncL,
+    nnUNetPlannerResEncM,
+)
+
+from .base import SharedPreprocessingMixin
+from .registry import register_planner
+
+__all__ = ["estimate_banet_feature_maps", "nnUNetPlannerBoundaryAware", "nnUNetPlannerBoundaryAwareResEncM",
+           "nnUNetPlannerBoundaryAwareResEncL"]
+
+
+def estimate_banet_feature_maps(patch_size: Sequence[int], input_channels: int, output_channels: int,
+                                arch_class_name: str, arch_kwargs: dict,
+                                arch_kwargs_req_import: Sequence[str]) -> np.int64:
+    """nnU-Net's VRAM proxy (stored feature-map elements per sample) for BA-Net on a plan architecture.
+
+    The network is instantiated on the ``meta`` device (no memory, no initialisation) with deep
+    supervision off, as nnU-Net does for its own estimate, and counts both decoders, the boundary
+    heads and the attention maps (see ``BoundaryAwareDecoder.compute_conv_feature_map_size``).
+
+    Args:
+        patch_size: spatial patch size.
+        input_channels: image channels.
+        output_channels: segmentation heads.
+        arch_class_name: plan ``network_class_name`` (PlainConvUNet or ResidualEncoderUNet).
+        arch_kwargs: plan ``arch_kwargs``.
+        arch_kwargs_req_import: keys of ``arch_kwargs`` given as import paths.
+
+    Returns:
+        The estimate, comparable with ``ExperimentPlanner.static_estimate_VRAM_usage``.
+    """
+    from nnzoo.trainers.networks.banet import build_banet_from_arch
+
+    with torch.device("meta"):
+        net = build_banet_from_arch(arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
+                                    output_channels, deep_supervision=False, allow_init=False)
+    return net.compute_conv_feature_map_size(list(patch_size))
+
+
+class _BoundaryAwareEstimate(SharedPreprocessingMixin):
+    """Replaces the planner's VRAM estimate with BA-Net's; shares the base plans' 2d/3d_fullres data.
+
+    ``3d_lowres`` keeps its own data identifier: its spacing is derived from the (smaller) BA-Net
+    fullres patch and may differ from the base plans' lowres spacing.
+    """
+
+    @staticmethod
+    def static_estimate_VRAM_usage(patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
+                                   arch_kwargs_req_import):
+        return estimate_banet_feature_maps(patch_size, input_channels, output_channels, arch_class_name,
+                                           arch_kwargs, arch_kwargs_req_import)
+
+    def generate_data_identifier(self, configuration_name: str) -> str:
+        if configuration_name in ("2d", "3d_fullres"):
+            return super().generate_data_identifier(configuration_name)
+        return f"{self.plans_identifier}_{configuration_name}"
+
+
+@register_planner
+class nnUNetPlannerBoundaryAware(_BoundaryAwareEstimate, ExperimentPlanner):
+    """nnU-Net's default planner (plain U-Net) with patch/batch size budgeted for BA-Net's two decoders.
+
+    For ``nnUNetTrainerBoundaryAware``. Plans are written as ``nnUNetPlans_BANet``; 2d and
+    3d_fullres reuse ``nnUNetPlans``' preprocessed data.
+    """
+
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetPlans_BANet",
+                 overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
+                 suppress_transpose: bool = False) -> None:
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+
+@register_planner
+class nnUNetPlannerBoundaryAwareResEncM(_BoundaryAwareEstimate, nnUNetPlannerResEncM):
+    """nnU-Net's ResEnc-M planner (residual encoder, 8 GB) budgeted for BA-Net; plans ``nnUNetResEncUNetMPlans_BANet``."""
+
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetResEncUNetMPlans_BANet",
+                 overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
+                 suppress_transpose: bool = False) -> None:
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+
+@register_planner
+class nnUNetPlannerBoundaryAwareResEncL(_BoundaryAwareEstimate, nnUNetPlannerResEncL):
+    """nnU-Net's ResEnc-L planner (residual encoder, 24 GB) budgeted for BA-Net; plans ``nnUNetResEncUNetLPlans_BANet``."""
+
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 24,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetResEncUNetLPlans_BANet",
+                 overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
+                 suppress_transpose: bool = False) -> None:
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)

@@ -1,0 +1,46 @@
+"""Shared helpers for nnzoo's tests: tiny real nnU-Net plans and trainers built on them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+def tiny_plans(configuration: str = "3d_fullres", patch_size: tuple[int, ...] | None = None) -> dict:
+    """Plans written by nnU-Net's ExperimentPlanner for a 24x28x32 toy dataset (3 stages).
+
+    Args:
+        configuration: "3d_fullres" or "2d" (the plans hold both).
+        patch_size: optional override of that configuration's patch size.
+    """
+    plans = json.loads((DATA / "tiny_plans.json").read_text())
+    if patch_size is not None:
+        plans["configurations"][configuration]["patch_size"] = list(patch_size)
+    return plans
+
+
+def tiny_dataset_json(labels: dict | None = None, **extra) -> dict:
+    """dataset.json of the toy dataset (background, a, b), optionally with other labels/keys."""
+    dj = json.loads((DATA / "tiny_dataset.json").read_text())
+    if labels is not None:
+        dj["labels"] = labels
+    dj.update(extra)
+    return dj
+
+
+def make_trainer(trainer_class: type, tmp_path: Path, configuration: str = "3d_fullres",
+                 plans: dict | None = None, dataset_json: dict | None = None, fold: int = 0):
+    """Instantiate a trainer on CPU with nnUNet_* folders under ``tmp_path`` (nothing is trained)."""
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[k] = str(tmp_path / k)
+    plans = copy.deepcopy(plans if plans is not None else tiny_plans(configuration))
+    plans["continue_training"] = False
+    return trainer_class(plans=plans, configuration=configuration, fold=fold,
+                         dataset_json=dataset_json if dataset_json is not None else tiny_dataset_json(),
+                         device=torch.device("cpu"))

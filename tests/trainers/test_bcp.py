@@ -1,0 +1,337 @@
+"""Tests of BCP: mask, mixing, region losses, pseudo-labels, steps and a real training run whose
+unlabeled cases have no label files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_trainer, tiny_plans
+from nnzoo.trainers.bcp import (
+    bcp_mask,
+    bcp_region_loss,
+    largest_component_per_class,
+    masked_dice_ce,
+    mix,
+    nnUNetTrainerBCP,
+    resize_nearest,
+)
+from nnzoo.trainers.semisup import TEACHER_KEY, EMATeacher
+
+PATCH = {"3d_fullres": (16, 16, 16), "2d": (16, 16)}
+
+
+# ----------------------------------------------------------------------------- mask and mixing
+@pytest.mark.parametrize("shape", [(16, 20, 24), (9, 12), (3, 3, 3)])
+def test_mask_geometry(shape):
+    rng = np.random.RandomState(0)
+    box = [int(s * 2 / 3) for s in shape]
+    starts_seen = [set() for _ in shape]
+    for _ in range(150):
+        m = bcp_mask(shape, rng=rng)
+        assert m.shape == (1, 1, *shape)
+        m = m[0, 0].numpy()
+        assert set(np.unique(m).tolist()) <= {0.0, 1.0}
+        zeros = np.argwhere(m == 0)
+        assert len(zeros) == math.prod(box)  # one full box, nothing else
+        lo, hi = zeros.min(0), zeros.max(0)
+        assert (hi - lo + 1).tolist() == box
+        for d, s in enumerate(shape):
+            assert 0 <= lo[d] and hi[d] < s
+            starts_seen[d].add(int(lo[d]))
+    for d, s in enumerate(shape):  # every position that fits is drawn, including both borders
+        assert starts_seen[d] == set(range(s - box[d] + 1))
+
+
+def test_mix_images_and_targets():
+    m = torch.tensor([[[1.0, 0.0, 0.0, 1.0]]])[None]  # (1, 1, 1, 4)
+    a = torch.arange(8.0).reshape(2, 1, 1, 4)
+    b = -torch.arange(8.0).reshape(2, 1, 1, 4) - 1
+    assert mix(a, b, m).tolist() == [[[[0.0, -2.0, -3.0, 3.0]]], [[[4.0, -6.0, -7.0, 7.0]]]]
+    ya = torch.full((2, 1, 1, 4), 2, dtype=torch.long)
+    yb = torch.ones((2, 1, 1, 4), dtype=torch.long)
+    y = mix(ya, yb, m)
+    assert y.dtype == torch.long and y[0, 0, 0].tolist() == [2, 1, 1, 2]
+    # nearest downsampling of M for deep supervision keeps it binary
+    m3 = bcp_mask((16, 16, 16), rng=np.random.RandomState(1))
+    m_low = resize_nearest(m3, (8, 8, 8))
+    assert m_low.shape == (1, 1, 8, 8, 8) and set(m_low.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(m_low, m3[..., 1::2, 1::2, 1::2])  # nearest-exact picks the centre voxels
+
+
+# ----------------------------------------------------------------------------- losses
+def _dice_ce_reference(probs, onehot, region, logp, smooth=1e-5):
+    """Straightforward per-class loop (background included); region (N, *spatial)."""
+    dices = []
+    for c in range(probs.shape[1]):
+        inter = (probs[:, c] * onehot[:, c] * region).sum()
+        den = ((probs[:, c] + onehot[:, c]) * region).sum()
+        dices.append((2 * inter + smooth) / (den + smooth))
+    ce = -(logp * onehot).sum(1)
+    return 1 - sum(dices) / len(dices), (ce * region).sum() / region.sum()
+
+
+def test_masked_dice_ce_on_hand_made_tensors():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 1, 4, 5))
+    region = torch.zeros(1, 1, 4, 5)
+    region[..., 1:3, :] = 1
+    dice, ce = masked_dice_ce(logits, target, region)
+    onehot = torch.nn.functional.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float()
+    ref_dice, ref_ce = _dice_ce_reference(logits.softmax(1), onehot, region[:, 0].expand(2, 4, 5),
+                                              logits.log_softmax(1))
+    torch.testing.assert_close(dice, ref_dice)
+    torch.testing.assert_close(ce, ref_ce)
+    # only the region counts
+    logits2 = logits.clone()
+    logits2[..., 0, :] = 100 * torch.randn(2, 3, 5)
+    torch.testing.assert_close(masked_dice_ce(logits2, target, region), (dice, ce))
+    # an empty region gives zero; uniform logits give CE = log(C)
+    d0, c0 = masked_dice_ce(logits, target, torch.zeros_like(region))
+    assert abs(float(d0)) < 1e-6 and float(c0) == 0.0
+    torch.testing.assert_close(masked_dice_ce(torch.zeros(1, 3, 4, 5), target[:1])[1], torch.tensor(math.log(3)))
+
+
+def test_background_is_part_of_the_region_dice():
+    # region holding only background, predicted as class 1: Dice must penalise it
+    target = torch.zeros(1, 1, 2, 2, dtype=torch.long)
+    wrong = torch.zeros(1, 2, 2, 2)
+    wrong[:, 1] = 20
+    right = torch.zeros(1, 2, 2, 2)
+    right[:, 0] = 20
+    assert float(masked_dice_ce(wrong, target)[0]) > 0.9
+    assert float(masked_dice_ce(right, target)[0]) < 1e-3
+
+
+def test_alpha_weighted_region_loss():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 6, 6)
+    target = torch.randint(0, 3, (2, 1, 6, 6))
+    m = torch.ones(1, 1, 6, 6)
+    m[..., 1:5, 2:6] = 0
+    d1, c1 = masked_dice_ce(logits, target, m)
+    d0, c0 = masked_dice_ce(logits, target, 1 - m)
+    torch.testing.assert_close(bcp_region_loss(logits, target, m, 0.5, 1.0), (0.5 * (d1 + c1) + (d0 + c0)) / 2)
+    torch.testing.assert_close(bcp_region_loss(logits, target, m, 1.0, 0.5), ((d1 + c1) + 0.5 * (d0 + c0)) / 2)
+    # a perfect prediction inside the pseudo-labelled region: only the other region's loss remains
+    perfect = logits.clone()
+    onehot = torch.nn.functional.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float()
+    perfect = torch.where(m.bool(), 50 * onehot, perfect)
+    loss = bcp_region_loss(perfect, target, m, 0.5, 1.0)
+    d0, c0 = masked_dice_ce(perfect, target, 1 - m)
+    torch.testing.assert_close(loss, (d0 + c0) / 2, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+def test_largest_component_per_class_2d_per_image():
+    seg = np.zeros((2, 8, 8), np.int16)
+    seg[0, 0:2, 0:2] = 1          # small component of class 1
+    seg[0, 4:8, 4:8] = 1          # large component of class 1
+    seg[0, 0:3, 5:8] = 2          # only component of class 2
+    seg[0, 7, 0] = 2              # tiny second component of class 2
+    seg[1, 0:2, 0:2] = 1          # image 2: its own largest component is the small one
+    seg[1, 3, 3] = 1
+    seg[1, 4, 4] = 1              # diagonal neighbour of (3, 3): same component (8-connectivity)
+    out = largest_component_per_class(seg)
+    expected = seg.copy()
+    expected[0, 0:2, 0:2] = 0
+    expected[0, 7, 0] = 0
+    expected[1, 3, 3] = expected[1, 4, 4] = 0
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_largest_component_per_class_3d():
+    seg = np.zeros((1, 6, 6, 6), np.int16)
+    seg[0, :2, :2, :2] = 1
+    seg[0, 3:, 3:, 3:] = 1
+    seg[0, 2, 2, 2] = 2
+    out = largest_component_per_class(seg)
+    assert out[0, 0, 0, 0] == 1 or out[0, 5, 5, 5] == 1
+    # (2,2,2) touches both class-1 cubes diagonally but is class 2: classes are separate
+    assert out[0, 2, 2, 2] == 2 and (out == 1).sum() == 27 and out[0, 0, 0, 0] == 0
+    assert not largest_component_per_class(np.zeros((2, 3, 3), np.int16)).any()
+
+
+# ----------------------------------------------------------------------------- train steps
+def _trainer(tmp_path, configuration="3d_fullres"):
+    t = make_trainer(nnUNetTrainerBCP, tmp_path, configuration,
+                     plans=tiny_plans(configuration, patch_size=PATCH[configuration]))
+    folder = tmp_path / "nnUNet_preprocessed" / "Dataset901_Tiny3d" / t.configuration_manager.data_identifier
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "c.b2nd").touch()
+    (folder / "c.pkl").touch()
+    t.initialize()
+    return t
+
+
+def _batch(t, configuration, b=2):
+    patch = PATCH[configuration]
+    data = torch.randn(b, 1, *patch)
+    target = torch.randint(0, 3, (b, 1, *patch))
+    targets = [target] + [resize_nearest(target, tuple(s // f for s in patch)) for f in (2, 4)]
+    return data, targets
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_stage2_step_every_parameter_gets_a_gradient_and_teacher_follows(tmp_path, configuration):
+    t = _trainer(tmp_path, configuration)
+    t.teacher = EMATeacher(t.network)
+    data, targets = _batch(t, configuration)
+    unlabeled = torch.randn_like(data)
+    t.optimizer.zero_grad()
+    loss = t.stage2_loss(data, targets, unlabeled)
+    loss.backward()
+    missing = [n for n, p in t.network.named_parameters() if p.grad is None]
+    assert missing == []  # DDP needs every parameter in the graph
+    assert all(not p.requires_grad for p in t.teacher.module.parameters())
+    # full train step: the teacher moves by the EMA rule
+    t.current_epoch = t.stage2_start_epoch
+    t0 = [p.clone() for p in t.teacher.module.parameters()]
+    t.dataloader_unlabeled = iter([{"data": unlabeled}])
+    out = t.train_step({"data": data, "target": targets})
+    assert np.isfinite(out["loss"])
+    for a, p, s in zip(t0, t.teacher.module.parameters(), t.network.parameters()):
+        torch.testing.assert_close(p, 0.99 * a + 0.01 * s.detach())
+
+
+def test_stage1_step_uses_labeled_data_only(tmp_path):
+    t = _trainer(tmp_path)
+    t.num_epochs = 10
+    t.current_epoch = 0
+    assert not t.in_stage2() and t.stage2_start_epoch == 2
+    t.dataloader_unlabeled = None  # would fail if touched
+    data, targets = _batch(t, "3d_fullres")
+    out = t.train_step({"data": data, "target": targets})
+    assert np.isfinite(out["loss"]) and t.teacher is None
+    # a batch of one is mixed with itself
+    t.optimizer.zero_grad()
+    t.stage1_loss(data[:1], [x[:1] for x in targets]).backward()
+    assert all(p.grad is not None for p in t.network.parameters())
+
+
+def test_regions_and_ignore_label_are_rejected(tmp_path):
+    from helpers import tiny_dataset_json
+
+    with pytest.raises(NotImplementedError, match="ignore label"):
+        make_trainer(nnUNetTrainerBCP, tmp_path,
+                     dataset_json=tiny_dataset_json(labels={"background": 0, "a": 1, "ignore": 2}))
+    with pytest.raises(NotImplementedError, match="region"):
+        make_trainer(nnUNetTrainerBCP, tmp_path, dataset_json=tiny_dataset_json(
+            labels={"background": 0, "a": [1, 2], "b": 2}, regions_class_order=[1, 2]))
+
+
+def test_registered():
+    from nnzoo.trainers.registry import get_trainer_info
+
+    info = get_trainer_info("nnUNetTrainerBCP")
+    assert info.cls is nnUNetTrainerBCP and info.semi_supervised and set(info.dims) == {"2d", "3d"}
+
+
+# ----------------------------------------------------------------------------- real training run
+DATASET_ID, DATASET = 987, "Dataset987_SemiTiny"
+
+
+def _build_dataset(root):
+    """6 labeled 16x20x24 cases + 2 unlabeled images, planned and preprocessed by nnU-Net's API."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
+    from nnzoo.pipeline.synthetic import write_synthetic_folders
+    from nnzoo.pipeline.unlabeled import preprocess_unlabeled
+
+    src = write_synthetic_folders(root / "src", num_cases=6, shape=(16, 20, 24), num_unlabeled=2, seed=3)
+    raw = root / "nnUNet_raw" / DATASET
+    for d in ("imagesTr", "labelsTr", "imagesUnlabeled"):
+        (raw / d).mkdir(parents=True)
+    for p in sorted(src["images"].iterdir()):
+        case = p.name[: -len(".nii.gz")]
+        shutil.copy(p, raw / "imagesTr" / f"{case}_0000.nii.gz")
+        shutil.copy(src["labels"] / p.name, raw / "labelsTr" / p.name)
+    for p in sorted(src["unlabeled"].iterdir()):
+        shutil.copy(p, raw / "imagesUnlabeled" / f"{p.name[: -len('.nii.gz')]}_0000.nii.gz")
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {
+        "background": 0, "a": 1, "b": 2}, "numTraining": 6, "file_ending": ".nii.gz"}))
+    extract_fingerprint_dataset(DATASET_ID, num_processes=1, check_dataset_integrity=False, clean=True, verbose=False)
+    plan_experiment_dataset(DATASET_ID)
+    preprocess_dataset(DATASET_ID, configurations=("2d", "3d_fullres"), num_processes=(1,), verbose=False,
+                       show_progress_bar=False)
+    written = preprocess_unlabeled(DATASET, "nnUNetPlans", ["2d", "3d_fullres"], 1)
+    assert written == {"2d": 2, "3d_fullres": 2}
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bcp_data")
+    old = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA")}
+    for k in old:
+        os.environ[k] = str(root / k)
+    os.environ["nnUNet_n_proc_DA"] = "1"  # nnU-Net's planner sets torch's thread count from it
+    try:
+        _build_dataset(root)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return root
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_training_never_reads_unlabeled_label_files(dataset_root, monkeypatch, configuration):
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, str(dataset_root / k))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    pp = dataset_root / "nnUNet_preprocessed" / DATASET
+    plans = json.loads((pp / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((pp / "dataset.json").read_text())
+
+    def new_trainer():
+        p = json.loads(json.dumps(plans))
+        p["continue_training"] = False
+        p["configurations"]["2d"]["batch_size"] = 2  # keep the 2D run fast
+        t = nnUNetTrainerBCP(p, configuration, 0, dataset_json, torch.device("cpu"))
+        t.labeled_budget = 2
+        t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch = 2, 2, 1
+        t.PRETRAIN_FRACTION = 0.5  # epoch 0: stage 1, epoch 1: stage 2
+        return t
+
+    t = new_trainer()
+    labeled, val = t.do_split()
+    unlabeled = t.unlabeled_train_keys
+    assert len(labeled) == 2 and len(unlabeled) == 2
+    # move every label of the fold's unlabeled cases (and their label-derived properties) away
+    folder = pp / t.configuration_manager.data_identifier
+    stash = dataset_root / f"stash_{configuration}"
+    stash.mkdir()
+    hidden = [folder / f"{k}{suffix}" for k in unlabeled for suffix in ("_seg.b2nd", ".pkl")]
+    for f in hidden:
+        f.rename(stash / f.name)
+    try:
+        t.run_training()
+    finally:
+        for f in hidden:
+            (stash / f.name).rename(f)
+    assert t.teacher is not None
+    record = json.loads((dataset_root / "nnUNet_results" / DATASET / os.path.basename(t.output_folder_base)
+                         / "fold_0" / "labeled_split.json").read_text())
+    assert record["labeled"] == labeled and record["unlabeled"] == unlabeled
+    ckpt = torch.load(os.path.join(t.output_folder, "checkpoint_final.pth"), weights_only=False)
+    assert ckpt[TEACHER_KEY] is not None
+    losses = t.logger.get_checkpoint()["train_losses"]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    # resume: the teacher and the recorded split come back
+    t2 = new_trainer()
+    t2.labeled_budget = None
+    t2.load_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+    for a, b in zip(t.teacher.state_dict().values(), t2.teacher.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert t2.do_split()[0] == labeled and t2.unlabeled_train_keys == unlabeled

@@ -1,0 +1,258 @@
+"""BA-Net: a U-Net encoder with a boundary decoder whose predictions gate a segmentation decoder.
+
+Hu, Liao, Xia, "Boundary-Aware Network for Kidney Parsing" (KiPA 2022) and "Boundary-Aware Network
+for Abdominal Multi-Organ Segmentation" (AMOS 2022). The encoder is the plan's own
+(``PlainConvEncoder`` for ``PlainConvUNet`` plans, ``ResidualEncoder`` for ``ResidualEncoderUNet``
+plans, built by dynamic_network_architectures); both decoders are shaped like nnU-Net's
+``UNetDecoder`` (transposed-conv upsampling, skip concatenation, conv-norm-nonlin blocks).
+
+At decoder stage ``s`` (coarse to fine)::
+
+    y   = boundary_stages[s](cat(boundary_transpconvs[s](y), skip))
+    b   = boundary_layers[s](y)                              # 2 logits: background / boundary
+    x   = seg_transpconvs[s](x)
+    x   = (1 + softmax(b)[:, 1:2]) * x                       # residual boundary attention (not detached)
+    x   = seg_stages[s](cat(x, skip))
+    seg = seg_layers[s](x)
+"""
+
+from __future__ import annotations
+
+import pydoc
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from dynamic_network_architectures.initialization.weight_init import (
+    InitWeights_He,
+    init_last_bn_before_add_to_0,
+)
+from torch import nn
+
+__all__ = ["BoundaryAttention", "BoundaryAwareDecoder", "BoundaryAwareUNet", "build_banet_from_arch"]
+
+NUM_BOUNDARY_CHANNELS = 2
+
+
+class BoundaryAttention(nn.Module):
+    """Residual boundary attention ``(1 + softmax(b)[:, 1:2]) * x`` (no parameters).
+
+    A module of its own so that the gating can be observed with forward hooks.
+    """
+
+    def forward(self, x: torch.Tensor, boundary_logits: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: upsampled segmentation-decoder features ``(b, c, *spatial)``.
+            boundary_logits: boundary logits of the same stage ``(b, 2, *spatial)``.
+
+        Returns:
+            ``x`` scaled voxel-wise by ``1 + P(boundary)``.
+        """
+        p = torch.softmax(boundary_logits, 1)[:, 1:2]
+        return x * (1 + p)
+
+
+def _stage_blocks(encoder: nn.Module, n_convs: int, s: int, nonlin_first: bool) -> StackedConvBlocks:
+    skip_ch = encoder.output_channels[-(s + 1)]
+    return StackedConvBlocks(n_convs, encoder.conv_op, 2 * skip_ch, skip_ch, encoder.kernel_sizes[-(s + 1)], 1,
+                             encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
+                             encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs, nonlin_first)
+
+
+class BoundaryAwareDecoder(nn.Module):
+    """Boundary decoder and boundary-gated segmentation decoder; reads its settings from the encoder.
+
+    Every head is always built (state dicts do not depend on ``deep_supervision``). The encoder is
+    referenced, not registered as a submodule (its weights live under ``encoder.`` only).
+
+    Args:
+        encoder: a dynamic_network_architectures encoder with ``return_skips=True``.
+        num_classes: segmentation output channels (classes, or regions for sigmoid plans).
+        n_conv_per_stage: conv blocks per decoder stage (int or one entry per stage, coarse to fine).
+        deep_supervision: return one output per stage (highest resolution first) instead of one tensor.
+        nonlin_first: conv -> nonlin -> norm instead of conv -> norm -> nonlin.
+
+    Attributes:
+        deep_supervision: nnU-Net's ``set_deep_supervision_enabled`` toggles this flag.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
+                 deep_supervision: bool, nonlin_first: bool = False) -> None:
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        self.num_classes = num_classes
+        object.__setattr__(self, "_encoder", encoder)  # not a submodule
+        n_dec = len(encoder.output_channels) - 1
+        if isinstance(n_conv_per_stage, int):
+            n_conv_per_stage = [n_conv_per_stage] * n_dec
+        if len(n_conv_per_stage) != n_dec:
+            raise ValueError(f"n_conv_per_stage needs {n_dec} entries, got {n_conv_per_stage}")
+        transp = get_matching_convtransp(conv_op=encoder.conv_op)
+        mods: dict[str, list[nn.Module]] = {k: [] for k in (
+            "seg_transpconvs", "seg_stages", "seg_layers", "boundary_transpconvs", "boundary_stages",
+            "boundary_layers")}
+        for s in range(1, n_dec + 1):
+            below, skip_ch = encoder.output_channels[-s], encoder.output_channels[-(s + 1)]
+            stride = encoder.strides[-s]
+            for branch, n_out in (("seg", num_classes), ("boundary", NUM_BOUNDARY_CHANNELS)):
+                mods[f"{branch}_transpconvs"].append(transp(below, skip_ch, stride, stride, bias=encoder.conv_bias))
+                mods[f"{branch}_stages"].append(_stage_blocks(encoder, n_conv_per_stage[s - 1], s, nonlin_first))
+                mods[f"{branch}_layers"].append(encoder.conv_op(skip_ch, n_out, 1, 1, 0, bias=True))
+        for k, v in mods.items():
+            setattr(self, k, nn.ModuleList(v))
+        self.attention = BoundaryAttention()
+
+    def forward(self, skips: Sequence[torch.Tensor], return_boundary: bool = False):
+        """
+        Args:
+            skips: encoder outputs, highest resolution first, bottleneck last.
+            return_boundary: also return the boundary logits.
+
+        Returns:
+            Segmentation logits: a list (highest resolution first) with deep supervision, else one
+            tensor at full resolution. With ``return_boundary`` a tuple ``(seg, boundary)`` where
+            ``boundary`` has the same structure with 2 channels.
+        """
+        x = y = skips[-1]
+        n = len(self.seg_stages)
+        seg: list[torch.Tensor] = []
+        bdr: list[torch.Tensor] = []
+        for s in range(n):
+            skip = skips[-(s + 2)]
+            y = self.boundary_stages[s](torch.cat((self.boundary_transpconvs[s](y), skip), 1))
+            b = self.boundary_layers[s](y)
+            x = self.attention(self.seg_transpconvs[s](x), b)
+            x = self.seg_stages[s](torch.cat((x, skip), 1))
+            last = s == n - 1
+            if self.deep_supervision or last:
+                seg.append(self.seg_layers[s](x))
+                if return_boundary:
+                    bdr.append(b)
+        seg_out = seg[::-1] if self.deep_supervision else seg[0]
+        if not return_boundary:
+            return seg_out
+        return seg_out, (bdr[::-1] if self.deep_supervision else bdr[0])
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Number of feature-map elements the decoders store for one sample (nnU-Net's VRAM proxy).
+
+        Counts, per stage and per decoder, the conv blocks, the transposed conv and the heads
+        (boundary heads always, segmentation heads as nnU-Net's decoder does), plus the attention
+        map and the gated features of the segmentation decoder.
+
+        Args:
+            input_size: spatial size of the network input (no batch/channel axes).
+        """
+        enc = self._encoder
+        sizes = []
+        for s in range(len(enc.strides) - 1):
+            input_size = [i // j for i, j in zip(input_size, enc.strides[s])]
+            sizes.append(input_size)
+        total = np.int64(0)
+        n = len(self.seg_stages)
+        for s in range(n):
+            size = sizes[-(s + 1)]
+            vox = np.prod(size, dtype=np.int64)
+            skip_ch = enc.output_channels[-(s + 2)]
+            for stages in (self.seg_stages, self.boundary_stages):
+                total += stages[s].compute_conv_feature_map_size(size)
+            total += 2 * skip_ch * vox  # two transposed convs
+            total += skip_ch * vox + 3 * vox  # gated features, softmax (2 ch) and 1 + p (1 ch)
+            total += NUM_BOUNDARY_CHANNELS * vox  # boundary head, needed at every stage
+            if self.deep_supervision or s == n - 1:
+                total += self.num_classes * vox
+        return total
+
+
+class BoundaryAwareUNet(nn.Module):
+    """BA-Net: plan encoder + :class:`BoundaryAwareDecoder`.
+
+    Args:
+        encoder: encoder built from the plan (``return_skips=True``).
+        num_classes: segmentation output channels.
+        n_conv_per_stage_decoder: conv blocks per decoder stage.
+        deep_supervision: see :class:`BoundaryAwareDecoder`.
+        nonlin_first: see :class:`BoundaryAwareDecoder`.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage_decoder: int | Sequence[int],
+                 deep_supervision: bool = False, nonlin_first: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = BoundaryAwareDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
+                                            nonlin_first)
+
+    def forward(self, x: torch.Tensor, return_boundary: bool = False):
+        """See :meth:`BoundaryAwareDecoder.forward`."""
+        return self.decoder(self.encoder(x), return_boundary)
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Encoder plus decoders feature-map elements for one sample of spatial size ``input_size``."""
+        return self.encoder.compute_conv_feature_map_size(input_size) + \
+            self.decoder.compute_conv_feature_map_size(input_size)
+
+
+def _resolve_kwargs(arch_kwargs: dict, kw_requires_import: Sequence[str]) -> dict:
+    kw = dict(arch_kwargs)
+    for k in kw_requires_import:
+        if isinstance(kw.get(k), str):
+            located = pydoc.locate(kw[k])
+            if located is None:
+                raise ImportError(f"cannot import {kw[k]!r} (plan key {k!r})")
+            kw[k] = located
+    return kw
+
+
+def _encoder_from_plan(arch_class_name: str, kw: dict, input_channels: int) -> tuple[nn.Module, bool]:
+    common = (input_channels, kw["n_stages"], kw["features_per_stage"], kw["conv_op"], kw["kernel_sizes"],
+              kw["strides"])
+    tail = dict(conv_bias=kw.get("conv_bias", False), norm_op=kw.get("norm_op"),
+                norm_op_kwargs=kw.get("norm_op_kwargs"), dropout_op=kw.get("dropout_op"),
+                dropout_op_kwargs=kw.get("dropout_op_kwargs"), nonlin=kw.get("nonlin"),
+                nonlin_kwargs=kw.get("nonlin_kwargs"), return_skips=True)
+    short = arch_class_name.rsplit(".", 1)[-1]
+    if short == "PlainConvUNet":
+        return PlainConvEncoder(*common, kw["n_conv_per_stage"], nonlin_first=kw.get("nonlin_first", False),
+                                **tail), False
+    if short == "ResidualEncoderUNet":
+        return ResidualEncoder(*common, kw["n_blocks_per_stage"], block=kw.get("block") or BasicBlockD,
+                               bottleneck_channels=kw.get("bottleneck_channels"),
+                               stem_channels=kw.get("stem_channels"), **tail), True
+    raise ValueError(f"BA-Net supports PlainConvUNet and ResidualEncoderUNet plans, got {arch_class_name!r}")
+
+
+def build_banet_from_arch(arch_class_name: str, arch_kwargs: dict, kw_requires_import: Sequence[str],
+                          input_channels: int, num_classes: int, deep_supervision: bool = True,
+                          allow_init: bool = True) -> BoundaryAwareUNet:
+    """Build BA-Net from a plan's ``architecture`` entry.
+
+    Args:
+        arch_class_name: the plan's ``network_class_name`` (selects the encoder type).
+        arch_kwargs: the plan's ``arch_kwargs``.
+        kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
+        input_channels: image channels.
+        num_classes: segmentation output channels.
+        deep_supervision: initial deep-supervision flag.
+        allow_init: apply nnU-Net's He initialisation (and zero the last norm of residual blocks).
+
+    Returns:
+        The network.
+
+    Raises:
+        ValueError: the plan's network class is neither ``PlainConvUNet`` nor ``ResidualEncoderUNet``.
+    """
+    kw = _resolve_kwargs(arch_kwargs, kw_requires_import)
+    encoder, residual = _encoder_from_plan(arch_class_name, kw, input_channels)
+    net = BoundaryAwareUNet(encoder, num_classes, kw["n_conv_per_stage_decoder"], deep_supervision,
+                            nonlin_first=kw.get("nonlin_first", False) and not residual)
+    if allow_init:
+        net.apply(InitWeights_He(1e-2))
+        if residual:
+            net.apply(init_last_bn_before_add_to_0)
+    return net

@@ -1,0 +1,185 @@
+"""Trainer registry: every method nnzoo offers is a registered nnU-Net trainer class.
+
+Modelled on timm's model registry: a decorator registers a class together with the facts a
+user needs to choose it (description, paper, dimensionality, whether it consumes unlabeled
+images, which planner budgets for it); :func:`list_trainers` lists them and
+:func:`get_trainer_class` resolves a name, with a "did you mean" error for typos.
+
+Trainer modules are the ``.py`` files of the ``nnzoo.trainers`` package; they are imported
+the first time the registry is queried, so adding a trainer means adding one file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = [
+    "TrainerInfo",
+    "UnknownTrainerError",
+    "register_trainer",
+    "list_trainers",
+    "get_trainer_info",
+    "get_trainer_class",
+    "resolve_trainer_class",
+]
+
+# modules of nnzoo.trainers that hold no trainer and are not imported by discovery
+_NOT_TRAINER_MODULES = {"registry", "base", "networks", "nnunet_ext", "losses", "semisup", "label_budget"}
+
+
+@dataclass(frozen=True)
+class TrainerInfo:
+    """What the registry knows about one trainer.
+
+    Attributes:
+        name: class name, which is also the name nnU-Net writes into result folders and checkpoints.
+        cls: the trainer class (a subclass of nnU-Net's ``nnUNetTrainer``).
+        description: one line for ``nnzoo list-trainers``.
+        paper: citation of the method's paper.
+        dims: configurations families the trainer supports, a subset of ``("2d", "3d")``.
+        semi_supervised: True if the trainer consumes unlabeled images.
+        planner: name of the nnzoo planner that budgets memory for this trainer (None: nnU-Net's).
+    """
+
+    name: str
+    cls: type
+    description: str
+    paper: str = ""
+    dims: tuple[str, ...] = ("2d", "3d")
+    semi_supervised: bool = False
+    planner: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class UnknownTrainerError(KeyError):
+    """Raised for a trainer name that is neither registered nor an nnU-Net trainer."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+_REGISTRY: dict[str, TrainerInfo] = {}
+_discovered = False
+
+
+def register_trainer(
+    cls: type | None = None,
+    *,
+    description: str | None = None,
+    paper: str = "",
+    dims: tuple[str, ...] = ("2d", "3d"),
+    semi_supervised: bool = False,
+    planner: str | None = None,
+) -> Callable[[type], type] | type:
+    """Register a trainer class, as a decorator (``@register_trainer(...)``) or a plain call.
+
+    Args:
+        cls: the class, when used as ``register_trainer(cls, ...)`` or bare ``@register_trainer``.
+        description: one line; defaults to the first line of the class docstring.
+        paper: citation of the method's paper.
+        dims: supported configuration families, subset of ``("2d", "3d")``.
+        semi_supervised: whether the trainer uses unlabeled images.
+        planner: name of the nnzoo planner that budgets for this trainer.
+
+    Returns:
+        The class unchanged (decorator use) or the decorator.
+
+    Raises:
+        ValueError: a different class is already registered under the same name, or ``dims``
+            holds something other than "2d"/"3d".
+    """
+    bad = set(dims) - {"2d", "3d"}
+    if bad:
+        raise ValueError(f"dims must be a subset of ('2d', '3d'), got {dims}")
+
+    def _register(klass: type) -> type:
+        name = klass.__name__
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.cls is not klass:
+            raise ValueError(f"a trainer named {name!r} is already registered ({existing.cls.__module__})")
+        doc = (klass.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = TrainerInfo(
+            name=name,
+            cls=klass,
+            description=description or (doc[0] if doc else name),
+            paper=paper,
+            dims=tuple(dims),
+            semi_supervised=semi_supervised,
+            planner=planner,
+        )
+        return klass
+
+    if cls is not None:
+        return _register(cls)
+    return _register
+
+
+def _discover() -> None:
+    """Import every trainer module of this package once, so that their decorators run."""
+    global _discovered
+    if _discovered:
+        return
+    package = importlib.import_module(__package__)
+    for mod in pkgutil.iter_modules(package.__path__):
+        if mod.name.startswith("_") or mod.name in _NOT_TRAINER_MODULES:
+            continue
+        importlib.import_module(f"{__package__}.{mod.name}")
+    _discovered = True
+
+
+def list_trainers() -> list[TrainerInfo]:
+    """All registered trainers, sorted by name (the nnU-Net baseline first)."""
+    _discover()
+    return sorted(_REGISTRY.values(), key=lambda i: (i.name != "nnUNetTrainer", i.name))
+
+
+def _unknown(name: str) -> UnknownTrainerError:
+    names = [i.name for i in list_trainers()]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownTrainerError(
+        f"Unknown trainer {name!r}.{hint} Registered trainers: {', '.join(names)} "
+        f"(see `nnzoo list-trainers`)."
+    )
+
+
+def get_trainer_info(name: str) -> TrainerInfo:
+    """Registry entry of a trainer.
+
+    Raises:
+        UnknownTrainerError: with the closest registered names.
+    """
+    _discover()
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY[name]
+
+
+def get_trainer_class(name: str) -> type:
+    """Class of a registered trainer (see :func:`get_trainer_info`)."""
+    return get_trainer_info(name).cls
+
+
+def resolve_trainer_class(name: str) -> type:
+    """Class of a registered trainer, or of any trainer nnU-Net itself can find.
+
+    nnU-Net's own variants (``nnUNetTrainer_250epochs``, ``nnUNetTrainerNoMirroring``...) and
+    trainers under ``nnUNet_extTrainer`` are accepted so that models trained with stock
+    ``nnUNetv2_train`` can be used with nnzoo.
+
+    Raises:
+        UnknownTrainerError: neither nnzoo nor nnU-Net knows the name.
+    """
+    _discover()
+    if name in _REGISTRY:
+        return _REGISTRY[name].cls
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        return recursive_find_trainer_class_by_name(name)
+    except (RuntimeError, AssertionError):
+        raise _unknown(name) from None
