@@ -81,6 +81,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("nnUNet_compile", "0")
     sys.path.insert(0, str(REPO / "tests"))
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     from nnzoo.trainers.bcp import nnUNetTrainerBCP
     from nnzoo.trainers.semisup import EMATeacher
 

@@ -87,8 +87,9 @@ def timed_steps(tr, batch: dict, n: int, device: torch.device) -> list[float]:
 def train_flops(arch: dict, patch: list[int], batch: int, banet: bool) -> int:
     """Forward+backward FLOPs of one step (network only), counted on the meta device."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnzoo.trainers.networks.banet import build_banet_from_arch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from nnzoo.trainers.networks.banet import build_banet_from_arch
 
     args = (arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 3)
     with torch.device("meta"):
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     from nnzoo.plans.boundary_aware import estimate_banet_feature_maps
     from nnzoo.trainers.boundary_aware import nnUNetTrainerBoundaryAware
 

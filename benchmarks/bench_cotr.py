@@ -92,6 +92,7 @@ def _worker(args: argparse.Namespace) -> dict:
         os.environ.setdefault(k, os.path.join(tmp, k))
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     from nnzoo.trainers.cotr import nnUNetTrainerCoTr
 
     torch.set_num_threads(args.threads)

@@ -51,11 +51,12 @@ def load_checkpoint_safely(path: str | Path, map_location: str | torch.device = 
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
         text = str(e)
-        if "Unsupported global" in text or "not an allowed global" in text.lower() or "WeightsUnpickler" in text:
-            detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "global" in ln), text[:200])
+        if "Unsupported global" in text:
+            detail = next(ln.strip() for ln in text.splitlines() if "Unsupported global" in ln)
             raise NnzooError(f"{path}: refused to load, it contains objects outside nnzoo's allow-list for safe "
                              f"loading ({detail})") from None
-        raise NnzooError(f"{path}: not a readable checkpoint ({type(e).__name__}: {text[:200]})") from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        raise NnzooError(f"{path}: not a readable checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "trainer_name" not in ckpt:
         raise NnzooError(f"{path}: not an nnU-Net checkpoint (no network_weights/trainer_name)")
     return ckpt

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import NnzooError
 
-__all__ = ["default_plans_name", "load_plans", "check_configuration", "parse_fold", "model_folder", "trainer_for"]
+__all__ = ["data_identifier", "default_plans_name", "load_plans", "check_configuration", "parse_fold", "model_folder", "trainer_for"]
 
 
 def trainer_for(name: str, configuration: str | None = None) -> type:
@@ -65,6 +65,15 @@ def load_plans(dataset_name: str, plans: str) -> tuple[dict, Path]:
     return json.loads(f.read_text()), base
 
 
+def data_identifier(plans: dict, configuration: str) -> str:
+    """Name of the preprocessed data folder of a configuration (following ``inherits_from``)."""
+    cfgs = plans["configurations"]
+    cfg = cfgs[configuration]
+    while "data_identifier" not in cfg and "inherits_from" in cfg:
+        cfg = {**cfgs[cfg["inherits_from"]], **{k: v for k, v in cfg.items() if k != "inherits_from"}}
+    return cfg["data_identifier"]
+
+
 def check_configuration(plans: dict, configuration: str, preprocessed_base: Path | None = None) -> None:
     """Configuration exists in the plans (and, with ``preprocessed_base``, its data was preprocessed).
 
@@ -76,9 +85,7 @@ def check_configuration(plans: dict, configuration: str, preprocessed_base: Path
         raise NnzooError(f"unknown configuration {configuration!r} for plans {plans['plans_name']}; "
                          f"available: {', '.join(cfgs)}")
     if preprocessed_base is not None:
-        cfg = cfgs[configuration]
-        data_id = cfg.get("data_identifier") or cfgs[cfg["inherits_from"]]["data_identifier"]
-        folder = preprocessed_base / data_id
+        folder = preprocessed_base / data_identifier(plans, configuration)
         if not folder.is_dir() or not any(folder.iterdir()):
             raise NnzooError(f"{folder}: configuration {configuration} is not preprocessed; run "
                              f"`nnzoo plan_and_preprocess -d {preprocessed_base.name[7:10].lstrip('0')} -c {configuration}`")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .dataset import check_raw_dataset, resolve_dataset_name
 from .errors import NnzooError
+from .experiment import data_identifier
 
 __all__ = ["plan_and_preprocess", "DEFAULT_CONFIGURATIONS"]
 
@@ -103,12 +104,14 @@ def plan_and_preprocess(dataset: str | int, configurations: list[str] | None = N
     configurations = list(configurations or DEFAULT_CONFIGURATIONS)
 
     dataset_json, cases, unlabeled = check_raw_dataset(raw, nproc)
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+        DatasetFingerprintExtractor,
+    )
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset,
         plan_experiment_dataset,
         preprocess_dataset,
     )
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
     if verify:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
@@ -145,8 +148,7 @@ def plan_and_preprocess(dataset: str | int, configurations: list[str] | None = N
         if c not in plans["configurations"]:
             print(f"[3/3] {c}: not in the plans (not needed for this dataset), skipped")
             continue
-        data_id = plans["configurations"][c].get("data_identifier") or \
-            plans["configurations"][plans["configurations"][c]["inherits_from"]]["data_identifier"]
+        data_id = data_identifier(plans, c)
         folder = pre / data_id
         key = _preprocessing_key(plans, c)
         stamp = pre / f"nnzoo_preprocessing_{data_id}.json"  # beside, not inside: nnU-Net infers the format from the files in it

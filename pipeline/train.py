@@ -15,7 +15,14 @@ from pathlib import Path
 
 from .dataset import resolve_dataset_name
 from .errors import NnzooError
-from .experiment import check_configuration, default_plans_name, load_plans, parse_fold, trainer_for
+from .experiment import (
+    check_configuration,
+    data_identifier,
+    default_plans_name,
+    load_plans,
+    parse_fold,
+    trainer_for,
+)
 
 __all__ = ["train", "parse_labeled", "RUN_FILE"]
 
@@ -45,6 +52,24 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
+
+
+def _check_unlabeled_available(trainer: str, plans: dict, configuration: str, pre: Path,
+                               budget: int | float | None) -> None:
+    """A semi-supervised trainer needs unlabeled images: imagesUnlabeled/ or a label budget."""
+    from nnzoo.trainers.registry import _REGISTRY
+
+    info = _REGISTRY.get(trainer)
+    if info is None or not info.semi_supervised or budget is not None:
+        return
+    from .unlabeled import unlabeled_folder
+
+    folder = Path(unlabeled_folder(str(pre), data_identifier(plans, configuration)))
+    if not folder.is_dir() or not any(folder.glob("*.b2nd")):
+        raise NnzooError(f"{trainer} is semi-supervised and needs unlabeled images, but {folder} holds none: add "
+                         "them (`nnzoo dataset create --unlabeled DIR`, or imagesUnlabeled/ in the raw dataset) and "
+                         "re-run plan_and_preprocess, or train with --labeled N to treat the fold's other training "
+                         "cases as unlabeled")
 
 
 def train(dataset: str | int, configuration: str, fold: str | int, trainer: str = "nnUNetTrainer",
@@ -94,6 +119,7 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
     for flag, v in (("--epochs", epochs), ("--iters", iters), ("--val-iters", val_iters), ("--save-every", save_every)):
         if v is not None and int(v) < 1:
             raise NnzooError(f"{flag} must be at least 1, got {v}")
+    _check_unlabeled_available(trainer, plans_dict, configuration, pre, budget)
     dev = resolve_device(device)
 
     cls = nnzoo_trainer_class(trainer_cls)
@@ -107,6 +133,10 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
         raise NnzooError(f"{out} already holds {', '.join(existing)}; use --continue to resume it or --overwrite "
                          "to start a new training over it")
     prev = json.loads(run_file.read_text()) if continue_training and run_file.is_file() else {}
+    if not continue_training:  # a new run chooses its labeled cases anew
+        from nnzoo.trainers.label_budget import LABELED_SPLIT_FILE
+
+        (out / LABELED_SPLIT_FILE).unlink(missing_ok=True)
 
     t.num_epochs = int(epochs or prev.get("num_epochs") or t.num_epochs)
     t.num_iterations_per_epoch = int(iters or prev.get("num_iterations_per_epoch") or t.num_iterations_per_epoch)

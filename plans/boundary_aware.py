@@ -60,11 +60,6 @@ class _BoundaryAwareEstimate(SharedPreprocessingMixin):
         return estimate_banet_feature_maps(patch_size, input_channels, output_channels, arch_class_name,
                                            arch_kwargs, arch_kwargs_req_import)
 
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        if configuration_name in ("2d", "3d_fullres"):
-            return super().generate_data_identifier(configuration_name)
-        return f"{self.plans_identifier}_{configuration_name}"
-
 
 @register_planner
 class nnUNetPlannerBoundaryAware(_BoundaryAwareEstimate, ExperimentPlanner):

@@ -109,12 +109,6 @@ class nnUNetPlannerCoTr(SharedPreprocessingMixin, ExperimentPlanner):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
 
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        # 3d_lowres' spacing follows the fullres patch, which is CoTr's here: keep its data apart
-        if configuration_name in ("2d", "3d_fullres"):
-            return super().generate_data_identifier(configuration_name)
-        return f"{self.plans_identifier}_{configuration_name}"
-
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:
         from nnzoo.trainers.cotr import COTR_CLASS_NAME, nnUNetTrainerCoTr

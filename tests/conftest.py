@@ -50,13 +50,12 @@ def _prepare(base: Path, dim: int) -> dict:
         did, cfg = 501, "3d_fullres"
     else:
         src = write_synthetic_folders(base / "src", num_cases=6, shape=(32, 32), num_classes=3,
-                                      file_ending=".png", seed=4)
+                                      num_unlabeled=2, file_ending=".png", seed=4)
         did, cfg = 502, "2d"
     with nnunet_folders(base / "work"):
         args = ["dataset", "create", "--images", str(src["images"]), "--labels", str(src["labels"]),
                 "--name", f"Toy{dim}d", "--id", str(did), "--channel", "img"]
-        if dim == 3:
-            args += ["--unlabeled", str(src["unlabeled"])]
+        args += ["--unlabeled", str(src["unlabeled"])]
         assert main(args) == 0
         assert main(["plan_and_preprocess", "-d", str(did), "-c", cfg, "-np", "2"]) == 0
     return {"base": base / "work", "src": src, "id": did, "configuration": cfg}
@@ -70,7 +69,7 @@ def prepared_3d(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prepared_2d(tmp_path_factory):
-    """A planned and preprocessed 2D toy dataset (6 PNG cases 32x32), id 502."""
+    """A planned and preprocessed 2D toy dataset (6 PNG cases 32x32, 2 unlabeled), id 502."""
     return _prepare(tmp_path_factory.mktemp("prep2d"), 2)
 
 

@@ -35,12 +35,24 @@ def tiny_dataset_json(labels: dict | None = None, **extra) -> dict:
 
 
 def make_trainer(trainer_class: type, tmp_path: Path, configuration: str = "3d_fullres",
-                 plans: dict | None = None, dataset_json: dict | None = None, fold: int = 0):
-    """Instantiate a trainer on CPU with nnUNet_* folders under ``tmp_path`` (nothing is trained)."""
+                 plans: dict | None = None, dataset_json: dict | None = None, fold: int = 0,
+                 initialize: bool = False):
+    """Instantiate a trainer on CPU with nnUNet_* folders under ``tmp_path`` (nothing is trained).
+
+    With ``initialize``, network, optimizer and loss are built too (``trainer.initialize()``),
+    without preprocessed data: nnU-Net infers the dataset format from the files in the
+    preprocessed folder, so an empty marker file stands in for them.
+    """
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[k] = str(tmp_path / k)
     plans = copy.deepcopy(plans if plans is not None else tiny_plans(configuration))
     plans["continue_training"] = False
-    return trainer_class(plans=plans, configuration=configuration, fold=fold,
-                         dataset_json=dataset_json if dataset_json is not None else tiny_dataset_json(),
-                         device=torch.device("cpu"))
+    trainer = trainer_class(plans=plans, configuration=configuration, fold=fold,
+                            dataset_json=dataset_json if dataset_json is not None else tiny_dataset_json(),
+                            device=torch.device("cpu"))
+    if initialize:
+        folder = Path(trainer.preprocessed_dataset_folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "marker.b2nd").touch()
+        trainer.initialize()
+    return trainer

@@ -188,7 +188,7 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
         configuration: str,
         fold: int,
         dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net signature)
+        device: torch.device = torch.device("cuda"),
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.label_manager.has_regions or self.label_manager.has_ignore_label:

@@ -156,7 +156,7 @@ class nnUNetTrainerBoundaryAware(NnzooTrainer):
     BOUNDARY_LOSS_WEIGHT = 1.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:  # noqa: B008 (nnU-Net signature)
+                 device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.boundary_loss: nn.Module | None = None
 

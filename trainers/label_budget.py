@@ -16,8 +16,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["LabelBudgetMixin", "LABELED_SPLIT_FILE", "resolve_labeled_budget", "choose_labeled_cases",
-           "with_label_budget"]
+__all__ = ["LabelBudgetMixin", "LABELED_SPLIT_FILE", "resolve_labeled_budget", "choose_labeled_cases"]
 
 LABELED_SPLIT_FILE = "labeled_split.json"
 
@@ -77,8 +76,8 @@ def choose_labeled_cases(train_keys: list[str], num_labeled: int, fold: int | st
 class LabelBudgetMixin:
     """Mixin for any nnU-Net trainer: train on ``labeled_budget`` labeled cases of the fold.
 
-    Put it first in the bases (``type(name, (LabelBudgetMixin, TrainerClass), {})``) and set
-    ``labeled_budget`` on the instance before ``run_training``.
+    :func:`nnzoo.trainers.base.nnzoo_trainer_class` puts it first in the bases of any trainer
+    ``nnzoo train`` runs; set ``labeled_budget`` on the instance before ``run_training``.
 
     Attributes:
         labeled_budget: None (every training case labeled), an int N (N cases) or a float in
@@ -135,14 +134,3 @@ class LabelBudgetMixin:
         self.print_to_log_file(f"Using the labeled split recorded in {path}")
         return labeled, unlabeled
 
-
-def with_label_budget(trainer_class: type) -> type:
-    """Return ``trainer_class`` with :class:`LabelBudgetMixin`.
-
-    A class that already has it (every semi-supervised trainer) is returned as is: mixing it in
-    twice would be an MRO error. Any other trainer gets a subclass of the same name (nnU-Net
-    derives result folders and the checkpoint's ``trainer_name`` from the class name).
-    """
-    if issubclass(trainer_class, LabelBudgetMixin):
-        return trainer_class
-    return type(trainer_class.__name__, (LabelBudgetMixin, trainer_class), {"__doc__": trainer_class.__doc__})

@@ -35,10 +35,11 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset, nnUNetDatasetBlosc2
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnzoo.pipeline.unlabeled import unlabeled_folder
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
+
+from nnzoo.pipeline.unlabeled import unlabeled_folder
 
 from .base import NnzooTrainer
 from .label_budget import LabelBudgetMixin
@@ -193,7 +194,7 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
         configuration: str,
         fold: int,
         dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net signature)
+        device: torch.device = torch.device("cuda"),
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.teacher: EMATeacher | None = None

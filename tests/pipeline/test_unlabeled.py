@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 from helpers import tiny_dataset_json, tiny_plans
+
 from nnzoo.pipeline.synthetic import write_synthetic_folders
 from nnzoo.pipeline.unlabeled import find_unlabeled_cases, preprocess_unlabeled, unlabeled_folder
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner as dep
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
 from nnzoo.plans.boundary_aware import (
     estimate_banet_feature_maps,
     nnUNetPlannerBoundaryAware,

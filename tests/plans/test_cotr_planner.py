@@ -10,6 +10,7 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner as dep
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
 from nnzoo.plans.cotr import nnUNetPlannerCoTr, plan_cotr_patch
 from nnzoo.plans.registry import get_planner_class
 from nnzoo.trainers.cotr import nnUNetTrainerCoTr, strides_for_configuration

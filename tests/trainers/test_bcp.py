@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_trainer, tiny_plans
+
 from nnzoo.trainers.bcp import (
     bcp_mask,
     bcp_region_loss,
@@ -244,6 +245,7 @@ def _build_dataset(root):
         plan_experiment_dataset,
         preprocess_dataset,
     )
+
     from nnzoo.pipeline.synthetic import write_synthetic_folders
     from nnzoo.pipeline.unlabeled import preprocess_unlabeled
 

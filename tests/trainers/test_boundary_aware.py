@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import make_trainer, tiny_dataset_json, tiny_plans
+from skimage.morphology import erosion
+
 from nnzoo.trainers.boundary_aware import (
     BOUNDARY_IGNORE,
     label_boundary,
@@ -16,7 +18,6 @@ from nnzoo.trainers.boundary_aware import (
     region_boundary,
 )
 from nnzoo.trainers.networks.banet import BoundaryAttention, BoundaryAwareUNet, build_banet_from_arch
-from skimage.morphology import erosion
 
 PATCH = {"3d_fullres": (16, 16, 16), "2d": (16, 16)}
 
@@ -200,12 +201,8 @@ def test_residual_encoder_plan():
 def _trainer(tmp_path: Path, configuration="3d_fullres", dataset_json=None):
     torch.manual_seed(0)
     plans = tiny_plans(configuration, patch_size=PATCH[configuration])
-    tr = make_trainer(nnUNetTrainerBoundaryAware, tmp_path, configuration, plans=plans, dataset_json=dataset_json)
-    folder = Path(tr.preprocessed_dataset_folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dummy.b2nd").touch()  # initialize() infers the dataset class from the file endings
-    tr.initialize()
-    return tr
+    return make_trainer(nnUNetTrainerBoundaryAware, tmp_path, configuration, plans=plans, dataset_json=dataset_json,
+                        initialize=True)
 
 
 def _batch(tr, label: torch.Tensor) -> dict:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from helpers import make_trainer, tiny_dataset_json, tiny_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
 from nnzoo.trainers.cotr import nnUNetTrainerCoTr, strides_for_configuration
 from nnzoo.trainers.networks.cotr import CoTr, cotr_strides, deep_supervision_scales, total_stride
 from nnzoo.trainers.registry import get_trainer_info
@@ -134,11 +133,7 @@ def test_registered():
 def test_train_step_on_cpu(tmp_path, configuration):
     torch.manual_seed(0)
     trainer = make_trainer(TinyCoTrTrainer, tmp_path, configuration, plans=_deep_plans(configuration),
-                           dataset_json=tiny_dataset_json())
-    folder = Path(trainer.preprocessed_dataset_folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dummy.b2nd").touch()  # initialize() infers the dataset class from the file endings
-    trainer.initialize()
+                           dataset_json=tiny_dataset_json(), initialize=True)
     patch = list(trainer.configuration_manager.patch_size)
     scales = trainer._get_deep_supervision_scales()
     strides = trainer.network.encoder.strides

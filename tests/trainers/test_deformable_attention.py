@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from nnzoo.trainers.networks.deformable_attention import (
     MultiScaleDeformableAttention,
     deformable_sample,

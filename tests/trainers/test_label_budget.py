@@ -8,12 +8,13 @@ import os
 import pytest
 from helpers import make_trainer, tiny_plans
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnzoo.trainers.base import nnzoo_trainer_class
 from nnzoo.trainers.label_budget import (
     LABELED_SPLIT_FILE,
     LabelBudgetMixin,
     choose_labeled_cases,
     resolve_labeled_budget,
-    with_label_budget,
 )
 
 KEYS = [f"case{i:03d}" for i in range(10)]
@@ -129,9 +130,9 @@ def _fake_preprocessed(tmp_path, n=10):
 
 def test_mixed_into_nnunet_trainer(tmp_path):
     """A supervised nnU-Net trainer with the mixin trains on N labeled cases of the real split."""
-    cls = with_label_budget(nnUNetTrainer)
+    cls = nnzoo_trainer_class(nnUNetTrainer)
     assert cls.__name__ == "nnUNetTrainer" and issubclass(cls, LabelBudgetMixin)
-    assert with_label_budget(cls) is cls
+    assert nnzoo_trainer_class(cls) is cls
     t = make_trainer(cls, tmp_path, plans=tiny_plans())
     _fake_preprocessed(tmp_path)
     t.labeled_budget = 3

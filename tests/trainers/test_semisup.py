@@ -11,6 +11,8 @@ from helpers import make_trainer, tiny_dataset_json, tiny_plans
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch import nn
+
 from nnzoo.pipeline.unlabeled import unlabeled_folder
 from nnzoo.trainers.semisup import (
     TEACHER_KEY,
@@ -19,7 +21,6 @@ from nnzoo.trainers.semisup import (
     UnlabeledImageDataset,
     unwrap_network,
 )
-from torch import nn
 
 PATCH = (16, 16, 16)
 

@@ -1,0 +1,65 @@
+"""CLI behaviour: working folder, list-trainers, and clear errors for unknown names and ids."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnzoo.pipeline.cli import main
+
+
+def test_unset_folders_use_one_printed_working_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    r = subprocess.run([sys.executable, "-m", "nnzoo.pipeline.cli", "plan_and_preprocess", "-d", "5"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"using the working folder {tmp_path / 'nnzoo_work'}" in r.stdout
+    assert "unknown dataset id 5" in r.stderr and "Traceback" not in r.stderr
+    assert {p.name for p in (tmp_path / "nnzoo_work").iterdir()} == {"nnUNet_raw", "nnUNet_preprocessed",
+                                                                      "nnUNet_results"}
+
+
+def test_set_folders_are_honoured(workdir, capsys):
+    assert main(["train", "4", "3d_fullres", "0"]) == 2
+    out = capsys.readouterr()
+    assert "working folder" not in out.out and os.environ["nnUNet_raw"] in out.err
+
+
+def test_list_trainers_shows_every_registered_trainer(capsys):
+    from nnzoo.trainers import list_trainers
+
+    assert main(["list-trainers"]) == 0
+    out = capsys.readouterr().out
+    for info in list_trainers():
+        assert info.name in out and info.description in out
+    assert out.splitlines()[0].split()[:3] == ["trainer", "dims", "unlabeled"]
+
+
+def test_ext_trainer_path(capsys):
+    from nnzoo.trainers.nnunet_ext import EXT_TRAINER_DIR
+
+    assert main(["ext-trainer-path"]) == 0
+    assert capsys.readouterr().out.strip() == EXT_TRAINER_DIR
+
+
+@pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
+@pytest.mark.parametrize("argv,message", [
+    (["train", "502", "3d_fullres", "0"], "unknown configuration '3d_fullres' for plans nnUNetPlans; available: 2d"),
+    (["train", "502", "2d", "7"], "fold 7 does not exist: the splits have 5 folds"),
+    (["train", "502", "2d", "x"], "fold must be an integer or 'all'"),
+    (["train", "502", "2d", "0", "-tr", "nnUNetTrainerCotr"], "Did you mean 'nnUNetTrainerCoTr'"),
+    (["train", "502", "2d", "0", "-p", "nnUNetPlans_CoTr"], "nnUNetPlans_CoTr.json: plans not found"),
+    (["train", "599", "2d", "0"], "unknown dataset id 599"),
+    (["train", "502", "2d", "0", "--labeled", "0"], "--labeled must be a positive integer or a fraction"),
+    (["predict", "-i", "in", "-o", "out", "-d", "502", "-c", "2d", "-tr", "nnUNetTrainerBoundaryAwre"],
+     "Did you mean 'nnUNetTrainerBoundaryAware'"),
+    (["predict", "-i", "in", "-o", "out", "-d", "502", "-c", "3d_fullres"], "nnUNetTrainer__nnUNetPlans__3d_fullres: "
+                                                                             "no trained model"),
+])
+def test_unknown_names_give_one_clear_error(in_prepared, argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
