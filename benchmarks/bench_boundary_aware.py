@@ -16,13 +16,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -43,45 +41,6 @@ def make_plans(dim: int, patch: list[int], stages: int, batch: int) -> tuple[dic
     c["patch_size"] = list(patch)
     c["batch_size"] = batch
     return plans, cfg
-
-
-def build_trainer(cls, plans: dict, cfg: str, dataset_json: dict, device: torch.device, root: Path):
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[key] = str(root / key)
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
-    tr = cls(plans=plans, configuration=cfg, fold=0, dataset_json=dataset_json, device=device)
-    folder = Path(tr.preprocessed_dataset_folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dummy.b2nd").touch()  # initialize() infers the dataset class from file endings
-    tr.initialize()
-    return tr
-
-
-def make_batch(tr, batch: int, patch: list[int], device: torch.device) -> dict:
-    g = torch.Generator().manual_seed(0)
-    label = torch.randint(0, 3, (batch, 1, *[p // 4 for p in patch]), generator=g).float()
-    label = torch.nn.functional.interpolate(label, size=patch, mode="nearest")  # blobs, not noise
-    targets = []
-    for scale in tr._get_deep_supervision_scales():
-        size = [round(p * s) for p, s in zip(patch, scale)]
-        targets.append(label if size == list(patch) else
-                       torch.nn.functional.interpolate(label, size=size, mode="nearest-exact"))
-    data = torch.randn(batch, 1, *patch, generator=g)
-    return {"data": data.to(device), "target": [t.to(device) for t in targets]}
-
-
-def timed_steps(tr, batch: dict, n: int, device: torch.device) -> list[float]:
-    out = []
-    for _ in range(n):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        tr.train_step(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
 
 
 def train_flops(arch: dict, patch: list[int], batch: int, banet: bool) -> int:
@@ -132,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    from benchmarks.common import build_trainer, make_batch, time_interleaved, time_steps
     from nnzoo.plans.boundary_aware import estimate_banet_feature_maps
     from nnzoo.trainers.boundary_aware import nnUNetTrainerBoundaryAware
 
@@ -142,19 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, cls in (("nnUNetTrainer", nnUNetTrainer), ("nnUNetTrainerBoundaryAware", nnUNetTrainerBoundaryAware)):
             torch.manual_seed(0)
             trainers[name] = build_trainer(cls, plans, cfg, dataset_json, device, Path(tmp) / name)
-    batch = make_batch(trainers["nnUNetTrainer"], args.batch, patch, device)
+    batch = make_batch(trainers["nnUNetTrainer"], args.batch, device)
 
-    times: dict[str, list[float]] = {k: [] for k in trainers}
     peaks: dict[str, int] = {}
     for name, tr in trainers.items():  # warm-up, and peak memory of a steady-state step
-        timed_steps(tr, batch, args.warmup, device)
+        time_steps(tr, batch, args.warmup, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-            timed_steps(tr, batch, 1, device)
+            time_steps(tr, batch, 1, device)
             peaks[name] = torch.cuda.max_memory_allocated()
-    for _ in range(args.rounds):
-        for name, tr in trainers.items():
-            times[name] += timed_steps(tr, batch, args.steps, device)
+    times = time_interleaved(trainers, batch, args.rounds, args.steps, 0, device)
 
     arch = plans["configurations"][cfg]["architecture"]
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner

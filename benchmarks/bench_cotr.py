@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -88,11 +88,11 @@ def _rss_kib(field: str) -> int:
 
 def _worker(args: argparse.Namespace) -> dict:
     tmp = tempfile.mkdtemp(prefix="bench_cotr_")
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ.setdefault(k, os.path.join(tmp, k))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    from benchmarks.common import build_trainer, make_batch, time_steps
     from nnzoo.trainers.cotr import nnUNetTrainerCoTr
 
     torch.set_num_threads(args.threads)
@@ -103,43 +103,24 @@ def _worker(args: argparse.Namespace) -> dict:
     labels = {"background": 0, **{f"c{i}": i for i in range(1, args.classes)}}
     dataset_json = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 10, "file_ending": ".nii.gz"}
     cls = {"nnUNetTrainer": nnUNetTrainer, "nnUNetTrainerCoTr": nnUNetTrainerCoTr}[args.worker]
-    plans["continue_training"] = False
-    trainer = cls(plans=plans, configuration=cfg, fold=0, dataset_json=dataset_json, device=device)
     if device.type == "cpu":
         with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
             f.write("5")
         base = _rss_kib("VmRSS")
-    trainer.network = cls.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1,
-                                                     trainer.label_manager.num_segmentation_heads, True).to(device)
-    trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
-    trainer.loss = trainer._build_loss()
+    trainer = build_trainer(cls, plans, cfg, dataset_json, device, Path(tmp))
     scales = trainer._get_deep_supervision_scales()
-    seg = torch.randint(0, args.classes, (args.batch, 1, *patch)).float()
-    target = [torch.nn.functional.interpolate(seg, size=[round(p * s) for p, s in zip(patch, sc)], mode="nearest")
-              for sc in scales]
-    batch = {"data": torch.randn(args.batch, 1, *patch), "target": target}
+    batch = make_batch(trainer, args.batch, device)
     trainer.network.train()
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(args.warmup):
-        trainer.train_step(batch)
-    sync()
+    time_steps(trainer, batch, args.warmup, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        trainer.train_step(batch)
-        sync()
-        times.append(time.perf_counter() - t0)
+    times = time_steps(trainer, batch, args.steps, device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
     else:
         peak = (_rss_kib("VmHWM") - base) / 1024
-    return {"ms": 1000 * statistics.median(times), "peak_mib": peak,
+    return {"ms": statistics.median(times), "peak_mib": peak,
             "params_m": sum(p.numel() for p in trainer.network.parameters()) / 1e6,
             "ds_outputs": len(scales)}
 

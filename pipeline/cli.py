@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
     dm.add_argument("--id", type=int, default=None, dest="dataset_id", help="dataset id (default 990)")
     dm.add_argument("--cases", type=int, default=None, help="training cases (default 20)")
+    dm.add_argument("--labeled", type=int, default=None, help="train with only N labeled cases")
     _add_device(dm)
     return parser
 
@@ -156,7 +157,7 @@ def _run(args: argparse.Namespace) -> None:
         from .demo import run_demo
 
         run_demo(trainer=args.trainer, epochs=args.epochs, iters=args.iters, dataset_id=args.dataset_id,
-                 num_cases=args.cases, device=args.device)
+                 num_cases=args.cases, device=args.device, labeled=args.labeled)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,26 +129,37 @@ def _save_overview(png: Path, cases: list[tuple[str, Path, Path, Path]]) -> None
 
 
 def run_demo(trainer: str = "nnUNetTrainer", epochs: int | None = None, iters: int | None = None,
-             dataset_id: int | None = None, num_cases: int | None = None, device: str = "auto") -> dict:
+             dataset_id: int | None = None, num_cases: int | None = None, device: str = "auto",
+             labeled: int | None = None) -> dict:
     """Build the demo dataset (once), plan, train fold 0 briefly, predict the test cases, print Dice.
 
-    Re-running reuses the dataset and a finished model of the same trainer; predictions and the
-    overview PNG under ``<nnUNet_results>/../demo`` are rewritten.
+    The trainer's own planner is used when it has one. Re-running reuses the dataset and a
+    finished model of the same trainer; predictions, the overview PNG and a JSON of the scores
+    under ``<nnUNet_results>/../demo`` are rewritten.
+
+    Args:
+        trainer: any registered trainer.
+        epochs: epochs (default 10).
+        iters: iterations per epoch (default 12).
+        dataset_id: id of the demo dataset (default 990).
+        num_cases: training cases to generate (default 20).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        labeled: train with only this many labeled cases (``--labeled``).
 
     Returns:
-        ``{"dice": {label name: mean Dice}, "png": path, "seconds": elapsed}``.
+        ``{"dice": {label name: mean Dice}, "png": path, "seconds": elapsed, ...}``.
     """
     import SimpleITK as sitk
 
     from .dataset import create_dataset
-    from .experiment import model_folder
+    from .experiment import default_plans_name, model_folder, trainer_for
     from .plan import plan_and_preprocess
     from .predict import predict
     from .train import train
 
     t0 = time.time()
     did = dataset_id or 990
-    epochs = epochs or 10
+    epochs = epochs or 14
     iters = iters or 12
     name = f"Dataset{did:03d}_MNIDemo"
     work = Path(os.environ["nnUNet_results"]).parent / "demo"
@@ -160,14 +171,20 @@ def run_demo(trainer: str = "nnUNetTrainer", epochs: int | None = None, iters: i
         create_dataset(folders["images"], folders["labels"], "MNIDemo", did, ["T1"], label_names=DEMO_LABELS)
     else:
         print(f"[demo 1/5] Reusing {raw}")
-    print("[demo 2/5] plan_and_preprocess (3d_fullres)")
-    plan_and_preprocess(did, ["3d_fullres"])
-    fold_dir = model_folder(name, trainer, "nnUNetPlans", "3d_fullres") / "fold_0"
+    trainer_for(trainer, "3d_fullres")
+    from nnzoo.trainers.registry import get_trainer_info
+
+    planner = get_trainer_info(trainer).planner or "ExperimentPlanner"
+    print(f"[demo 2/5] plan_and_preprocess (3d_fullres, {planner})")
+    plan_and_preprocess(did, ["3d_fullres"], planner=planner)
+    fold_dir = model_folder(name, trainer, default_plans_name(trainer), "3d_fullres") / "fold_0"
     if (fold_dir / "checkpoint_final.pth").is_file():
         print(f"[demo 3/5] Reusing the trained model in {fold_dir}")
     else:
-        print(f"[demo 3/5] Training {trainer} fold 0: {epochs} epochs x {iters} iterations")
-        train(did, "3d_fullres", 0, trainer, device=device, epochs=epochs, iters=iters, overwrite=True)
+        print(f"[demo 3/5] Training {trainer} fold 0: {epochs} epochs x {iters} iterations"
+              + (f", {labeled} labeled cases" if labeled else ""))
+        train(did, "3d_fullres", 0, trainer, device=device, epochs=epochs, iters=iters, overwrite=True,
+              labeled=labeled)
     pred_dir = work / f"predictions_{trainer}"
     print(f"[demo 4/5] Predicting the 5 test cases into {pred_dir}")
     predict(src / "test_images", pred_dir, did, "3d_fullres", trainer, folds=["0"], device=device, overwrite=True)
@@ -186,7 +203,8 @@ def run_demo(trainer: str = "nnUNetTrainer", epochs: int | None = None, iters: i
         print(f"  {k:<14} Dice {v:.3f}")
     png = work / f"demo_{trainer}.png"
     _save_overview(png, cases[:3])
-    result = {"dice": dice, "png": str(png), "seconds": round(time.time() - t0, 1), "trainer": trainer}
+    result = {"dice": dice, "png": str(png), "seconds": round(time.time() - t0, 1), "trainer": trainer,
+              "labeled": labeled, "epochs": epochs, "iters": iters}
     (work / f"demo_{trainer}.json").write_text(json.dumps(result, indent=2))
     print(f"Overview image: {png}\nDemo finished in {result['seconds']:.0f} s")
     return result

@@ -1,0 +1,79 @@
+"""Shared pieces of nnzoo's benchmark scripts: trainers without data, synthetic batches, interleaved timing."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["build_trainer", "make_batch", "sync", "time_steps", "time_interleaved"]
+
+
+def build_trainer(cls: type, plans: dict, configuration: str, dataset_json: dict, device: torch.device,
+                  root: Path):
+    """An initialized trainer (network, optimizer, loss) whose nnU-Net folders live under ``root``.
+
+    No data is needed: nnU-Net infers the dataset format from the files in the preprocessed
+    folder, so an empty marker file stands in for them.
+    """
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[key] = str(root / key)
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = False
+    trainer = cls(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=device)
+    folder = Path(trainer.preprocessed_dataset_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "marker.b2nd").touch()
+    trainer.initialize()
+    return trainer
+
+
+def make_batch(trainer, batch_size: int, device: torch.device, seed: int = 0) -> dict:
+    """Random images and blob-shaped label maps at every deep-supervision scale of ``trainer``."""
+    patch = [int(p) for p in trainer.configuration_manager.patch_size]
+    classes = trainer.label_manager.num_segmentation_heads
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, classes, (batch_size, 1, *[max(1, p // 4) for p in patch]), generator=g).float()
+    label = torch.nn.functional.interpolate(label, size=patch, mode="nearest")
+    scales = trainer._get_deep_supervision_scales()
+    targets = [label] if scales is None else [
+        torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(patch, sc)], mode="nearest-exact")
+        for sc in scales]
+    data = torch.randn(batch_size, trainer.num_input_channels, *patch, generator=g)
+    return {"data": data.to(device), "target": [t.to(device) for t in targets] if scales is not None
+            else targets[0].to(device)}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(trainer, batch: dict, n: int, device: torch.device) -> list[float]:
+    """Milliseconds of ``n`` real ``train_step`` calls."""
+    out = []
+    for _ in range(n):
+        sync(device)
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        sync(device)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def time_interleaved(trainers: dict, batch: dict, rounds: int, steps: int, warmup: int,
+                     device: torch.device) -> dict[str, list[float]]:
+    """ms per step of each trainer; rounds alternate between trainers so that load changes on a
+    shared machine affect all alike."""
+    for tr in trainers.values():
+        tr.network.train()
+        time_steps(tr, batch, warmup, device)
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    for _ in range(rounds):
+        for name, tr in trainers.items():
+            times[name] += time_steps(tr, batch, steps, device)
+    return times
