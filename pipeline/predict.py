@@ -45,6 +45,23 @@ def find_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[i
     return found
 
 
+def _check_reader(folder: Path, ending: str) -> None:
+    """The model's image reader (from its plans) must read the input files.
+
+    Raises:
+        NnzooError: the input file type is not one the model's reader supports.
+    """
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    name = json.loads((folder / "plans.json").read_text())["image_reader_writer"]
+    supported = list(recursive_find_reader_writer_by_name(name).supported_file_endings)
+    if ".nii.gz" in supported:  # readers of .nii.gz read uncompressed .nii just as well
+        supported.append(".nii")
+    if ending.lower() not in supported:
+        raise NnzooError(f"input images are {ending} files, but this model reads images with {name} "
+                         f"({', '.join(supported)}); convert the inputs")
+
+
 def load_model(folder: Path, folds: list[int | str], checkpoint: str):
     """Network, managers and per-fold weights of a trained model folder.
 
@@ -127,7 +144,8 @@ def predict(input_dir: str | Path, output_dir: str | Path, dataset: str | int, c
     use_folds = find_folds(folder, folds, checkpoint)
     dataset_json = json.loads((folder / "dataset.json").read_text())
     n_ch = len(dataset_json["channel_names"])
-    cases, _ = scan_image_folder(input_dir, n_ch, "input")
+    cases, in_ending = scan_image_folder(input_dir, n_ch, "input")
+    _check_reader(folder, in_ending)
     ending = dataset_json["file_ending"]
     check_cases([Case(c, f) for c, f in cases.items()], None, num_processes, what=f"input folder {input_dir}")
     targets = [output_dir / f"{c}{ending}" for c in cases]

@@ -63,3 +63,21 @@ def test_unknown_names_give_one_clear_error(in_prepared, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
+def test_predict_checks_input_before_loading_the_model(in_prepared, tmp_path, capsys):
+    """A model trained on PNGs refuses other image types; an empty input folder is refused."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    assert main(["train", "502", "2d", "3", "-device", "cpu", "--epochs", "1", "--iters", "1", "--no-val",
+                 "--overwrite"]) == 0
+    (tmp_path / "nii").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 32, 32), np.float32)), str(tmp_path / "nii" / "a.nrrd"))
+    assert main(["predict", "-i", str(tmp_path / "nii"), "-o", str(tmp_path / "o"), "-d", "502", "-c", "2d",
+                 "-f", "3"]) == 2
+    assert "input images are .nrrd files, but this model reads images with NaturalImage2DIO" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "-i", str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "-d", "502", "-c", "2d"]) == 2
+    assert "input folder" in capsys.readouterr().err
