@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -69,18 +70,36 @@ class NnzooTrainer(AtomicCheckpointMixin, nnUNetTrainer):
     """nnU-Net's trainer with atomic checkpoints; base of every nnzoo method trainer.
 
     Subclasses declare their hyperparameters as UPPER_CASE class attributes; they are printed
-    to the training log and added to the logger's config when training starts.
+    to the training log and added to the logger's config when training starts. Custom
+    ``train_step`` s use :meth:`batch_to_device`, :meth:`autocast` and :meth:`optimizer_step` so
+    that mixed precision, gradient clipping and the optimizer step stay nnU-Net's.
     """
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def batch_to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor]]:
+        """``(data, target)`` of an nnU-Net batch on the training device (target: tensor or DS list)."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, (list, tuple)):
+            return data, [t.to(self.device, non_blocking=True) for t in target]
+        return data, target.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        """nnU-Net's mixed precision: autocast on CUDA, nothing elsewhere."""
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else nullcontext()
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward pass, gradient clipping (norm 12) and optimizer step as nnU-Net's ``train_step``
+        does them (with the AMP grad scaler on CUDA). Zero the gradients before the forward pass."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
 
 from .registry import register_trainer
 from .semisup import EMATeacher, SemiSupervisedTrainer
@@ -274,17 +272,14 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
         return loss
 
     def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        targets = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else [target.to(self.device, non_blocking=True)]
+        data, target = self.batch_to_device(batch)
+        targets = target if isinstance(target, list) else [target]
         stage2 = self.in_stage2()
         if stage2 and self.teacher is None:
             self.teacher = EMATeacher(self.network)
         unlabeled = self.next_unlabeled_batch() if stage2 else None
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
-        with ctx:
+        with self.autocast():
             loss = self.stage2_loss(data, targets, unlabeled) if stage2 else self.stage1_loss(data, targets)
         self.optimizer_step(loss)
         if stage2:

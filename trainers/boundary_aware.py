@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -228,33 +226,16 @@ class nnUNetTrainerBoundaryAware(NnzooTrainer):
             ``loss`` (segmentation loss, as logged by the official code), ``boundary_loss`` and
             ``total_loss`` (the optimised sum), as numpy scalars.
         """
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        if isinstance(target, (list, tuple)):
-            target = [t.to(self.device, non_blocking=True) for t in target]
-        else:
-            target = target.to(self.device, non_blocking=True)
+        data, target = self.batch_to_device(batch)
         bdr_target = self.boundary_targets(target)
 
         self.optimizer.zero_grad(set_to_none=True)
-        amp = torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else nullcontext()
-        with amp:
+        with self.autocast():
             seg_out, bdr_out = self.network(data, return_boundary=True)
             seg_l = self.loss(seg_out, target)
             bdr_l = self.boundary_loss(bdr_out, bdr_target)
             total = seg_l + self.BOUNDARY_LOSS_WEIGHT * bdr_l
-
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(total).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-        else:
-            total.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
+        self.optimizer_step(total)
         return {"loss": seg_l.detach().cpu().numpy(), "boundary_loss": bdr_l.detach().cpu().numpy(),
                 "total_loss": total.detach().cpu().numpy()}
 

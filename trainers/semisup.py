@@ -255,21 +255,6 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
         if isinstance(self.dataloader_unlabeled, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
             self.dataloader_unlabeled._finish()
 
-    # ---------------------------------------------------------------- optimisation
-    def optimizer_step(self, loss: torch.Tensor) -> None:
-        """Backward pass, gradient clipping (norm 12) and optimizer step as nnU-Net does them
-        (with the AMP grad scaler on CUDA). Zero the gradients before the forward pass."""
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-
     # ---------------------------------------------------------------- checkpoints
     def _extra_checkpoint_state(self) -> dict:
         return {TEACHER_KEY: self.teacher.state_dict() if self.teacher is not None else None}

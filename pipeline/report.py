@@ -1,0 +1,201 @@
+"""The HTML report of :func:`nnzoo.pipeline.evaluate.evaluate_folders`.
+
+One self-contained ``report.html`` (PNGs embedded as data URIs and also saved beside it): the mean
+of every metric per class and over the foreground, box plots per class, overlays of image,
+reference and prediction for the best and worst case (by mean foreground Dice), and the table of
+every case and class. Plots are drawn with matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_report", "case_scores", "find_image"]
+
+TABLE_METRICS = ("Dice", "IoU", "HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3")
+BOX_METRICS = ("Dice", "NSD", "HD95", "ASSD")
+
+
+def case_scores(result: dict) -> list[tuple[str, float]]:
+    """``(case, mean foreground Dice)`` of every case, NaN classes skipped; NaN when all are NaN."""
+    out = []
+    for c in result["metric_per_case"]:
+        d = [m["Dice"] for m in c["metrics"].values() if not math.isnan(m["Dice"])]
+        out.append((c["case"], float(np.mean(d)) if d else math.nan))
+    return out
+
+
+def find_image(image_dir: str | os.PathLike | None, case: str) -> Path | None:
+    """The first channel of ``case`` in ``image_dir`` (``CASE_0000<ending>`` or ``CASE<ending>``)."""
+    from .evaluate import LABEL_ENDINGS
+
+    if image_dir is None:
+        return None
+    for stem in (f"{case}_0000", case):
+        for e in LABEL_ENDINGS:
+            f = Path(image_dir) / f"{stem}{e}"
+            if f.is_file():
+                return f
+    return None
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "&ndash;"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _boxplots(result: dict, png: Path) -> None:
+    plt = _plt()
+    keys = list(result["mean"].keys())
+    names = [result["class_names"].get(_key(k), _key(k)) for k in keys]
+    fig, axes = plt.subplots(1, len(BOX_METRICS), figsize=(3.2 * len(BOX_METRICS), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], BOX_METRICS):
+        data = []
+        for k in keys:
+            vals = np.array([c["metrics"][k][metric] for c in result["metric_per_case"]], float)
+            data.append(vals[~np.isnan(vals)])
+        ax.boxplot([d if d.size else [np.nan] for d in data])
+        ax.set_xticks(range(1, len(keys) + 1))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(metric + ("" if metric in ("Dice", "NSD") else " (mm)"), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def _key(k) -> str:
+    from .evaluate import label_key
+
+    return k if isinstance(k, str) else label_key(k)
+
+
+def _slice(arr: np.ndarray, index: int | None) -> np.ndarray:
+    arr = np.squeeze(arr)
+    return arr if arr.ndim == 2 else arr[index]
+
+
+def _overlay(case: dict, image_file: Path | None, title: str, png: Path) -> None:
+    from .evaluate import read_segmentation
+
+    plt = _plt()
+    ref, spacing = read_segmentation(case["reference_file"])
+    pred, _ = read_segmentation(case["prediction_file"])
+    img = None
+    if image_file is not None:
+        img, _ = read_segmentation(image_file)
+        if img.shape != ref.shape:
+            img = None
+    sq = tuple(s for s, n in zip(spacing, ref.shape) if n > 1)
+    index = None
+    if np.squeeze(ref).ndim == 3:
+        fg = (np.squeeze(ref) > 0) | (np.squeeze(pred) > 0)
+        area = fg.reshape(fg.shape[0], -1).sum(1)
+        index = int(np.argmax(area)) if area.any() else fg.shape[0] // 2
+    aspect = sq[-2] / sq[-1] if len(sq) >= 2 else 1.0
+    vmax = max(1, int(max(ref.max(), pred.max())))
+    panels = ([("image", None)] if img is not None else []) + [("reference", ref), ("prediction", pred)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.5), squeeze=False)
+    for ax, (name, lab) in zip(axes[0], panels):
+        if img is not None:
+            ax.imshow(_slice(img, index).astype(float), cmap="gray", aspect=aspect, interpolation="nearest")
+        if lab is not None:
+            s = _slice(lab, index)
+            ax.imshow(np.ma.masked_equal(s, 0), cmap="tab10", vmin=0, vmax=max(vmax, 9),
+                      alpha=0.55 if img is not None else 1.0, aspect=aspect, interpolation="nearest")
+        ax.set_title(name + (f" (slice {index})" if index is not None else ""), fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def _embed(png: Path, alt: str) -> str:
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+_CSS = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right;font-size:13px}th{background:#eee}"
+        "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}.note{color:#555;font-size:13px}")
+
+
+def write_report(result: dict, output_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``report.html``, ``boxplots.png`` and ``overlay_best.png`` / ``overlay_worst.png``.
+
+    Args:
+        result: the summary returned by :func:`nnzoo.pipeline.evaluate.evaluate_folders`.
+        output_dir: folder to write into.
+        image_dir: images for the overlays; without it the overlays show the label maps only.
+
+    Returns:
+        Path of ``report.html``.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = result["class_names"]
+    keys = list(result["mean"].keys())
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nnzoo evaluation</title>"
+             f"<style>{_CSS}</style></head><body><h1>nnzoo evaluation</h1>"]
+    cases = result["metric_per_case"]
+    parts.append(f"<p>{len(cases)} case(s); NSD tolerance {result['tolerance_mm']:g} mm; "
+                 f"distances in mm, volumes in mm&sup3;.</p>")
+    if result.get("cases_without_prediction"):
+        parts.append("<p class='note'>Reference cases without a prediction (not evaluated): "
+                     + html.escape(", ".join(result["cases_without_prediction"])) + "</p>")
+    rows = [[_key(k), names.get(_key(k), _key(k)), *[result["mean"][k][m] for m in TABLE_METRICS]] for k in keys]
+    rows.append(["foreground", "mean", *[result["foreground_mean"][m] for m in TABLE_METRICS]])
+    parts.append("<h2>Mean per class</h2>" + _table(["label", "name", *TABLE_METRICS], rows))
+    parts.append("<p class='note'>Means skip NaN (both masks empty). When only one mask is empty, Dice and NSD "
+                 f"are 0 and the distances are {html.escape(str(result.get('empty_distance', 'diagonal')))} "
+                 "(image diagonal). HD95: 95th percentile of the pooled symmetric surface distances (medpy); "
+                 "ASSD: mean of the same pooled distances.</p>")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _boxplots(result, out / "boxplots.png")
+    parts.append("<h2>Distribution per class</h2>" + _embed(out / "boxplots.png", "box plots"))
+    scored = [(n, s) for n, s in case_scores(result) if not math.isnan(s)]
+    if scored:
+        by_name = {c["case"]: c for c in cases}
+        best, worst = max(scored, key=lambda t: t[1]), min(scored, key=lambda t: t[1])
+        picks = [("best", best)] + ([("worst", worst)] if worst[0] != best[0] else [])
+        parts.append("<h2>Best and worst case (mean foreground Dice)</h2>")
+        for tag, (name, score) in picks:
+            png = out / f"overlay_{tag}.png"
+            _overlay(by_name[name], find_image(image_dir, name), f"{tag}: {name} (Dice {score:.3f})", png)
+            parts.append(f"<h3>{tag}: {html.escape(name)}, Dice {score:.3f}</h3>" + _embed(png, f"{tag} case"))
+        if image_dir is None:
+            parts.append("<p class='note'>No image folder given: overlays show the label maps only.</p>")
+    rows = [[c["case"], names.get(_key(k), _key(k)), *[m[x] for x in TABLE_METRICS]]
+            for c in cases for k, m in c["metrics"].items()]
+    parts.append("<h2>Every case</h2>" + _table(["case", "class", *TABLE_METRICS], rows))
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("".join(parts), encoding="utf-8")
+    return path

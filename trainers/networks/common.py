@@ -1,0 +1,241 @@
+"""Building blocks shared by nnzoo networks: the plan's encoder and an nnU-Net-shaped decoder.
+
+- :func:`resolve_arch_kwargs` / :func:`encoder_from_plan`: the encoder of a plan's architecture
+  (``PlainConvEncoder`` for ``PlainConvUNet`` plans, ``ResidualEncoder`` for
+  ``ResidualEncoderUNet`` plans, from dynamic_network_architectures, ``return_skips=True``).
+- :func:`initialize_network`: nnU-Net's He initialisation (plus zeroed last norm of residual blocks).
+- :class:`Upsampling` and :class:`UNetStyleDecoder`: a decoder shaped like nnU-Net's
+  ``UNetDecoder`` (upsample, concatenate the skip, conv-norm-nonlin blocks, 1x1 heads, deep
+  supervision) whose upsampling is selectable: ``"transpconv"`` (nnU-Net's transposed convolution),
+  ``"linear"`` ((bi/tri)linear interpolation) or ``"nearest"`` (nearest-neighbour interpolation);
+  the interpolating variants reduce channels with a 1x1 convolution first.
+
+Any nnzoo network that needs "the plan's encoder plus a U-Net decoder" can use these; the decoder
+reads every setting (conv op, norm, nonlin, kernel sizes, strides, channels) from the encoder.
+"""
+
+from __future__ import annotations
+
+import pydoc
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
+from torch import nn
+
+__all__ = ["UPSAMPLING_MODES", "resolve_arch_kwargs", "encoder_from_plan", "initialize_network", "Upsampling",
+           "UNetStyleDecoder"]
+
+#: upsampling variants of :class:`Upsampling`
+UPSAMPLING_MODES = ("transpconv", "linear", "nearest")
+
+
+def resolve_arch_kwargs(arch_kwargs: dict, kw_requires_import: Sequence[str]) -> dict:
+    """Copy of a plan's ``arch_kwargs`` with the dotted import paths replaced by the objects.
+
+    Raises:
+        ImportError: a path cannot be imported.
+    """
+    kw = dict(arch_kwargs)
+    for k in kw_requires_import:
+        if isinstance(kw.get(k), str):
+            located = pydoc.locate(kw[k])
+            if located is None:
+                raise ImportError(f"cannot import {kw[k]!r} (plan key {k!r})")
+            kw[k] = located
+    return kw
+
+
+def encoder_from_plan(arch_class_name: str, arch_kwargs: dict, input_channels: int,
+                      kw_requires_import: Sequence[str] = ()) -> tuple[nn.Module, bool]:
+    """The encoder of a plan's architecture, returning skips.
+
+    Args:
+        arch_class_name: the plan's ``network_class_name`` (``...PlainConvUNet`` or ``...ResidualEncoderUNet``).
+        arch_kwargs: the plan's ``arch_kwargs`` (import paths are resolved if listed in ``kw_requires_import``).
+        input_channels: image channels.
+        kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
+
+    Returns:
+        ``(encoder, residual)``: the encoder and whether it is a residual encoder.
+
+    Raises:
+        ValueError: any other network class.
+    """
+    kw = resolve_arch_kwargs(arch_kwargs, kw_requires_import)
+    common = (input_channels, kw["n_stages"], kw["features_per_stage"], kw["conv_op"], kw["kernel_sizes"],
+              kw["strides"])
+    tail = dict(conv_bias=kw.get("conv_bias", False), norm_op=kw.get("norm_op"),
+                norm_op_kwargs=kw.get("norm_op_kwargs"), dropout_op=kw.get("dropout_op"),
+                dropout_op_kwargs=kw.get("dropout_op_kwargs"), nonlin=kw.get("nonlin"),
+                nonlin_kwargs=kw.get("nonlin_kwargs"), return_skips=True)
+    short = arch_class_name.rsplit(".", 1)[-1]
+    if short == "PlainConvUNet":
+        return PlainConvEncoder(*common, kw["n_conv_per_stage"], nonlin_first=kw.get("nonlin_first", False),
+                                **tail), False
+    if short == "ResidualEncoderUNet":
+        return ResidualEncoder(*common, kw["n_blocks_per_stage"], block=kw.get("block") or BasicBlockD,
+                               bottleneck_channels=kw.get("bottleneck_channels"),
+                               stem_channels=kw.get("stem_channels"), **tail), True
+    raise ValueError(f"supported plan networks: PlainConvUNet and ResidualEncoderUNet, got {arch_class_name!r}")
+
+
+def initialize_network(network: nn.Module, residual: bool) -> nn.Module:
+    """nnU-Net's initialisation: He (neg. slope 1e-2); residual nets also zero the last norm of each block."""
+    network.apply(InitWeights_He(1e-2))
+    if residual:
+        network.apply(init_last_bn_before_add_to_0)
+    return network
+
+
+class Upsampling(nn.Module):
+    """Upsampling of one decoder stage from ``in_channels`` to ``out_channels``.
+
+    Args:
+        mode: ``"transpconv"``: transposed convolution, kernel = stride (nnU-Net's ``UNetDecoder``);
+            ``"linear"``: 1x1 convolution, then bilinear (2D) / trilinear (3D) interpolation
+            (``align_corners=True``); ``"nearest"``: 1x1 convolution, then nearest interpolation.
+            The 1x1 convolution before interpolation equals one after it (both are linear and
+            act on different axes) at a fraction of the cost.
+        conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
+        in_channels: channels of the coarser input.
+        out_channels: channels after upsampling.
+        stride: the encoder stride being undone (int or one entry per axis).
+        bias: bias of the (transposed) convolution.
+
+    Raises:
+        ValueError: unknown mode.
+    """
+
+    def __init__(self, mode: str, conv_op: type, in_channels: int, out_channels: int,
+                 stride: int | Sequence[int], bias: bool = False) -> None:
+        super().__init__()
+        if mode not in UPSAMPLING_MODES:
+            raise ValueError(f"upsampling mode must be one of {UPSAMPLING_MODES}, got {mode!r}")
+        self.mode = mode
+        if mode == "transpconv":
+            self.conv = get_matching_convtransp(conv_op=conv_op)(in_channels, out_channels, stride, stride, bias=bias)
+            self.interpolation = None
+        else:
+            self.conv = conv_op(in_channels, out_channels, 1, 1, 0, bias=bias)
+            linear = "bilinear" if conv_op is nn.Conv2d else "trilinear"
+            self.interpolation = linear if mode == "linear" else "nearest"
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """
+        Args:
+            x: ``(b, in_channels, *spatial)``.
+            size: spatial size of the output (the skip connection's).
+
+        Returns:
+            ``(b, out_channels, *size)``.
+        """
+        x = self.conv(x)
+        if self.interpolation is None:
+            return x
+        size = tuple(int(s) for s in size)
+        if self.interpolation == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(x, size=size, mode=self.interpolation, align_corners=True)
+
+
+class UNetStyleDecoder(nn.Module):
+    """nnU-Net-shaped decoder with selectable upsampling; reads its settings from the encoder.
+
+    Stage ``s`` (coarse to fine): ``x = stages[s](cat(upsamplings[s](x), skip))``, head
+    ``seg_layers[s](x)``. Every head is always built (state dicts do not depend on
+    ``deep_supervision``). The encoder is referenced, not registered as a submodule.
+
+    Args:
+        encoder: a dynamic_network_architectures encoder with ``return_skips=True``.
+        num_classes: output channels.
+        n_conv_per_stage: conv blocks per decoder stage (int or one entry per stage, coarse to fine).
+        deep_supervision: return one output per stage (highest resolution first) instead of one tensor.
+        nonlin_first: conv -> nonlin -> norm instead of conv -> norm -> nonlin.
+        upsampling: one of :data:`UPSAMPLING_MODES`.
+
+    Attributes:
+        deep_supervision: nnU-Net's ``set_deep_supervision_enabled`` toggles this flag.
+
+    Raises:
+        ValueError: wrong number of ``n_conv_per_stage`` entries or unknown upsampling.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
+                 deep_supervision: bool, nonlin_first: bool = False, upsampling: str = "transpconv") -> None:
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        self.num_classes = num_classes
+        self.upsampling = upsampling
+        object.__setattr__(self, "_encoder", encoder)  # not a submodule
+        n_dec = len(encoder.output_channels) - 1
+        if isinstance(n_conv_per_stage, int):
+            n_conv_per_stage = [n_conv_per_stage] * n_dec
+        if len(n_conv_per_stage) != n_dec:
+            raise ValueError(f"n_conv_per_stage needs {n_dec} entries, got {n_conv_per_stage}")
+        ups, stages, heads = [], [], []
+        for s in range(1, n_dec + 1):
+            below, skip_ch = encoder.output_channels[-s], encoder.output_channels[-(s + 1)]
+            ups.append(Upsampling(upsampling, encoder.conv_op, below, skip_ch, encoder.strides[-s], encoder.conv_bias))
+            stages.append(StackedConvBlocks(
+                n_conv_per_stage[s - 1], encoder.conv_op, 2 * skip_ch, skip_ch, encoder.kernel_sizes[-(s + 1)], 1,
+                encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
+                encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs, nonlin_first))
+            heads.append(encoder.conv_op(skip_ch, num_classes, 1, 1, 0, bias=True))
+        self.upsamplings = nn.ModuleList(ups)
+        self.stages = nn.ModuleList(stages)
+        self.seg_layers = nn.ModuleList(heads)
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """
+        Args:
+            skips: encoder outputs, highest resolution first, bottleneck last.
+
+        Returns:
+            A list of logits (highest resolution first) with deep supervision, else one tensor at
+            full resolution.
+        """
+        x = skips[-1]
+        n = len(self.stages)
+        out: list[torch.Tensor] = []
+        for s in range(n):
+            skip = skips[-(s + 2)]
+            x = self.stages[s](torch.cat((self.upsamplings[s](x, skip.shape[2:]), skip), 1))
+            if self.deep_supervision or s == n - 1:
+                out.append(self.seg_layers[s](x))
+        return out[::-1] if self.deep_supervision else out[0]
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Feature-map elements this decoder stores for one sample (nnU-Net's VRAM proxy).
+
+        Counts conv blocks, upsampled maps (plus the coarse 1x1-conv output of interpolating
+        variants) and heads, as nnU-Net's ``UNetDecoder`` does.
+
+        Args:
+            input_size: spatial size of the network input (no batch/channel axes).
+        """
+        enc = self._encoder
+        sizes = []
+        for s in range(len(enc.strides) - 1):
+            input_size = [i // j for i, j in zip(input_size, enc.strides[s])]
+            sizes.append(input_size)
+        total = np.int64(0)
+        n = len(self.stages)
+        for s in range(n):
+            size = sizes[-(s + 1)]
+            skip_ch = enc.output_channels[-(s + 2)]
+            total += self.stages[s].compute_conv_feature_map_size(size)
+            total += np.prod([skip_ch, *size], dtype=np.int64)
+            if self.upsampling != "transpconv":
+                coarse = sizes[-s] if s > 0 else [i // j for i, j in zip(size, enc.strides[-1])]  # 1x1 conv output
+                total += np.prod([skip_ch, *coarse], dtype=np.int64)
+            if self.deep_supervision or s == n - 1:
+                total += np.prod([self.num_classes, *size], dtype=np.int64)
+        return total

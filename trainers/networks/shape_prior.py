@@ -1,0 +1,376 @@
+"""Networks of the shape-prior trainer: a U-Net with twin decoders and a WGAN shape critic.
+
+Chen et al., "Striving for Simplicity: Simple Yet Effective Prior-Aware Pseudo-Labeling for
+Semi-Supervised Ultrasound Image Segmentation" (MICCAI 2024), official code
+github.com/WUTCM-Lab/Shape-Prior-Semi-Seg.
+
+- :class:`TwinDecoderUNet`: the plan's encoder (``PlainConvEncoder`` / ``ResidualEncoder``) shared
+  by two nnU-Net-shaped decoders. ``label_decoder`` (D_l) upsamples by 1x1 convolution and
+  (bi/tri)linear interpolation and learns from labels; ``decoder`` (D_p) upsamples with transposed
+  convolutions like nnU-Net's ``UNetDecoder``, sees its bottleneck input through dropout and learns
+  from D_l's hard pseudo-labels. ``forward(x)`` is D_p (inference); ``forward(x, n_labeled=n)``
+  is the training pass (see :meth:`TwinDecoderUNet.forward`).
+- :class:`ShapeCritic` / :class:`ShapeGenerator`: DCGAN-style WGAN critic and generator for 2D or
+  3D masks of a fixed cubic size (a multiple of 16), one input channel per foreground class or
+  region; :func:`train_wgan_critic` trains them with weight clipping and RMSprop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from dynamic_network_architectures.initialization.weight_init import (
+    InitWeights_He,
+    init_last_bn_before_add_to_0,
+)
+from torch import nn
+
+from .banet import _encoder_from_plan, _resolve_kwargs
+
+__all__ = ["TwinDecoderUNet", "ShapePriorDecoder", "ShapeCritic", "ShapeGenerator", "build_twin_decoder_unet",
+           "resize_to_critic", "train_wgan_critic"]
+
+
+class _InterpUp(nn.Module):
+    """1x1 convolution to the skip's channels, then linear interpolation to the skip's size."""
+
+    def __init__(self, conv_op: type, in_ch: int, out_ch: int, bias: bool) -> None:
+        super().__init__()
+        self.conv = conv_op(in_ch, out_ch, 1, 1, 0, bias=bias)
+        self.mode = "bilinear" if conv_op is nn.Conv2d else "trilinear"
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return F.interpolate(self.conv(x), size=tuple(size), mode=self.mode, align_corners=False)
+
+
+class ShapePriorDecoder(nn.Module):
+    """nnU-Net-shaped decoder (upsample, concatenate skip, conv blocks, 1x1 head per stage).
+
+    Every head is always built (state dicts do not depend on ``deep_supervision``). The encoder is
+    referenced, not registered (its weights live under ``encoder.`` only).
+
+    Args:
+        encoder: a dynamic_network_architectures encoder with ``return_skips=True``.
+        num_classes: output channels.
+        n_conv_per_stage: conv blocks per decoder stage (int or one per stage, coarse to fine).
+        deep_supervision: return one output per stage (highest resolution first).
+        nonlin_first: conv -> nonlin -> norm.
+        upsampling: ``"transpconv"`` (nnU-Net's) or ``"interp"`` (1x1 conv + linear interpolation).
+        bottleneck_dropout: dropout probability on the bottleneck features (0: none).
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
+                 deep_supervision: bool, nonlin_first: bool = False, upsampling: str = "transpconv",
+                 bottleneck_dropout: float = 0.0) -> None:
+        super().__init__()
+        if upsampling not in ("transpconv", "interp"):
+            raise ValueError(f"upsampling must be 'transpconv' or 'interp', got {upsampling!r}")
+        self.deep_supervision = deep_supervision
+        self.num_classes = num_classes
+        self.upsampling = upsampling
+        object.__setattr__(self, "_encoder", encoder)
+        n_dec = len(encoder.output_channels) - 1
+        if isinstance(n_conv_per_stage, int):
+            n_conv_per_stage = [n_conv_per_stage] * n_dec
+        if len(n_conv_per_stage) != n_dec:
+            raise ValueError(f"n_conv_per_stage needs {n_dec} entries, got {n_conv_per_stage}")
+        transp = get_matching_convtransp(conv_op=encoder.conv_op)
+        ups, stages, heads = [], [], []
+        for s in range(1, n_dec + 1):
+            below, skip_ch = encoder.output_channels[-s], encoder.output_channels[-(s + 1)]
+            stride = encoder.strides[-s]
+            if upsampling == "transpconv":
+                ups.append(transp(below, skip_ch, stride, stride, bias=encoder.conv_bias))
+            else:
+                ups.append(_InterpUp(encoder.conv_op, below, skip_ch, encoder.conv_bias))
+            stages.append(StackedConvBlocks(
+                n_conv_per_stage[s - 1], encoder.conv_op, 2 * skip_ch, skip_ch, encoder.kernel_sizes[-(s + 1)], 1,
+                encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
+                encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs, nonlin_first))
+            heads.append(encoder.conv_op(skip_ch, num_classes, 1, 1, 0, bias=True))
+        self.upsample = nn.ModuleList(ups)
+        self.stages = nn.ModuleList(stages)
+        self.seg_layers = nn.ModuleList(heads)
+        self.input_dropout = nn.Dropout(bottleneck_dropout) if bottleneck_dropout > 0 else nn.Identity()
+
+    def forward(self, skips: Sequence[torch.Tensor], deep_supervision: bool | None = None):
+        """
+        Args:
+            skips: encoder outputs, highest resolution first, bottleneck last.
+            deep_supervision: override of ``self.deep_supervision`` for this call.
+
+        Returns:
+            Logits: a list (highest resolution first) with deep supervision, else one full-resolution tensor.
+        """
+        ds = self.deep_supervision if deep_supervision is None else deep_supervision
+        x = self.input_dropout(skips[-1])
+        n = len(self.stages)
+        outs: list[torch.Tensor] = []
+        for s in range(n):
+            skip = skips[-(s + 2)]
+            up = self.upsample[s](x) if self.upsampling == "transpconv" else self.upsample[s](x, skip.shape[2:])
+            x = self.stages[s](torch.cat((up, skip), 1))
+            if ds or s == n - 1:
+                outs.append(self.seg_layers[s](x))
+        return outs[::-1] if ds else outs[0]
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Feature-map elements this decoder stores for one sample (nnU-Net's VRAM proxy)."""
+        enc = self._encoder
+        sizes = []
+        for s in range(len(enc.strides) - 1):
+            input_size = [i // j for i, j in zip(input_size, enc.strides[s])]
+            sizes.append(input_size)
+        total = np.int64(0)
+        n = len(self.stages)
+        for s in range(n):
+            size = sizes[-(s + 1)]
+            vox = np.prod(size, dtype=np.int64)
+            skip_ch = enc.output_channels[-(s + 2)]
+            total += self.stages[s].compute_conv_feature_map_size(size)
+            total += skip_ch * vox * (1 if self.upsampling == "transpconv" else 2)
+            if self.deep_supervision or s == n - 1:
+                total += self.num_classes * vox
+        return total
+
+
+class TwinDecoderUNet(nn.Module):
+    """Shared encoder, label decoder D_l (``label_decoder``) and pseudo-label decoder D_p (``decoder``).
+
+    Args:
+        encoder: encoder built from the plan (``return_skips=True``).
+        num_classes: segmentation output channels.
+        n_conv_per_stage_decoder: conv blocks per decoder stage.
+        deep_supervision: initial deep-supervision flag (``network.decoder.deep_supervision``; D_l follows it).
+        nonlin_first: conv -> nonlin -> norm in the decoders.
+        dropout: dropout probability on D_p's bottleneck input.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage_decoder: int | Sequence[int],
+                 deep_supervision: bool = False, nonlin_first: bool = False, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = ShapePriorDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
+                                         nonlin_first, upsampling="transpconv", bottleneck_dropout=dropout)
+        self.label_decoder = ShapePriorDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
+                                               nonlin_first, upsampling="interp")
+
+    def forward(self, x: torch.Tensor, n_labeled: int | None = None):
+        """
+        Args:
+            x: images ``(B, C, *spatial)``.
+            n_labeled: None for inference/validation (D_p only). For training, the first
+                ``n_labeled`` samples are labeled and the rest unlabeled (one encoder pass for all).
+
+        Returns:
+            Inference: D_p logits (a list with deep supervision, else one tensor). Training: a tuple
+            ``(D_l logits of the labeled samples (list with deep supervision), D_l full-resolution
+            logits of the unlabeled samples computed without gradient, D_p logits of the unlabeled
+            samples at every scale (list, highest resolution first))``.
+        """
+        skips = self.encoder(x)
+        if n_labeled is None:
+            return self.decoder(skips)
+        if not 0 < n_labeled < x.shape[0]:
+            raise ValueError(f"n_labeled must be in [1, {x.shape[0] - 1}], got {n_labeled}")
+        lab = self.label_decoder([s[:n_labeled] for s in skips])
+        unl = [s[n_labeled:] for s in skips]
+        with torch.no_grad():
+            pseudo_logits = self.label_decoder([s.detach() for s in unl], deep_supervision=False)
+        return lab, pseudo_logits, self.decoder(unl, deep_supervision=True)
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Encoder plus both decoders' feature-map elements for one sample."""
+        return (self.encoder.compute_conv_feature_map_size(input_size)
+                + self.decoder.compute_conv_feature_map_size(input_size)
+                + self.label_decoder.compute_conv_feature_map_size(input_size))
+
+
+def build_twin_decoder_unet(arch_class_name: str, arch_kwargs: dict, kw_requires_import: Sequence[str],
+                            input_channels: int, num_classes: int, deep_supervision: bool = True,
+                            dropout: float = 0.3, allow_init: bool = True) -> TwinDecoderUNet:
+    """Build :class:`TwinDecoderUNet` from a plan's ``architecture`` entry.
+
+    Args:
+        arch_class_name: the plan's ``network_class_name`` (PlainConvUNet or ResidualEncoderUNet).
+        arch_kwargs: the plan's ``arch_kwargs``.
+        kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
+        input_channels: image channels.
+        num_classes: segmentation output channels.
+        deep_supervision: initial deep-supervision flag.
+        dropout: D_p's bottleneck dropout.
+        allow_init: nnU-Net's He initialisation (and zeroed last norm of residual blocks).
+
+    Raises:
+        ValueError: unsupported network class.
+    """
+    kw = _resolve_kwargs(arch_kwargs, kw_requires_import)
+    encoder, residual = _encoder_from_plan(arch_class_name, kw, input_channels)
+    net = TwinDecoderUNet(encoder, num_classes, kw["n_conv_per_stage_decoder"], deep_supervision,
+                          nonlin_first=kw.get("nonlin_first", False) and not residual, dropout=dropout)
+    if allow_init:
+        net.apply(InitWeights_He(1e-2))
+        if residual:
+            net.apply(init_last_bn_before_add_to_0)
+    return net
+
+
+# ------------------------------------------------------------------------------------------ shape prior
+def _ops(dim: int) -> tuple[type, type, type]:
+    if dim == 2:
+        return nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d
+    if dim == 3:
+        return nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d
+    raise ValueError(f"dim must be 2 or 3, got {dim}")
+
+
+def _check_size(size: int) -> None:
+    if size < 16 or size % 16:
+        raise ValueError(f"critic size must be a multiple of 16 (>= 16), got {size}")
+
+
+def _dcgan_init(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+class ShapeCritic(nn.Module):
+    """DCGAN critic for masks of ``size``^dim voxels: one score per sample, lower = more realistic.
+
+    Stride-2 4-kernel convolutions (LeakyReLU 0.2, BatchNorm after the first) down to 4 voxels per
+    axis, doubling the width, then a 4-kernel convolution to one score.
+
+    Args:
+        dim: 2 or 3.
+        in_channels: mask channels (foreground classes or regions).
+        size: input size per axis (multiple of 16).
+        features: width of the first layer.
+    """
+
+    def __init__(self, dim: int, in_channels: int, size: int = 64, features: int = 64) -> None:
+        super().__init__()
+        _check_size(size)
+        conv, _, bn = _ops(dim)
+        self.dim, self.size, self.in_channels = dim, size, in_channels
+        layers: list[nn.Module] = [conv(in_channels, features, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        cur, ch = size // 2, features
+        while cur > 4:
+            layers += [conv(ch, 2 * ch, 4, 2, 1, bias=False), bn(2 * ch), nn.LeakyReLU(0.2, inplace=True)]
+            cur, ch = cur // 2, 2 * ch
+        layers.append(conv(ch, 1, 4, 1, 0, bias=False))
+        self.main = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B,)`` of masks ``(B, in_channels, size, ..., size)`` with values in [0, 1]."""
+        return self.main(masks).flatten(1).mean(1)
+
+
+class ShapeGenerator(nn.Module):
+    """DCGAN generator of soft masks from ``latent_dim`` Gaussian noise (the critic's adversary).
+
+    Args:
+        dim: 2 or 3.
+        out_channels: mask channels.
+        size: output size per axis (multiple of 16).
+        features: width of the last hidden layer.
+        latent_dim: noise dimension.
+        exclusive: softmax over ``out_channels + 1`` channels with the first (background) dropped
+            (mutually exclusive classes) instead of a sigmoid per channel (regions).
+    """
+
+    def __init__(self, dim: int, out_channels: int, size: int = 64, features: int = 64, latent_dim: int = 100,
+                 exclusive: bool = True) -> None:
+        super().__init__()
+        _check_size(size)
+        _, convt, bn = _ops(dim)
+        self.dim, self.latent_dim, self.exclusive = dim, latent_dim, exclusive
+        ch, cur = features // 2, 4
+        while cur != size:
+            ch, cur = ch * 2, cur * 2
+        layers: list[nn.Module] = [convt(latent_dim, ch, 4, 1, 0, bias=False), bn(ch), nn.ReLU(True)]
+        cur = 4
+        while cur < size // 2:
+            layers += [convt(ch, ch // 2, 4, 2, 1, bias=False), bn(ch // 2), nn.ReLU(True)]
+            ch, cur = ch // 2, cur * 2
+        layers.append(convt(ch, out_channels + (1 if exclusive else 0), 4, 2, 1, bias=False))
+        self.main = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Soft masks in [0, 1] from noise ``(B, latent_dim)``."""
+        y = self.main(z.view(*z.shape, *([1] * self.dim)))
+        return torch.softmax(y, 1)[:, 1:] if self.exclusive else torch.sigmoid(y)
+
+
+def resize_to_critic(probs: torch.Tensor, size: int) -> torch.Tensor:
+    """(Bi/tri)linear resampling of masks or probabilities ``(B, C, *spatial)`` to ``size`` per axis."""
+    dim = probs.ndim - 2
+    mode = "bilinear" if dim == 2 else "trilinear"
+    return F.interpolate(probs.float(), size=(size,) * dim, mode=mode, align_corners=False)
+
+
+def train_wgan_critic(critic: ShapeCritic, generator: ShapeGenerator, sample_real: Callable[[int], torch.Tensor],
+                      steps: int, batch_size: int = 16, lr: float = 5e-5, clip: float = 0.01, iters_per_g: int = 5,
+                      warmup_g_steps: int = 25, warmup_iters: int = 100, refresh_every: int = 500) -> dict:
+    """WGAN training (weight clipping, RMSprop) of ``critic`` against ``generator``; modifies both in place.
+
+    The critic minimises ``D(real) - D(fake)`` (so real masks score low) with its weights clipped
+    to ``[-clip, clip]`` before every update; after each block of critic updates the generator takes
+    one step minimising ``D(G(z))``. A block is ``warmup_iters`` updates for the first
+    ``warmup_g_steps`` generator steps and every ``refresh_every``-th, else ``iters_per_g``.
+
+    Args:
+        critic: the critic (left in eval mode, weights clipped, gradients off).
+        generator: its adversary (left in eval mode).
+        sample_real: ``n -> (n, C, size, ...)`` batch of real masks on the critic's device.
+        steps: total critic updates.
+        batch_size: masks per update.
+        lr: RMSprop learning rate of both.
+        clip: weight-clipping bound.
+        iters_per_g, warmup_g_steps, warmup_iters, refresh_every: the update schedule.
+
+    Returns:
+        ``{"critic_steps", "generator_steps", "wasserstein"}`` (last ``D(fake) - D(real)`` estimate).
+    """
+    device = next(critic.parameters()).device
+    opt_d = torch.optim.RMSprop(critic.parameters(), lr=lr)
+    opt_g = torch.optim.RMSprop(generator.parameters(), lr=lr)
+    critic.train()
+    generator.train()
+    done, g_steps, w = 0, 0, float("nan")
+    while done < steps:
+        block = warmup_iters if g_steps < warmup_g_steps or g_steps % refresh_every == 0 else iters_per_g
+        critic.requires_grad_(True)
+        for _ in range(min(block, steps - done)):
+            with torch.no_grad():
+                for p in critic.parameters():
+                    p.clamp_(-clip, clip)
+                fake = generator(torch.randn(batch_size, generator.latent_dim, device=device))
+            d_real = critic(sample_real(batch_size)).mean()
+            d_fake = critic(fake).mean()
+            opt_d.zero_grad(set_to_none=True)
+            (d_real - d_fake).backward()
+            opt_d.step()
+            done += 1
+            w = float(d_fake.detach() - d_real.detach())
+        critic.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        critic(generator(torch.randn(batch_size, generator.latent_dim, device=device))).mean().backward()
+        opt_g.step()
+        g_steps += 1
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.clamp_(-clip, clip)
+    critic.requires_grad_(False)
+    critic.eval()
+    generator.eval()
+    return {"critic_steps": done, "generator_steps": g_steps, "wasserstein": w}
