@@ -44,10 +44,11 @@ import math
 import multiprocessing
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -62,6 +63,7 @@ LABEL_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gipl", ".gipl.gz"
 NEW_METRICS = ("HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3")
 CSV_METRICS = ("Dice", "IoU", "HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3",
                "TP", "FP", "FN", "TN", "n_ref", "n_pred")
+_OUTPUT_FILES = ("boxplots.png", "overlay_best.png", "overlay_worst.png")
 _TIE = 1e-5  # relative slack of the NSD tolerance test (float32 distances)
 
 
@@ -342,11 +344,14 @@ def _split_ending(name: str) -> tuple[str, str] | None:
 
 
 def find_cases(folder: str | os.PathLike) -> dict[str, Path]:
-    """``{case identifier: file}`` of the label files (any nnU-Net ending) in ``folder``."""
+    """``{case identifier: file}`` of the label files (any nnU-Net ending) in ``folder``.
+
+    Hidden files and the report's own PNGs (``boxplots.png``, ``overlay_*.png``) are skipped.
+    """
     out = {}
     for f in sorted(Path(folder).iterdir()):
         parts = _split_ending(f.name) if f.is_file() else None
-        if parts and not f.name.startswith("."):
+        if parts and not f.name.startswith(".") and f.name not in _OUTPUT_FILES:
             out.setdefault(parts[0], f)
     return out
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_report", "case_scores", "find_image"]
+__all__ = ["write_report", "case_scores", "find_image", "summary_table"]
 
 TABLE_METRICS = ("Dice", "IoU", "HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3")
 BOX_METRICS = ("Dice", "NSD", "HD95", "ASSD")
@@ -44,6 +44,17 @@ def find_image(image_dir: str | os.PathLike | None, case: str) -> Path | None:
             if f.is_file():
                 return f
     return None
+
+
+def summary_table(result: dict, metrics: tuple[str, ...] = ("Dice", "IoU", "HD95", "ASSD", "NSD")) -> str:
+    """Plain-text table of the means per class and the foreground mean, for the terminal."""
+    names = result["class_names"]
+    rows = [(names.get(_key(k), _key(k)), result["mean"][k]) for k in result["mean"]]
+    rows.append(("foreground mean", result["foreground_mean"]))
+    width = max(len(n) for n, _ in rows) + 2
+    head = "".ljust(width) + "".join(m.rjust(10) for m in metrics)
+    lines = [head] + [n.ljust(width) + "".join(f"{v[m]:10.4f}" for m in metrics) for n, v in rows]
+    return "\n".join(lines) + f"\n(NSD at {result['tolerance_mm']:g} mm; HD95 and ASSD in mm)"
 
 
 def _fmt(v) -> str:
@@ -118,15 +129,15 @@ def _overlay(case: dict, image_file: Path | None, title: str, png: Path) -> None
         area = fg.reshape(fg.shape[0], -1).sum(1)
         index = int(np.argmax(area)) if area.any() else fg.shape[0] // 2
     aspect = sq[-2] / sq[-1] if len(sq) >= 2 else 1.0
-    vmax = max(1, int(max(ref.max(), pred.max())))
     panels = ([("image", None)] if img is not None else []) + [("reference", ref), ("prediction", pred)]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.5), squeeze=False)
     for ax, (name, lab) in zip(axes[0], panels):
         if img is not None:
             ax.imshow(_slice(img, index).astype(float), cmap="gray", aspect=aspect, interpolation="nearest")
         if lab is not None:
-            s = _slice(lab, index)
-            ax.imshow(np.ma.masked_equal(s, 0), cmap="tab10", vmin=0, vmax=max(vmax, 9),
+            s = _slice(lab, index).astype(np.int64)
+            colour = np.ma.masked_where(s == 0, (s - 1) % 10)  # label v -> tab10 colour v-1
+            ax.imshow(colour, cmap="tab10", vmin=-0.5, vmax=9.5,
                       alpha=0.55 if img is not None else 1.0, aspect=aspect, interpolation="nearest")
         ax.set_title(name + (f" (slice {index})" if index is not None else ""), fontsize=9)
         ax.axis("off")
@@ -166,9 +177,10 @@ def write_report(result: dict, output_dir: str | os.PathLike, image_dir: str | o
     cases = result["metric_per_case"]
     parts.append(f"<p>{len(cases)} case(s); NSD tolerance {result['tolerance_mm']:g} mm; "
                  f"distances in mm, volumes in mm&sup3;.</p>")
-    if result.get("cases_without_prediction"):
-        parts.append("<p class='note'>Reference cases without a prediction (not evaluated): "
-                     + html.escape(", ".join(result["cases_without_prediction"])) + "</p>")
+    missing = result.get("cases_without_prediction") or []
+    if missing:
+        parts.append(f"<p class='note'>{len(missing)} reference case(s) without a prediction (not evaluated): "
+                     + html.escape(", ".join(missing[:20]) + (", ..." if len(missing) > 20 else "")) + "</p>")
     rows = [[_key(k), names.get(_key(k), _key(k)), *[result["mean"][k][m] for m in TABLE_METRICS]] for k in keys]
     rows.append(["foreground", "mean", *[result["foreground_mean"][m] for m in TABLE_METRICS]])
     parts.append("<h2>Mean per class</h2>" + _table(["label", "name", *TABLE_METRICS], rows))

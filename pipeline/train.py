@@ -20,6 +20,7 @@ from .experiment import (
     data_identifier,
     default_plans_name,
     load_plans,
+    model_folder,
     parse_fold,
     trainer_for,
 )
@@ -122,21 +123,24 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
     _check_unlabeled_available(trainer, plans_dict, configuration, pre, budget)
     dev = resolve_device(device)
 
-    cls = nnzoo_trainer_class(trainer_cls)
-    dataset_json = json.loads((pre / "dataset.json").read_text())
-    plans_dict["continue_training"] = continue_training
-    t = cls(plans=plans_dict, configuration=configuration, fold=fold, dataset_json=dataset_json, device=dev)
-    out = Path(t.output_folder)
-    run_file = out / RUN_FILE
+    out = model_folder(name, trainer_cls.__name__, plans_name, configuration) / f"fold_{fold}"
     existing = sorted(p.name for p in out.glob("checkpoint_*.pth"))
     if existing and not continue_training and not overwrite:
         raise NnzooError(f"{out} already holds {', '.join(existing)}; use --continue to resume it or --overwrite "
                          "to start a new training over it")
+    run_file = out / RUN_FILE
     prev = json.loads(run_file.read_text()) if continue_training and run_file.is_file() else {}
     if not continue_training:  # a new run chooses its labeled cases anew
         from nnzoo.trainers.label_budget import LABELED_SPLIT_FILE
 
         (out / LABELED_SPLIT_FILE).unlink(missing_ok=True)
+
+    cls = nnzoo_trainer_class(trainer_cls)
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    plans_dict["continue_training"] = continue_training
+    t = cls(plans=plans_dict, configuration=configuration, fold=fold, dataset_json=dataset_json, device=dev)
+    if Path(t.output_folder) != out:  # a trainer that moved its output folder: checks above were elsewhere
+        raise RuntimeError(f"{trainer} writes to {t.output_folder}, expected {out}")
 
     t.num_epochs = int(epochs or prev.get("num_epochs") or t.num_epochs)
     t.num_iterations_per_epoch = int(iters or prev.get("num_iterations_per_epoch") or t.num_iterations_per_epoch)

@@ -27,7 +27,10 @@ from dynamic_network_architectures.building_blocks.plain_conv_encoder import Pla
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
+from dynamic_network_architectures.initialization.weight_init import (
+    InitWeights_He,
+    init_last_bn_before_add_to_0,
+)
 from torch import nn
 
 __all__ = ["UPSAMPLING_MODES", "resolve_arch_kwargs", "encoder_from_plan", "initialize_network", "Upsampling",

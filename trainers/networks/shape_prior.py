@@ -5,8 +5,8 @@ Semi-Supervised Ultrasound Image Segmentation" (MICCAI 2024), official code
 github.com/WUTCM-Lab/Shape-Prior-Semi-Seg.
 
 - :class:`TwinDecoderUNet`: the plan's encoder (``PlainConvEncoder`` / ``ResidualEncoder``) shared
-  by two nnU-Net-shaped decoders. ``label_decoder`` (D_l) upsamples by 1x1 convolution and
-  (bi/tri)linear interpolation and learns from labels; ``decoder`` (D_p) upsamples with transposed
+  by two nnU-Net-shaped decoders (:class:`~nnzoo.trainers.networks.common.UNetStyleDecoder`).
+  ``label_decoder`` (D_l) upsamples by 1x1 convolution and (bi/tri)linear interpolation and learns from labels; ``decoder`` (D_p) upsamples with transposed
   convolutions like nnU-Net's ``UNetDecoder``, sees its bottleneck input through dropout and learns
   from D_l's hard pseudo-labels. ``forward(x)`` is D_p (inference); ``forward(x, n_labeled=n)``
   is the training pass (see :meth:`TwinDecoderUNet.forward`).
@@ -22,37 +22,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
-from dynamic_network_architectures.initialization.weight_init import (
-    InitWeights_He,
-    init_last_bn_before_add_to_0,
-)
 from torch import nn
 
-from .banet import _encoder_from_plan, _resolve_kwargs
+from .common import UNetStyleDecoder, encoder_from_plan, initialize_network
 
 __all__ = ["TwinDecoderUNet", "ShapePriorDecoder", "ShapeCritic", "ShapeGenerator", "build_twin_decoder_unet",
            "resize_to_critic", "train_wgan_critic"]
 
 
-class _InterpUp(nn.Module):
-    """1x1 convolution to the skip's channels, then linear interpolation to the skip's size."""
-
-    def __init__(self, conv_op: type, in_ch: int, out_ch: int, bias: bool) -> None:
-        super().__init__()
-        self.conv = conv_op(in_ch, out_ch, 1, 1, 0, bias=bias)
-        self.mode = "bilinear" if conv_op is nn.Conv2d else "trilinear"
-
-    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return F.interpolate(self.conv(x), size=tuple(size), mode=self.mode, align_corners=False)
-
-
-class ShapePriorDecoder(nn.Module):
-    """nnU-Net-shaped decoder (upsample, concatenate skip, conv blocks, 1x1 head per stage).
-
-    Every head is always built (state dicts do not depend on ``deep_supervision``). The encoder is
-    referenced, not registered (its weights live under ``encoder.`` only).
+class ShapePriorDecoder(UNetStyleDecoder):
+    """:class:`~nnzoo.trainers.networks.common.UNetStyleDecoder` with dropout on its bottleneck input
+    and a per-call deep-supervision switch.
 
     Args:
         encoder: a dynamic_network_architectures encoder with ``return_skips=True``.
@@ -60,42 +40,14 @@ class ShapePriorDecoder(nn.Module):
         n_conv_per_stage: conv blocks per decoder stage (int or one per stage, coarse to fine).
         deep_supervision: return one output per stage (highest resolution first).
         nonlin_first: conv -> nonlin -> norm.
-        upsampling: ``"transpconv"`` (nnU-Net's) or ``"interp"`` (1x1 conv + linear interpolation).
-        bottleneck_dropout: dropout probability on the bottleneck features (0: none).
+        upsampling: ``"transpconv"`` (nnU-Net's) or ``"linear"`` (1x1 conv + linear interpolation).
+        bottleneck_dropout: dropout probability on the bottleneck features (0: none; active in train mode).
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
                  deep_supervision: bool, nonlin_first: bool = False, upsampling: str = "transpconv",
                  bottleneck_dropout: float = 0.0) -> None:
-        super().__init__()
-        if upsampling not in ("transpconv", "interp"):
-            raise ValueError(f"upsampling must be 'transpconv' or 'interp', got {upsampling!r}")
-        self.deep_supervision = deep_supervision
-        self.num_classes = num_classes
-        self.upsampling = upsampling
-        object.__setattr__(self, "_encoder", encoder)
-        n_dec = len(encoder.output_channels) - 1
-        if isinstance(n_conv_per_stage, int):
-            n_conv_per_stage = [n_conv_per_stage] * n_dec
-        if len(n_conv_per_stage) != n_dec:
-            raise ValueError(f"n_conv_per_stage needs {n_dec} entries, got {n_conv_per_stage}")
-        transp = get_matching_convtransp(conv_op=encoder.conv_op)
-        ups, stages, heads = [], [], []
-        for s in range(1, n_dec + 1):
-            below, skip_ch = encoder.output_channels[-s], encoder.output_channels[-(s + 1)]
-            stride = encoder.strides[-s]
-            if upsampling == "transpconv":
-                ups.append(transp(below, skip_ch, stride, stride, bias=encoder.conv_bias))
-            else:
-                ups.append(_InterpUp(encoder.conv_op, below, skip_ch, encoder.conv_bias))
-            stages.append(StackedConvBlocks(
-                n_conv_per_stage[s - 1], encoder.conv_op, 2 * skip_ch, skip_ch, encoder.kernel_sizes[-(s + 1)], 1,
-                encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
-                encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs, nonlin_first))
-            heads.append(encoder.conv_op(skip_ch, num_classes, 1, 1, 0, bias=True))
-        self.upsample = nn.ModuleList(ups)
-        self.stages = nn.ModuleList(stages)
-        self.seg_layers = nn.ModuleList(heads)
+        super().__init__(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first, upsampling)
         self.input_dropout = nn.Dropout(bottleneck_dropout) if bottleneck_dropout > 0 else nn.Identity()
 
     def forward(self, skips: Sequence[torch.Tensor], deep_supervision: bool | None = None):
@@ -113,30 +65,10 @@ class ShapePriorDecoder(nn.Module):
         outs: list[torch.Tensor] = []
         for s in range(n):
             skip = skips[-(s + 2)]
-            up = self.upsample[s](x) if self.upsampling == "transpconv" else self.upsample[s](x, skip.shape[2:])
-            x = self.stages[s](torch.cat((up, skip), 1))
+            x = self.stages[s](torch.cat((self.upsamplings[s](x, skip.shape[2:]), skip), 1))
             if ds or s == n - 1:
                 outs.append(self.seg_layers[s](x))
         return outs[::-1] if ds else outs[0]
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Feature-map elements this decoder stores for one sample (nnU-Net's VRAM proxy)."""
-        enc = self._encoder
-        sizes = []
-        for s in range(len(enc.strides) - 1):
-            input_size = [i // j for i, j in zip(input_size, enc.strides[s])]
-            sizes.append(input_size)
-        total = np.int64(0)
-        n = len(self.stages)
-        for s in range(n):
-            size = sizes[-(s + 1)]
-            vox = np.prod(size, dtype=np.int64)
-            skip_ch = enc.output_channels[-(s + 2)]
-            total += self.stages[s].compute_conv_feature_map_size(size)
-            total += skip_ch * vox * (1 if self.upsampling == "transpconv" else 2)
-            if self.deep_supervision or s == n - 1:
-                total += self.num_classes * vox
-        return total
 
 
 class TwinDecoderUNet(nn.Module):
@@ -158,7 +90,7 @@ class TwinDecoderUNet(nn.Module):
         self.decoder = ShapePriorDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
                                          nonlin_first, upsampling="transpconv", bottleneck_dropout=dropout)
         self.label_decoder = ShapePriorDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                               nonlin_first, upsampling="interp")
+                                               nonlin_first, upsampling="linear")
 
     def forward(self, x: torch.Tensor, n_labeled: int | None = None):
         """
@@ -178,7 +110,8 @@ class TwinDecoderUNet(nn.Module):
             return self.decoder(skips)
         if not 0 < n_labeled < x.shape[0]:
             raise ValueError(f"n_labeled must be in [1, {x.shape[0] - 1}], got {n_labeled}")
-        lab = self.label_decoder([s[:n_labeled] for s in skips])
+        ds = self.decoder.deep_supervision  # nnU-Net toggles this flag; D_l follows it
+        lab = self.label_decoder([s[:n_labeled] for s in skips], deep_supervision=ds)
         unl = [s[n_labeled:] for s in skips]
         with torch.no_grad():
             pseudo_logits = self.label_decoder([s.detach() for s in unl], deep_supervision=False)
@@ -209,15 +142,10 @@ def build_twin_decoder_unet(arch_class_name: str, arch_kwargs: dict, kw_requires
     Raises:
         ValueError: unsupported network class.
     """
-    kw = _resolve_kwargs(arch_kwargs, kw_requires_import)
-    encoder, residual = _encoder_from_plan(arch_class_name, kw, input_channels)
-    net = TwinDecoderUNet(encoder, num_classes, kw["n_conv_per_stage_decoder"], deep_supervision,
-                          nonlin_first=kw.get("nonlin_first", False) and not residual, dropout=dropout)
-    if allow_init:
-        net.apply(InitWeights_He(1e-2))
-        if residual:
-            net.apply(init_last_bn_before_add_to_0)
-    return net
+    encoder, residual = encoder_from_plan(arch_class_name, arch_kwargs, input_channels, kw_requires_import)
+    net = TwinDecoderUNet(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
+                          nonlin_first=arch_kwargs.get("nonlin_first", False) and not residual, dropout=dropout)
+    return initialize_network(net, residual) if allow_init else net
 
 
 # ------------------------------------------------------------------------------------------ shape prior

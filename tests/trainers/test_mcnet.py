@@ -1,0 +1,258 @@
+"""Tests of MC-Net+: sharpening, mutual consistency, ramp, the three decoders, loss composition and steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_trainer, tiny_dataset_json, tiny_plans
+
+from nnzoo.trainers.mcnet import mutual_consistency_loss, nnUNetTrainerMCNet, sharpen, sigmoid_rampup
+from nnzoo.trainers.networks.common import Upsampling
+from nnzoo.trainers.networks.mcnet import MCNet
+
+PATCH = {"3d_fullres": (16, 16, 16), "2d": (16, 16)}
+
+
+# ----------------------------------------------------------------------------- sharpening, consistency, ramp
+def test_sharpen_on_hand_made_values():
+    p = torch.tensor([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+    s = sharpen(p, 0.1)
+    expected = [0.0, 0.1 ** 10 / (0.1 ** 10 + 0.9 ** 10), 0.3 ** 10 / (0.3 ** 10 + 0.7 ** 10), 0.5,
+                0.7 ** 10 / (0.7 ** 10 + 0.3 ** 10), 0.9 ** 10 / (0.9 ** 10 + 0.1 ** 10), 1.0]
+    torch.testing.assert_close(s, torch.tensor(expected))
+    assert float(s[5]) > 0.9999 and float(s[1]) < 1e-4  # pushed towards 0 / 1
+    torch.testing.assert_close(s + sharpen(1 - p, 0.1), torch.ones_like(p))  # symmetric
+    torch.testing.assert_close(sharpen(p, 1.0), p)  # T = 1: identity
+    # channels are sharpened independently (no renormalisation): (0.5, 0.3, 0.2) -> (0.5, s(0.3), s(0.2))
+    q = sharpen(torch.tensor([0.5, 0.3, 0.2]), 0.1)
+    assert abs(float(q[0]) - 0.5) < 1e-7 and float(q.sum()) < 0.51
+    # half precision input: computed in float32, no NaN
+    assert sharpen(torch.rand(100).half(), 0.1).dtype == torch.float32
+
+
+def test_mutual_consistency_on_hand_made_tensors():
+    p1 = torch.tensor([[0.9, 0.1], [0.4, 0.6]])[None]  # (1, 2, 2): 2 classes, 2 voxels
+    p2 = torch.tensor([[0.6, 0.4], [0.5, 0.5]])[None]
+    p3 = torch.tensor([[0.2, 0.8], [0.7, 0.3]])[None]
+    probs = [p1, p2, p3]
+    s = [sharpen(p) for p in probs]
+    expected = sum(((probs[i] - s[j]) ** 2).mean() for i in range(3) for j in range(3) if i != j)
+    torch.testing.assert_close(mutual_consistency_loss(probs, 0.1), expected)
+    # two decoders by hand: MSE(p1, s(p2)) + MSE(p2, s(p1)) with s(0.5) = 0.5
+    a = torch.tensor([0.5, 1.0])
+    b = torch.tensor([0.0, 0.5])
+    hand = ((0.5 - 0.0) ** 2 + (1.0 - 0.5) ** 2) / 2 + ((0.0 - 0.5) ** 2 + (0.5 - 1.0) ** 2) / 2
+    torch.testing.assert_close(mutual_consistency_loss([a, b]), torch.tensor(hand))
+    # identical one-hot predictions agree with their own sharpened versions: zero loss
+    onehot = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert float(mutual_consistency_loss([onehot, onehot, onehot])) == 0.0
+
+
+def test_consistency_gradients_reach_both_sides():
+    # official code: no detach; the sharpened pseudo-label s(p_j) also carries gradient
+    p1 = torch.tensor([0.3, 0.6], requires_grad=True)
+    p2 = torch.tensor([0.55, 0.2], requires_grad=True)
+    loss = torch.nn.functional.mse_loss(p1, sharpen(p2))  # one ordered pair
+    loss.backward()
+    assert p1.grad.abs().min() > 0 and p2.grad.abs().min() > 0
+    p1.grad = p2.grad = None
+    mutual_consistency_loss([p1, p2]).backward()
+    assert p1.grad.abs().min() > 0 and p2.grad.abs().min() > 0
+
+
+def test_sigmoid_rampup():
+    assert sigmoid_rampup(0, 40) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(20, 40) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(40, 40) == 1.0 and sigmoid_rampup(1000, 40) == 1.0
+    assert sigmoid_rampup(-3, 40) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(5, 0) == 1.0
+    vals = [sigmoid_rampup(e, 10) for e in range(12)]
+    assert vals == sorted(vals)
+
+
+# ----------------------------------------------------------------------------- network
+def _net(tmp_path, configuration: str, deep_supervision: bool = True) -> MCNet:
+    plans = tiny_plans(configuration, PATCH[configuration])
+    t = make_trainer(nnUNetTrainerMCNet, tmp_path, configuration, plans=plans)
+    return t.build_network_architecture(t.plans_manager, t.configuration_manager, 1, 3, deep_supervision)
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_three_decoders_differ_only_in_upsampling(tmp_path, configuration):
+    torch.manual_seed(0)
+    net = _net(tmp_path, configuration)
+    d0, d1, d2 = net.decoder.decoders
+    modes = [[u.mode for u in d.upsamplings] for d in (d0, d1, d2)]
+    assert [set(m) for m in modes] == [{"transpconv"}, {"linear"}, {"nearest"}]
+    conv_t = torch.nn.ConvTranspose3d if configuration == "3d_fullres" else torch.nn.ConvTranspose2d
+    assert all(isinstance(u.conv, conv_t) for u in d0.upsamplings)
+    assert {u.interpolation for u in d1.upsamplings} == {"trilinear" if configuration == "3d_fullres" else "bilinear"}
+    # everything except the upsampling modules has the same structure
+    def rest(d):
+        return {k: v.shape for k, v in d.state_dict().items() if not k.startswith("upsamplings.")}
+    assert rest(d0) == rest(d1) == rest(d2)
+    # functional check: give decoders 1 and 2 decoder 0's weights and upsampling -> identical outputs
+    x = torch.randn(2, 1, *PATCH[configuration])
+    net.eval()
+    with torch.no_grad():
+        skips = net.encoder(x)
+        outs_before = [d(skips) for d in (d0, d1, d2)]
+        assert not torch.allclose(outs_before[0][0], outs_before[1][0])
+        for d in (d1, d2):
+            d.load_state_dict({k: v for k, v in d0.state_dict().items() if not k.startswith("upsamplings.")},
+                              strict=False)
+            d.upsamplings = d0.upsamplings
+        outs = [d(skips) for d in (d0, d1, d2)]
+    for o in outs[1:]:
+        for a, b in zip(outs[0], o):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_interpolating_upsampling_matches_conv_after_interpolation(mode):
+    torch.manual_seed(0)
+    up = Upsampling(mode, torch.nn.Conv3d, 4, 2, (1, 2, 2), bias=True)
+    x = torch.randn(1, 4, 3, 4, 5)
+    y = up(x, (3, 8, 10))
+    assert y.shape == (1, 2, 3, 8, 10)
+    kw = {"align_corners": True} if mode == "linear" else {}
+    ref = up.conv(torch.nn.functional.interpolate(x, size=(3, 8, 10), mode="trilinear" if mode == "linear"
+                                                  else "nearest", **kw))
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="upsampling mode"):
+        Upsampling("bicubic", torch.nn.Conv3d, 4, 2, 2)
+
+
+def test_inference_network_is_the_first_decoder(tmp_path):
+    torch.manual_seed(0)
+    net = _net(tmp_path, "3d_fullres")
+    net_nods = _net(tmp_path, "3d_fullres", deep_supervision=False)
+    assert list(net.state_dict()) == list(net_nods.state_dict())
+    net_nods.load_state_dict(net.state_dict())  # strict
+    x = torch.randn(2, 1, *PATCH["3d_fullres"])
+    net.eval()
+    net_nods.eval()
+    with torch.no_grad():
+        y = net_nods(x)
+        every = net(x, all_decoders=True)
+        first_ds = net(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 3, *PATCH["3d_fullres"])
+    n_out = len(net.decoder.decoders[0].stages)
+    assert len(every) == 3 and all(isinstance(o, list) and len(o) == n_out for o in every)
+    torch.testing.assert_close(y, every[0][0])
+    torch.testing.assert_close(first_ds[0], every[0][0])
+    net.decoder.deep_supervision = False  # nnU-Net's set_deep_supervision_enabled
+    assert all(not d.deep_supervision for d in net.decoder.decoders)
+    with torch.no_grad():
+        assert all(isinstance(o, torch.Tensor) for o in net(x, all_decoders=True))
+
+
+# ----------------------------------------------------------------------------- trainer
+def _trainer(tmp_path, configuration="3d_fullres", **kw):
+    return make_trainer(nnUNetTrainerMCNet, tmp_path, configuration,
+                        plans=tiny_plans(configuration, PATCH[configuration]), initialize=True, **kw)
+
+
+def _batch(t, configuration, b=2):
+    patch = PATCH[configuration]
+    y = torch.randint(0, 3, (b, 1, *patch)).float()
+    targets = [torch.nn.functional.interpolate(y, size=[round(p * s) for p, s in zip(patch, sc)],
+                                               mode="nearest-exact") for sc in t._get_deep_supervision_scales()]
+    return torch.randn(b, 1, *patch), targets
+
+
+def test_ramp_and_weights_follow_the_official_values(tmp_path):
+    t3 = make_trainer(nnUNetTrainerMCNet, tmp_path, "3d_fullres")
+    t2 = make_trainer(nnUNetTrainerMCNet, tmp_path, "2d")
+    t3.num_epochs = t2.num_epochs = 1000
+    assert t3.supervised_weight == 0.5 and t2.supervised_weight == 1.0
+    assert t3.consistency_weight(0) == pytest.approx(math.exp(-5))
+    assert t3.consistency_weight(200) == pytest.approx(math.exp(-1.25))  # half of 0.4 * 1000 epochs
+    assert t3.consistency_weight(400) == 1.0 and t3.consistency_weight(999) == 1.0
+    assert t2.consistency_weight(500) == pytest.approx(0.1 * math.exp(-1.25))
+    assert t2.consistency_weight(1000) == pytest.approx(0.1)
+    t3.current_epoch = 200
+    assert t3.consistency_weight() == pytest.approx(math.exp(-1.25))
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_loss_composition_and_every_parameter_gets_a_gradient(tmp_path, configuration):
+    torch.manual_seed(0)
+    t = _trainer(tmp_path, configuration)
+    # under DDP nnU-Net weights the lowest deep-supervision output 1e-6 instead of 0
+    w = list(t.loss.weight_factors)
+    assert w[-1] == 0
+    t.loss.weight_factors = tuple(w[:-1] + [1e-6])
+    data, targets = _batch(t, configuration)
+    unlabeled = torch.randn_like(data)
+    t.optimizer.zero_grad()
+    outputs = t.network(torch.cat((data, unlabeled)), all_decoders=True)
+    total, sup, cons = t.compute_loss(outputs, targets, 2, 0.7)
+    total.backward()
+    missing = [n for n, p in t.network.named_parameters() if p.grad is None]
+    assert missing == []  # DDP needs every parameter in the graph
+    # composition: lambda * sum over decoders of nnU-Net's loss on the labeled half + w * consistency
+    with torch.no_grad():
+        ref_sup = sum(t.loss([o[:2] for o in out], targets) for out in outputs)
+        ref_cons = mutual_consistency_loss([torch.softmax(out[0].float(), 1) for out in outputs], 0.1)
+    torch.testing.assert_close(sup.detach(), ref_sup)
+    torch.testing.assert_close(cons.detach(), ref_cons)
+    torch.testing.assert_close(total.detach(), t.supervised_weight * ref_sup + 0.7 * ref_cons)
+    # the unlabeled images enter the consistency term only
+    with torch.no_grad():
+        outs2 = t.network(torch.cat((data, torch.randn_like(data))), all_decoders=True)
+        _, sup2, cons2 = t.compute_loss(outs2, targets, 2, 0.7)
+    torch.testing.assert_close(sup2, sup.detach())
+    assert not torch.allclose(cons2, cons.detach())
+
+
+def test_train_step_uses_labeled_and_unlabeled_batches(tmp_path):
+    t = _trainer(tmp_path)
+    data, targets = _batch(t, "3d_fullres")
+    seen = []
+    real_forward = t.network.forward
+
+    def spy(x, all_decoders=False):
+        seen.append((tuple(x.shape), all_decoders))
+        return real_forward(x, all_decoders)
+
+    t.network.forward = spy
+    unlabeled = torch.randn(3, 1, *PATCH["3d_fullres"])  # another unlabeled batch size works too
+    t.dataloader_unlabeled = iter([{"data": unlabeled}])
+    before = [p.detach().clone() for p in t.network.parameters()]
+    out = t.train_step({"data": data, "target": targets})
+    assert seen == [((5, 1, *PATCH["3d_fullres"]), True)]
+    assert all(np.isfinite(out[k]) for k in ("loss", "supervised_loss", "consistency_loss"))
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.network.parameters()))
+
+
+def test_ce_weight_zero_gives_official_dice_only_loss(tmp_path):
+    class DiceOnly(nnUNetTrainerMCNet):
+        CE_WEIGHT = 0.0
+
+    t = make_trainer(DiceOnly, tmp_path, "3d_fullres", plans=tiny_plans("3d_fullres", PATCH["3d_fullres"]),
+                     initialize=True)
+    assert t.loss.loss.weight_ce == 0.0
+    data, targets = _batch(t, "3d_fullres")
+    logits = [torch.randn(2, 3, *tg.shape[2:]) for tg in targets]
+    dice = t.loss.loss.dc(logits[0], targets[0])
+    torch.testing.assert_close(t.loss.loss(logits[0], targets[0]), dice)
+
+
+def test_region_plans_use_sigmoid_probabilities(tmp_path):
+    dj = tiny_dataset_json(labels={"background": 0, "a": [1, 2], "b": 2}, regions_class_order=[1, 2])
+    t = make_trainer(nnUNetTrainerMCNet, tmp_path, dataset_json=dj)
+    logits = torch.randn(1, 2, 4, 4, 4)
+    torch.testing.assert_close(t.probabilities(logits), torch.sigmoid(logits))
+    t2 = make_trainer(nnUNetTrainerMCNet, tmp_path)
+    torch.testing.assert_close(t2.probabilities(logits), torch.softmax(logits, 1))
+
+
+def test_registered():
+    from nnzoo.trainers.registry import get_trainer_info
+
+    info = get_trainer_info("nnUNetTrainerMCNet")
+    assert info.cls is nnUNetTrainerMCNet and info.semi_supervised and set(info.dims) == {"2d", "3d"}

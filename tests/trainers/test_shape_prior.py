@@ -1,0 +1,245 @@
+"""Tests of the shape-prior trainer: critic training, twin decoders, losses, steps and checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_trainer, tiny_dataset_json, tiny_plans
+
+from nnzoo.trainers.base import NnzooTrainer
+from nnzoo.trainers.networks.shape_prior import (
+    ShapeCritic,
+    ShapeGenerator,
+    TwinDecoderUNet,
+    resize_to_critic,
+    train_wgan_critic,
+)
+from nnzoo.trainers.shape_prior import CRITIC_KEY, nnUNetTrainerShapePrior
+
+PATCH = {"3d_fullres": (16, 16, 16), "2d": (32, 32)}
+
+
+class _TinyShapePrior(nnUNetTrainerShapePrior):
+    CRITIC_SIZE_2D = 16
+    CRITIC_SIZE_3D = 16
+    CRITIC_FEATURES_2D = 8
+    CRITIC_FEATURES_3D = 4
+    CRITIC_STEPS = 6
+    CRITIC_BATCH_SIZE = 4
+    CRITIC_WARMUP_G_STEPS = 1
+    CRITIC_WARMUP_ITERS = 2
+
+
+def _trainer(tmp_path, cfg="2d", dataset_json=None, cls=_TinyShapePrior):
+    return make_trainer(cls, tmp_path, cfg, plans=tiny_plans(cfg, PATCH[cfg]), dataset_json=dataset_json,
+                        initialize=True)
+
+
+def _disks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = torch.rand(n, 2, generator=g) * size * 0.5 + size * 0.25
+    r = torch.rand(n, generator=g) * size * 0.15 + size * 0.15
+    d = (yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2
+    return (d < r[:, None, None] ** 2).float()[:, None]
+
+
+def _batch(trainer, batch_size: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    patch = PATCH["2d" if len(trainer.configuration_manager.patch_size) == 2 else "3d_fullres"]
+    label = torch.randint(0, 3, (batch_size, 1, *[p // 4 for p in patch]), generator=g).float()
+    label = torch.nn.functional.interpolate(label, size=patch, mode="nearest")
+    targets = [torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(patch, sc)],
+                                               mode="nearest-exact") for sc in trainer._get_deep_supervision_scales()]
+    return {"data": torch.randn(batch_size, 1, *patch, generator=g), "target": targets}
+
+
+class _Unlabeled:
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __next__(self) -> dict:
+        return {"data": self.x}
+
+
+# ----------------------------------------------------------------------------- critic
+def test_critic_ranks_real_masks_below_noisy_masks():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    size = 32
+    pool, real = _disks(256, size, g), _disks(64, size, g)
+    noisy = (real + (torch.rand(real.shape, generator=g) < 0.2).float()) % 2  # 20 % of the pixels flipped
+    blobs = (torch.rand(real.shape, generator=g) < 0.3).float()
+    critic = ShapeCritic(2, 1, size, 16)
+    generator = ShapeGenerator(2, 1, size, 16, latent_dim=100, exclusive=True)
+    stats = train_wgan_critic(critic, generator, lambda n: pool[torch.randint(0, len(pool), (n,))], 100, 16,
+                              warmup_g_steps=1, warmup_iters=20)
+    assert stats["critic_steps"] == 100 and stats["generator_steps"] > 1
+    assert not critic.training and not any(p.requires_grad for p in critic.parameters())
+    assert all(p.abs().max() <= 0.01 + 1e-7 for p in critic.parameters())  # weight clipping
+    with torch.no_grad():
+        s_real, s_noisy, s_blobs = critic(real), critic(noisy), critic(blobs)
+    assert s_real.shape == (64,)
+    assert s_real.mean() < s_noisy.mean() and s_real.mean() < s_blobs.mean()
+    assert (s_real < s_noisy).float().mean() > 0.8  # per mask, not only on average
+
+
+@pytest.mark.parametrize("dim,exclusive", [(2, True), (3, True), (3, False)])
+def test_critic_and_generator_shapes(dim, exclusive):
+    c = ShapeCritic(dim, 2, 16, 4)
+    g = ShapeGenerator(dim, 2, 16, 4, latent_dim=8, exclusive=exclusive)
+    fake = g(torch.randn(3, 8))
+    assert fake.shape == (3, 2, *([16] * dim))
+    assert fake.min() >= 0 and fake.max() <= 1
+    if exclusive:
+        assert fake.sum(1).max() <= 1 + 1e-5  # foreground probabilities of a softmax
+    assert c(fake).shape == (3,)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ShapeCritic(dim, 1, 24)
+    x = torch.rand(2, 2, *([7] * dim))
+    assert resize_to_critic(x, 16).shape == (2, 2, *([16] * dim))
+
+
+# ----------------------------------------------------------------------------- network
+@pytest.mark.parametrize("cfg", ["2d", "3d_fullres"])
+def test_twin_decoder_training_forward(cfg, tmp_path):
+    tr = _trainer(tmp_path, cfg)
+    net = tr.network
+    assert isinstance(net, TwinDecoderUNet)
+    assert {k.split(".")[0] for k in net.state_dict()} == {"encoder", "decoder", "label_decoder"}
+    x = torch.randn(3, 1, *PATCH[cfg])
+    lab, pseudo_logits, dp = net(x, n_labeled=2)
+    n_scales = len(tr._get_deep_supervision_scales())
+    assert len(lab) == n_scales and lab[0].shape == (2, 3, *PATCH[cfg])
+    assert pseudo_logits.shape == (1, 3, *PATCH[cfg]) and not pseudo_logits.requires_grad
+    assert len(dp) == n_scales and dp[0].shape == (1, 3, *PATCH[cfg])
+    net.decoder.deep_supervision = False  # D_p still returns every scale for the critic, D_l follows the flag
+    lab, _, dp = net(x, n_labeled=2)
+    assert isinstance(lab, torch.Tensor) and len(dp) == n_scales
+    net.eval()
+    with torch.no_grad():  # inference: D_p, no dropout
+        y1, y2 = net(x), net(x)
+    assert torch.equal(y1, y2) and y1.shape == (3, 3, *PATCH[cfg])
+    with pytest.raises(ValueError):
+        net(x, n_labeled=3)
+
+
+# ----------------------------------------------------------------------------- losses and gradients
+def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    return {k: None if p.grad is None else p.grad.clone() for k, p in module.named_parameters()}
+
+
+def test_dp_receives_no_ground_truth(tmp_path):
+    tr = _trainer(tmp_path, "2d")
+    tr.pretrain_critic(real=resize_to_critic(tr.real_masks(_batch(tr, 4)["target"][0]), tr.critic_size))
+    net = tr.network
+    data = torch.randn(2, 1, *PATCH["2d"])
+    unlabeled = torch.randn(2, 1, *PATCH["2d"])
+    grads = []
+    for seed in (1, 2):  # two different ground truths for the same images
+        targets = _batch(tr, 2, seed)["target"]
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # same dropout mask
+        loss, parts = tr.compute_loss(data, targets, unlabeled)
+        assert np.isfinite(loss.item()) and set(parts) == {"sup", "pseudo", "shape"}
+        loss.backward()
+        grads.append((_grads(net.decoder), _grads(net.label_decoder)))
+    (dp_a, dl_a), (dp_b, dl_b) = grads
+    for k in dp_a:  # D_p's gradient does not depend on the ground truth...
+        assert (dp_a[k] is None) == (dp_b[k] is None)
+        if dp_a[k] is not None:
+            assert torch.equal(dp_a[k], dp_b[k]), k
+    assert any(dl_a[k] is not None and not torch.allclose(dl_a[k], dl_b[k]) for k in dl_a)  # ...D_l's does
+
+    # the supervised loss alone sends no gradient into D_p
+    net.zero_grad(set_to_none=True)
+    lab, _, _ = net(torch.cat((data, unlabeled)), n_labeled=2)
+    tr.loss(lab, _batch(tr, 2)["target"]).backward()
+    assert all(p.grad is None or not p.grad.any() for p in net.decoder.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in net.label_decoder.parameters())
+
+
+def test_pseudo_labels_and_masks(tmp_path):
+    tr = _trainer(tmp_path, "2d")
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2, 0, 0] = 5.0
+    logits[0, 1, 1, 1] = 5.0
+    assert tr.pseudo_labels(logits)[0, 0].tolist() == [[2.0, 0.0], [0.0, 1.0]]
+    m = tr.real_masks(torch.tensor([[[[2.0, 0.0], [0.0, 1.0]]]]))
+    assert m.shape == (1, 2, 2, 2) and m[0, 0].tolist() == [[0, 0], [0, 1]] and m[0, 1].tolist() == [[1, 0], [0, 0]]
+    p = tr.probabilities(logits)
+    assert p.shape == (1, 2, 2, 2) and torch.allclose(p.sum(1) + torch.softmax(logits, 1)[:, 0], torch.ones(1, 2, 2))
+
+    regions = tiny_dataset_json(labels={"background": 0, "ab": [1, 2], "b": 2}, regions_class_order=[1, 2])
+    tr_r = _trainer(tmp_path / "r", "2d", dataset_json=regions)
+    lr = torch.tensor([[[[3.0, -3.0]]], [[[-1.0, 2.0]]]]).permute(1, 0, 2, 3)  # (1, 2, 1, 2)
+    assert tr_r.pseudo_labels(lr)[0].tolist() == [[[1.0, 0.0]], [[0.0, 1.0]]]
+    assert tr_r._critic_args()[1] == 2
+
+
+def test_ignore_label_is_rejected(tmp_path):
+    dj = tiny_dataset_json(labels={"background": 0, "a": 1, "b": 2, "ignore": 3})
+    with pytest.raises(NotImplementedError, match="ignore"):
+        make_trainer(_TinyShapePrior, tmp_path, "2d", dataset_json=dj)
+
+
+# ----------------------------------------------------------------------------- steps
+@pytest.mark.parametrize("cfg", ["2d", "3d_fullres"])
+def test_train_step_gradients_reach_every_parameter(cfg, tmp_path):
+    tr = _trainer(tmp_path, cfg)
+    tr.batch_size = 2
+    n_l, n_u = tr.batch_split()
+    assert (n_l, n_u) == (1, 1)
+    batch = _batch(tr, 2)
+    with pytest.raises(RuntimeError, match="critic"):
+        tr.train_step(batch)
+    tr.pretrain_critic(real=resize_to_critic(tr.real_masks(batch["target"][0]), tr.critic_size))
+    critic_before = {k: v.clone() for k, v in tr.critic.state_dict().items()}
+    tr.dataloader_unlabeled = _Unlabeled(torch.randn(2, 1, *PATCH[cfg]))
+    before = {k: v.clone() for k, v in tr.network.state_dict().items()}
+    out = tr.train_step(batch)
+    assert np.isfinite(out["loss"]) and out["loss"].shape == ()
+    missing = {k for k, p in tr.network.named_parameters() if p.grad is None}
+    # only D_l's coarsest head (deep-supervision weight 0 outside DDP, as in nnU-Net) has no gradient
+    assert missing <= {"label_decoder.seg_layers.0.weight", "label_decoder.seg_layers.0.bias"}
+    assert all(p.grad is not None for p in tr.network.decoder.parameters())
+    changed = [k for k, v in tr.network.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("decoder.") for k in changed) and any(k.startswith("label_decoder.") for k in changed)
+    assert all(torch.equal(v, critic_before[k]) for k, v in tr.critic.state_dict().items())  # frozen
+    tr.batch_size = 5
+    assert tr.batch_split() == (3, 2)
+
+
+def test_critic_pretraining_steps_are_capped(tmp_path):
+    tr = _trainer(tmp_path, "2d")
+    tr.num_epochs, tr.num_iterations_per_epoch = 2, 2
+    assert tr.critic_steps() == 4
+    tr.num_epochs = 1000
+    assert tr.critic_steps() == _TinyShapePrior.CRITIC_STEPS
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_restores_critic_and_resume_does_not_retrain(tmp_path, monkeypatch):
+    tr = _trainer(tmp_path, "3d_fullres")
+    tr.pretrain_critic(real=torch.rand(6, 2, 16, 16, 16))
+    path = str(tmp_path / "ckpt.pth")
+    tr.save_checkpoint(path)
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    assert set(ck[CRITIC_KEY]) == set(tr.critic.state_dict())
+    assert not any(k.startswith("critic") for k in ck["network_weights"])  # not part of the network weights
+
+    tr2 = make_trainer(_TinyShapePrior, tmp_path / "b", "3d_fullres", plans=tiny_plans("3d_fullres", PATCH["3d_fullres"]))
+    tr2.load_checkpoint(path)
+    assert tr2.critic is not None and not tr2.critic.training
+    assert not any(p.requires_grad for p in tr2.critic.parameters())
+    for k, v in tr.critic.state_dict().items():
+        assert torch.equal(v, tr2.critic.state_dict()[k]), k
+
+    monkeypatch.setattr(NnzooTrainer, "on_train_start", lambda self: None)
+    monkeypatch.setattr(_TinyShapePrior, "pretrain_critic", lambda self, real=None: pytest.fail("retrained"))
+    tr2.on_train_start()  # resumed: the restored critic is kept
+    calls = []
+    monkeypatch.setattr(_TinyShapePrior, "pretrain_critic", lambda self, real=None: calls.append(1))
+    tr3 = _trainer(tmp_path / "c", "2d")
+    tr3.on_train_start()  # fresh run: pre-trains
+    assert calls == [1]

@@ -1,0 +1,299 @@
+"""Shape prior: prior-aware pseudo-labeling with a WGAN shape critic (semi-supervised)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from .networks.shape_prior import (
+    ShapeCritic,
+    ShapeGenerator,
+    build_twin_decoder_unet,
+    resize_to_critic,
+    train_wgan_critic,
+)
+from .registry import register_trainer
+from .semisup import SemiSupervisedTrainer
+
+__all__ = ["nnUNetTrainerShapePrior", "CRITIC_KEY"]
+
+CRITIC_KEY = "nnzoo_shape_critic"
+
+
+@register_trainer(
+    description="Shape prior: twin decoders, hard pseudo-labels and a frozen WGAN shape critic (semi-supervised)",
+    paper="Chen et al., Striving for Simplicity: Simple Yet Effective Prior-Aware Pseudo-Labeling for "
+          "Semi-Supervised Ultrasound Image Segmentation, MICCAI 2024",
+    dims=("2d", "3d"),
+    semi_supervised=True,
+)
+class nnUNetTrainerShapePrior(SemiSupervisedTrainer):
+    """Prior-aware pseudo-labeling (Chen et al., "Striving for Simplicity: Simple Yet Effective
+    Prior-Aware Pseudo-Labeling for Semi-Supervised Ultrasound Image Segmentation", MICCAI 2024;
+    official code github.com/WUTCM-Lab/Shape-Prior-Semi-Seg) on nnU-Net.
+
+    Shape prior: when training starts (inside ``nnzoo train``, before the segmenter's first
+    step) a WGAN (DCGAN critic and generator, weight clipping ``CRITIC_CLIP``, RMSprop
+    ``CRITIC_LR``, ``CRITIC_ITERS_PER_G`` critic updates per generator update, ``CRITIC_WARMUP_ITERS``
+    for the first ``CRITIC_WARMUP_G_STEPS`` generator updates and every 500th) is trained on the
+    labeled masks only: real = one-hot foreground masks (one channel per foreground class, or
+    the regions) of patches from the labeled loader, resampled (bi/trilinearly) to
+    ``CRITIC_SIZE_2D``² / ``CRITIC_SIZE_3D``³; fake = the generator's soft masks. The critic is
+    then frozen (eval mode, no gradients); lower score = more realistic. It is saved in every
+    checkpoint (``nnzoo_shape_critic``) and restored on ``--continue`` (never retrained); it is not
+    part of the network weights and not needed for prediction.
+
+    Segmenter (:class:`~nnzoo.trainers.networks.shape_prior.TwinDecoderUNet`): the plan's encoder,
+    a label decoder D_l (linear-interpolation upsampling) trained on labels, and a pseudo-label
+    decoder D_p (nnU-Net's transposed-conv upsampling, dropout ``DROPOUT`` on its bottleneck
+    input) trained only on D_l's hard pseudo-labels of unlabeled patches (argmax of the softmax;
+    ``sigmoid > 0.5`` per region), computed without gradient in the same pass. Loss::
+
+        SUPERVISED_WEIGHT * L_s(D_l(x_l), y) + L_seg(D_p(x_u), pseudo) + SHAPE_WEIGHT * mean_s critic(p_s)
+
+    with nnU-Net's Dice + CE (or BCE for regions) and deep-supervision weights for L_s and L_seg,
+    and ``p_s`` D_p's probabilities (softmax foreground channels / region sigmoids) at every
+    deep-supervision scale resampled to the critic's size; the critic score is averaged over
+    samples and scales. Inference and validation use D_p (``network(x)``).
+
+    Supported: 2D and 3D, plain label and region plans, ``--labeled N`` and ``imagesUnlabeled``.
+    Not supported (error): the ignore label.
+
+    Deviations from the official code:
+        - nnU-Net's plan encoder, trained from scratch, instead of an ImageNet-pretrained
+          ResNet-34 (not downloadable here); both decoders are nnU-Net-shaped (official: LinkNet-style
+          blocks, side outputs of D_p from extra conv heads);
+        - nnU-Net's losses, deep supervision (also on pseudo-labels at the coarser scales: the
+          official code supervises only D_p's full-resolution output, the side outputs get the
+          shape loss only), optimizer, schedule, augmentation and patches;
+        - the planned batch of B patches is shared: ``n_u = max(1, round(B * UNLABELED_FRACTION))``
+          unlabeled and ``max(1, B - n_u)`` labeled ones (the last of the labeled batch, which
+          holds nnU-Net's foreground-oversampled patches) go through one encoder pass, keeping
+          memory at the plan's budget (official: a full labeled and a full unlabeled batch);
+        - D_l is evaluated once on unlabeled patches without gradient for the pseudo-labels (the
+          official forward also runs D_l a second time, unused); D_p is not run on labeled patches;
+        - critic pre-training is short and runs inside training: ``min(CRITIC_STEPS, epochs x
+          iterations)`` critic updates on batches of ``CRITIC_BATCH_SIZE`` drawn from a pool of
+          ``CRITIC_POOL_BATCHES`` labeled-loader batches (official: a separate 10001-epoch run on
+          whole images resized to 64²); warm-up of ``CRITIC_WARMUP_G_STEPS`` (official 25);
+          the generator ends in a softmax/sigmoid (official: tanh, fakes in [-1, 1] while masks
+          lie in [0, 1]); real masks are nnU-Net's augmented patches, including empty ones;
+        - 3D uses a 3D critic of width ``CRITIC_FEATURES_3D`` on 32³ masks; multi-class uses one
+          critic input channel per foreground class (official: binary 2D only);
+        - under DDP the critic of rank 0 is broadcast to all ranks.
+    """
+
+    SUPERVISED_WEIGHT = 2.0
+    SHAPE_WEIGHT = 0.1
+    DROPOUT = 0.3
+    UNLABELED_FRACTION = 0.5
+    CRITIC_SIZE_2D = 64
+    CRITIC_SIZE_3D = 32
+    CRITIC_FEATURES_2D = 64
+    CRITIC_FEATURES_3D = 32
+    CRITIC_LATENT = 100
+    CRITIC_STEPS = 2500
+    CRITIC_BATCH_SIZE = 16
+    CRITIC_POOL_BATCHES = 32
+    CRITIC_LR = 5e-5
+    CRITIC_CLIP = 0.01
+    CRITIC_ITERS_PER_G = 5
+    CRITIC_WARMUP_G_STEPS = 5
+    CRITIC_WARMUP_ITERS = 100
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_ignore_label:
+            raise NotImplementedError("nnUNetTrainerShapePrior does not support the ignore label (a shape prior "
+                                      "cannot be learned from partially annotated masks)")
+        self.critic: ShapeCritic | None = None
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """Twin-decoder U-Net from the configuration's architecture (PlainConvUNet or ResidualEncoderUNet plans).
+
+        Args:
+            plans_manager: nnU-Net plans manager (unused, part of nnU-Net's signature).
+            configuration_manager: the configuration whose architecture is used.
+            num_input_channels: image channels.
+            num_output_channels: segmentation heads (classes or regions).
+            enable_deep_supervision: initial deep-supervision flag.
+
+        Returns:
+            A :class:`~nnzoo.trainers.networks.shape_prior.TwinDecoderUNet`.
+        """
+        return build_twin_decoder_unet(configuration_manager.network_arch_class_name,
+                                       configuration_manager.network_arch_init_kwargs,
+                                       configuration_manager.network_arch_init_kwargs_req_import,
+                                       num_input_channels, num_output_channels,
+                                       deep_supervision=enable_deep_supervision, dropout=cls.DROPOUT)
+
+    # ---------------------------------------------------------------- batch split
+    def batch_split(self) -> tuple[int, int]:
+        """``(labeled, unlabeled)`` patches per step taken from the planned batch size."""
+        n_u = max(1, int(round(self.batch_size * self.UNLABELED_FRACTION)))
+        return max(1, self.batch_size - n_u), n_u
+
+    def get_dataloaders(self):
+        self.unlabeled_batch_size = self.batch_split()[1]
+        return super().get_dataloaders()
+
+    # ---------------------------------------------------------------- masks
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Foreground probabilities: softmax without background (labels) or sigmoid (regions)."""
+        if self.label_manager.has_regions:
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits.float(), 1)[:, 1:]
+
+    def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Hard pseudo-labels in nnU-Net's target format: label map ``(B, 1, ...)`` or regions ``(B, R, ...)``."""
+        if self.label_manager.has_regions:
+            return (logits > 0).float()  # sigmoid > 0.5
+        return logits.argmax(1, keepdim=True).float()
+
+    def real_masks(self, target: torch.Tensor) -> torch.Tensor:
+        """One channel per foreground class (one-hot) or region, float, from an nnU-Net target."""
+        if self.label_manager.has_regions:
+            return target.float()
+        n = self.label_manager.num_segmentation_heads
+        return F.one_hot(target[:, 0].long(), n).movedim(-1, 1)[:, 1:].float()
+
+    # ---------------------------------------------------------------- shape critic
+    @property
+    def critic_size(self) -> int:
+        return self.CRITIC_SIZE_2D if len(self.configuration_manager.patch_size) == 2 else self.CRITIC_SIZE_3D
+
+    def _critic_args(self) -> tuple[int, int, int, int]:
+        dim = len(self.configuration_manager.patch_size)
+        n = self.label_manager.num_segmentation_heads
+        channels = n if self.label_manager.has_regions else n - 1
+        features = self.CRITIC_FEATURES_2D if dim == 2 else self.CRITIC_FEATURES_3D
+        return dim, channels, self.critic_size, features
+
+    def build_critic(self) -> ShapeCritic:
+        """A fresh (untrained) critic for this configuration, on the training device."""
+        return ShapeCritic(*self._critic_args()).to(self.device)
+
+    def critic_steps(self) -> int:
+        """Critic updates of the pre-training: ``CRITIC_STEPS``, at most one per segmenter step."""
+        return max(1, min(self.CRITIC_STEPS, self.num_epochs * self.num_iterations_per_epoch))
+
+    def collect_real_masks(self, n_batches: int) -> torch.Tensor:
+        """Critic-sized masks of ``n_batches`` batches of the labeled training loader."""
+        masks = []
+        for _ in range(n_batches):
+            target = next(self.dataloader_train)["target"]
+            target = target[0] if isinstance(target, list) else target
+            masks.append(resize_to_critic(self.real_masks(target.to(self.device)), self.critic_size))
+        return torch.cat(masks)
+
+    def pretrain_critic(self, real: torch.Tensor | None = None) -> ShapeCritic:
+        """Train the shape critic with a WGAN on labeled masks (``real``: a pool of critic-sized masks,
+        default: collected from the labeled loader), freeze it and set ``self.critic``."""
+        t0 = time.time()
+        steps = self.critic_steps()
+        if real is None:
+            real = self.collect_real_masks(min(self.CRITIC_POOL_BATCHES, steps))
+        real = real.to(self.device)
+        dim, channels, size, features = self._critic_args()
+        critic = ShapeCritic(dim, channels, size, features).to(self.device)
+        generator = ShapeGenerator(dim, channels, size, features, self.CRITIC_LATENT,
+                                   exclusive=not self.label_manager.has_regions).to(self.device)
+
+        def sample_real(n: int) -> torch.Tensor:
+            return real[torch.randint(0, real.shape[0], (n,), device=real.device)]
+
+        stats = train_wgan_critic(critic, generator, sample_real, steps, self.CRITIC_BATCH_SIZE, self.CRITIC_LR,
+                                  self.CRITIC_CLIP, self.CRITIC_ITERS_PER_G, self.CRITIC_WARMUP_G_STEPS,
+                                  self.CRITIC_WARMUP_ITERS)
+        if self.is_ddp:
+            import torch.distributed as dist
+
+            for t in critic.state_dict().values():
+                dist.broadcast(t, src=0)
+        self.critic = critic
+        self.print_to_log_file(
+            f"Shape critic: {stats['critic_steps']} critic / {stats['generator_steps']} generator updates on "
+            f"{real.shape[0]} labeled masks of {size}^{dim} ({channels} channels) in {time.time() - t0:.1f} s; "
+            f"W estimate {stats['wasserstein']:.4f}")
+        return critic
+
+    def shape_score(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Mean critic score of D_p's outputs (every scale, every sample); differentiable w.r.t. them."""
+        probs = torch.cat([resize_to_critic(self.probabilities(o), self.critic_size) for o in outputs])
+        return self.critic(probs).mean()
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.critic is None:  # a resumed run restored it in load_checkpoint
+            self.pretrain_critic()
+        else:
+            self.print_to_log_file("Shape critic restored from the checkpoint (not retrained)")
+
+    # ---------------------------------------------------------------- steps
+    def _loss(self, outputs: list[torch.Tensor] | torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        if self.enable_deep_supervision:
+            return self.loss(outputs, targets)
+        return self.loss(outputs[0] if isinstance(outputs, (list, tuple)) else outputs, targets[0])
+
+    def compute_loss(self, data_l: torch.Tensor, targets_l: list[torch.Tensor],
+                     unlabeled: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Total loss of one step and its parts (``sup``, ``pseudo``, ``shape``, detached floats)."""
+        n_l = data_l.shape[0]
+        lab, pseudo_logits, dp = self.network(torch.cat((data_l, unlabeled)), n_labeled=n_l)
+        l_s = self._loss(lab, targets_l)
+        pseudo = self.pseudo_labels(pseudo_logits)
+        pseudo_targets = [pseudo] + [F.interpolate(pseudo, size=o.shape[2:], mode="nearest-exact") for o in dp[1:]]
+        l_p = self._loss(dp if self.enable_deep_supervision else dp[0], pseudo_targets)
+        shape = self.shape_score(dp)
+        loss = self.SUPERVISED_WEIGHT * l_s + l_p + self.SHAPE_WEIGHT * shape
+        return loss, {"sup": float(l_s.detach()), "pseudo": float(l_p.detach()), "shape": float(shape.detach())}
+
+    def train_step(self, batch: dict) -> dict:
+        if self.critic is None:
+            raise RuntimeError("the shape critic is not trained: call pretrain_critic() (on_train_start does)")
+        n_l, n_u = self.batch_split()
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        targets = target if isinstance(target, list) else [target]
+        targets = [t[-n_l:].to(self.device, non_blocking=True) for t in targets]
+        unlabeled = self.next_unlabeled_batch()[:n_u]
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+        with ctx:
+            loss, _ = self.compute_loss(data[-n_l:], targets, unlabeled)
+        self.optimizer_step(loss)
+        return {"loss": np.array(loss.detach().cpu().numpy())}
+
+    # ---------------------------------------------------------------- checkpoints
+    def _extra_checkpoint_state(self) -> dict:
+        state = super()._extra_checkpoint_state()
+        state[CRITIC_KEY] = self.critic.state_dict() if self.critic is not None else None
+        return state
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        state = checkpoint.get(CRITIC_KEY)
+        if state is not None:
+            critic = self.build_critic()
+            critic.load_state_dict(state)
+            critic.requires_grad_(False)
+            self.critic = critic.eval()
+        else:
+            self.critic = None
