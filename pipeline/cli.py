@@ -84,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-step_size", type=float, default=0.5)
     pr.add_argument("-np", type=int, default=None, dest="num_processes")
 
+    ev = sub.add_parser("evaluate", help="Dice, IoU, HD95, NSD, ASSD, volumes per case and class; JSON, CSV, HTML")
+    ev.add_argument("-ref", required=True, dest="ref_dir", help="reference label files")
+    ev.add_argument("-pred", required=True, dest="pred_dir", help="predicted label files (same case names)")
+    grp = ev.add_mutually_exclusive_group(required=True)
+    grp.add_argument("-d", dest="dataset", help="dataset id or name (labels from its dataset.json)")
+    grp.add_argument("--labels", dest="labels_file", help="dataset.json or a JSON of labels/regions")
+    ev.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
+    ev.add_argument("-o", dest="output_dir", default=None, help="output folder (default PRED/evaluation)")
+    ev.add_argument("--images", dest="image_dir", default=None, help="images for the report's overlays")
+    ev.add_argument("-np", type=int, default=None, dest="num_processes")
+
     lt = sub.add_parser("list-trainers", help="registered trainers")
     lt.add_argument("--verbose", action="store_true", help="also the paper and planner")
     sub.add_parser("ext-trainer-path", help="print the folder for nnUNet_extTrainer (nnUNetv2_train/predict)")
@@ -153,6 +164,24 @@ def _run(args: argparse.Namespace) -> None:
         predict(args.input_dir, args.output_dir, args.dataset, args.configuration, args.trainer, args.plans,
                 args.folds, args.checkpoint, args.device, args.disable_tta, args.save_probabilities,
                 args.overwrite, args.step_size, args.num_processes)
+    elif args.command == "evaluate":
+        from .evaluate import evaluate_folders
+        from .report import summary_table
+
+        if args.dataset is not None:
+            from .dataset import resolve_dataset_name
+
+            name = resolve_dataset_name(args.dataset)
+            labels = os.path.join(os.environ["nnUNet_raw"], name, "dataset.json")
+            if not os.path.isfile(labels):
+                labels = os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset.json")
+        else:
+            labels = args.labels_file
+        out = args.output_dir or os.path.join(args.pred_dir, "evaluation")
+        res = evaluate_folders(args.ref_dir, args.pred_dir, labels, args.tolerance, out,
+                               args.num_processes or min(4, os.cpu_count() or 1), args.image_dir)
+        print(summary_table(res))
+        print(f"Wrote {', '.join(res['files'].values())}")
     elif args.command == "demo":
         from .demo import run_demo
 

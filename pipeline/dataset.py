@@ -33,10 +33,10 @@ _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
-def split_ending(filename: str) -> tuple[str, str] | None:
-    """``("case", ".nii.gz")`` for a supported file name, None otherwise."""
+def split_ending(filename: str, endings: tuple[str, ...] = SUPPORTED_ENDINGS) -> tuple[str, str] | None:
+    """``("case", ".nii.gz")`` for a file name with one of ``endings``, None otherwise."""
     low = filename.lower()
-    for e in SUPPORTED_ENDINGS:
+    for e in endings:
         if low.endswith(e) and len(filename) > len(e):
             return filename[: -len(e)], filename[-len(e):]
     return None

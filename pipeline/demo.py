@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEMO_LABELS", "make_demo_folders", "dice_per_class", "run_demo"]
+__all__ = ["DEMO_LABELS", "make_demo_folders", "run_demo"]
 
 DEMO_LABELS = {1: "csf_other", 2: "grey_matter", 3: "white_matter"}
 DEMO_SPACING = 4.0
@@ -96,16 +97,6 @@ def make_demo_folders(root: str | Path, num_train: int = 20, num_test: int = 5, 
     return folders
 
 
-def dice_per_class(ref: np.ndarray, pred: np.ndarray, labels: list[int]) -> dict[int, float]:
-    """Dice of each label (NaN when the label is absent from both)."""
-    out = {}
-    for c in labels:
-        r, p = ref == c, pred == c
-        denom = r.sum() + p.sum()
-        out[c] = float(2 * np.logical_and(r, p).sum() / denom) if denom else float("nan")
-    return out
-
-
 def _save_overview(png: Path, cases: list[tuple[str, Path, Path, Path]]) -> None:
     import matplotlib
 
@@ -149,7 +140,6 @@ def run_demo(trainer: str = "nnUNetTrainer", epochs: int | None = None, iters: i
     Returns:
         ``{"dice": {label name: mean Dice}, "png": path, "seconds": elapsed, ...}``.
     """
-    import SimpleITK as sitk
 
     from .dataset import create_dataset
     from .experiment import default_plans_name, model_folder, trainer_for
@@ -169,6 +159,16 @@ def run_demo(trainer: str = "nnUNetTrainer", epochs: int | None = None, iters: i
         print(f"[demo 1/5] Building {num_cases or 20} training + 5 test cases from MNI152 (nilearn) in {src}")
         folders = make_demo_folders(src, num_train=num_cases or 20, num_test=5)
         create_dataset(folders["images"], folders["labels"], "MNIDemo", did, ["T1"], label_names=DEMO_LABELS)
+        for sub in ("imagesTs", "labelsTs"):  # test cases beside the dataset, nnU-Net's way
+            (raw / sub).mkdir()
+        for f in sorted(folders["test_images"].glob("*.nii.gz")):
+            shutil.copy2(f, raw / "imagesTs" / f"{f.name[:-7]}_0000.nii.gz")
+            shutil.copy2(folders["test_labels"] / f.name, raw / "labelsTs" / f.name)
+    elif not (raw / "imagesTs").is_dir():
+        from .errors import NnzooError
+
+        raise NnzooError(f"{raw} exists but has no imagesTs/ test cases (not made by `nnzoo demo`, or by an older "
+                         "version); remove it or use another --id")
     else:
         print(f"[demo 1/5] Reusing {raw}")
     trainer_for(trainer, "3d_fullres")
@@ -187,23 +187,21 @@ def run_demo(trainer: str = "nnUNetTrainer", epochs: int | None = None, iters: i
               labeled=labeled)
     pred_dir = work / f"predictions_{trainer}"
     print(f"[demo 4/5] Predicting the 5 test cases into {pred_dir}")
-    predict(src / "test_images", pred_dir, did, "3d_fullres", trainer, folds=["0"], device=device, overwrite=True)
-    print("[demo 5/5] Dice per class on the test cases")
-    scores: dict[int, list[float]] = {c: [] for c in DEMO_LABELS}
-    cases = []
-    for ref_f in sorted((src / "test_labels").glob("*.nii.gz")):
-        pred_f = pred_dir / ref_f.name
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_f)))
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_f)))
-        for c, d in dice_per_class(ref, pred, list(DEMO_LABELS)).items():
-            scores[c].append(d)
-        cases.append((ref_f.name[:-7], src / "test_images" / ref_f.name, ref_f, pred_f))
-    dice = {DEMO_LABELS[c]: float(np.nanmean(v)) for c, v in scores.items()}
-    for k, v in dice.items():
-        print(f"  {k:<14} Dice {v:.3f}")
+    predict(raw / "imagesTs", pred_dir, did, "3d_fullres", trainer, folds=["0"], device=device, overwrite=True)
+    print("[demo 5/5] Evaluating the test cases")
+    from .evaluate import evaluate_folders
+    from .report import summary_table
+
+    res = evaluate_folders(raw / "labelsTs", pred_dir, raw / "dataset.json", 1.0, work / f"evaluation_{trainer}",
+                           num_processes=min(4, os.cpu_count() or 1), image_dir=raw / "imagesTs")
+    print(summary_table(res))
+    dice = {DEMO_LABELS[c]: float(res["mean"][c]["Dice"]) for c in DEMO_LABELS}
+    cases = [(r.name[:-7], raw / "imagesTs" / f"{r.name[:-7]}_0000.nii.gz", r, pred_dir / r.name)
+             for r in sorted((raw / "labelsTs").glob("*.nii.gz"))]
     png = work / f"demo_{trainer}.png"
     _save_overview(png, cases[:3])
-    result = {"dice": dice, "png": str(png), "seconds": round(time.time() - t0, 1), "trainer": trainer,
+    result = {"dice": dice, "png": str(png), "report": res["files"].get("html"),
+              "seconds": round(time.time() - t0, 1), "trainer": trainer,
               "labeled": labeled, "epochs": epochs, "iters": iters}
     (work / f"demo_{trainer}.json").write_text(json.dumps(result, indent=2))
     print(f"Overview image: {png}\nDemo finished in {result['seconds']:.0f} s")

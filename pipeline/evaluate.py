@@ -52,6 +52,7 @@ from typing import Union
 
 import numpy as np
 
+from .dataset import split_ending
 from .errors import NnzooError
 
 __all__ = ["EvalLabels", "resolve_labels", "surface_distances", "binary_metrics", "compute_pair_metrics",
@@ -336,13 +337,6 @@ def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float,
     return sitk.GetArrayFromImage(img), tuple(float(s) for s in reversed(img.GetSpacing()))
 
 
-def _split_ending(name: str) -> tuple[str, str] | None:
-    for e in LABEL_ENDINGS:
-        if name.lower().endswith(e):
-            return name[: -len(e)], e
-    return None
-
-
 def find_cases(folder: str | os.PathLike) -> dict[str, Path]:
     """``{case identifier: file}`` of the label files (any nnU-Net ending) in ``folder``.
 
@@ -350,7 +344,7 @@ def find_cases(folder: str | os.PathLike) -> dict[str, Path]:
     """
     out = {}
     for f in sorted(Path(folder).iterdir()):
-        parts = _split_ending(f.name) if f.is_file() else None
+        parts = split_ending(f.name, LABEL_ENDINGS) if f.is_file() else None
         if parts and not f.name.startswith(".") and f.name not in _OUTPUT_FILES:
             out.setdefault(parts[0], f)
     return out
@@ -372,7 +366,7 @@ def evaluate_case(reference_file: str, prediction_file: str, labels: EvalLabels,
                       "using the reference's", stacklevel=2)
     metrics = compute_pair_metrics(ref, pred, labels.labels_or_regions, spacing, tolerance_mm, labels.ignore_label,
                                    empty_distance, backend)
-    case = _split_ending(Path(reference_file).name)
+    case = split_ending(Path(reference_file).name, LABEL_ENDINGS)
     return {"reference_file": str(reference_file), "prediction_file": str(prediction_file),
             "case": case[0] if case else Path(reference_file).name, "spacing": list(spacing),
             "shape": list(ref.shape), "metrics": metrics}

@@ -25,7 +25,7 @@ from .experiment import (
     trainer_for,
 )
 
-__all__ = ["train", "parse_labeled", "RUN_FILE"]
+__all__ = ["train", "parse_labeled", "evaluate_validation", "RUN_FILE"]
 
 RUN_FILE = "nnzoo_run.json"
 
@@ -173,4 +173,21 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
     t.run_training()
     if validate:
         t.perform_actual_validation(False)
+        evaluate_validation(name, out, t.dataset_json)
     return out
+
+
+def evaluate_validation(dataset_name: str, fold_dir: Path, dataset_json: dict) -> dict:
+    """nnzoo's full evaluation (Dice, IoU, HD95, NSD, ASSD, volumes; JSON, CSV, HTML) of a fold's validation.
+
+    Written to ``<fold>/validation/evaluation``, beside nnU-Net's own ``summary.json``.
+    """
+    from .evaluate import evaluate_folders
+    from .report import summary_table
+
+    gt = Path(os.environ["nnUNet_preprocessed"]) / dataset_name / "gt_segmentations"
+    images = Path(os.environ["nnUNet_raw"]) / dataset_name / "imagesTr"
+    res = evaluate_folders(gt, fold_dir / "validation", dataset_json, 1.0, fold_dir / "validation" / "evaluation",
+                           num_processes=min(4, os.cpu_count() or 1), image_dir=images if images.is_dir() else None)
+    print(f"Validation of {fold_dir.name}:\n{summary_table(res)}\nReport: {res['files'].get('html')}")
+    return res

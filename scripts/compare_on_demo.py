@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 RUNS = [("nnUNetTrainer", None), ("nnUNetTrainerBoundaryAware", None), ("nnUNetTrainerCoTr", None),
-        ("nnUNetTrainer", 2), ("nnUNetTrainerBCP", 2), ("nnUNetTrainerMCNet", 2)]
+        ("nnUNetTrainer", 2), ("nnUNetTrainerBCP", 2), ("nnUNetTrainerMCNet", 2),
+        ("nnUNetTrainerShapePrior", 2)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,6 +231,12 @@ class nnUNetTrainerShapePrior(SemiSupervisedTrainer):
             f"W estimate {stats['wasserstein']:.4f}")
         return critic
 
+    def prepare_benchmark(self) -> None:
+        """Give a trainer built without data an (untrained, frozen) critic so that ``train_step`` runs
+        at its real cost (used by ``benchmarks/run_all.py``)."""
+        if self.critic is None:
+            self.critic = self.build_critic().requires_grad_(False).eval()
+
     def shape_score(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         """Mean critic score of D_p's outputs (every scale, every sample); differentiable w.r.t. them."""
         probs = torch.cat([resize_to_critic(self.probabilities(o), self.critic_size) for o in outputs])

@@ -228,7 +228,7 @@ def test_checkpoint_restores_critic_and_resume_does_not_retrain(tmp_path, monkey
     assert set(ck[CRITIC_KEY]) == set(tr.critic.state_dict())
     assert not any(k.startswith("critic") for k in ck["network_weights"])  # not part of the network weights
 
-    tr2 = make_trainer(_TinyShapePrior, tmp_path / "b", "3d_fullres", plans=tiny_plans("3d_fullres", PATCH["3d_fullres"]))
+    tr2 = _trainer(tmp_path / "b", "3d_fullres")
     tr2.load_checkpoint(path)
     assert tr2.critic is not None and not tr2.critic.training
     assert not any(p.requires_grad for p in tr2.critic.parameters())
