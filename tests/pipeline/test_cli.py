@@ -81,3 +81,29 @@ def test_predict_checks_input_before_loading_the_model(in_prepared, tmp_path, ca
     (tmp_path / "empty").mkdir()
     assert main(["predict", "-i", str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "-d", "502", "-c", "2d"]) == 2
     assert "input folder" in capsys.readouterr().err
+
+
+def test_evaluate_command(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    a = np.zeros((8, 16, 16), np.uint8)
+    a[2:6, 4:12, 4:12] = 1
+    b = np.roll(a, 2, axis=2)
+    for d, arr in ((ref, a), (pred, b)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((0.5, 0.5, 2.0))
+        sitk.WriteImage(img, str(d / "c1.nii.gz"))
+    (tmp_path / "labels.json").write_text(json.dumps({"labels": {"background": 0, "blob": 1}}))
+    assert main(["evaluate", "-ref", str(ref), "-pred", str(pred), "--labels", str(tmp_path / "labels.json"),
+                 "-o", str(tmp_path / "ev"), "-np", "1"]) == 0
+    assert "blob" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["mean"]["1"]["Dice"] == 0.75 and summary["mean"]["1"]["HD"] == 1.0  # 2 voxels x 0.5 mm
+    assert main(["evaluate", "-ref", str(ref), "-pred", str(tmp_path / "nope"), "--labels",
+                 str(tmp_path / "labels.json")]) == 2

@@ -36,6 +36,8 @@ def _train_and_predict(prep: dict, tmp_path: Path, trainer: str = "nnUNetTrainer
     fold = Path(os.environ["nnUNet_results"]) / next(
         p.name for p in Path(os.environ["nnUNet_results"]).iterdir()) / f"{trainer}__nnUNetPlans__{cfg}" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
+    ev = json.loads((fold / "validation" / "evaluation" / "summary.json").read_text())  # nnzoo's, beside nnU-Net's
+    assert {"HD95", "NSD", "Dice"} <= set(ev["mean"]["1"]) and (fold / "validation" / "evaluation" / "report.html").is_file()
     run = json.loads((fold / "nnzoo_run.json").read_text())
     assert (run["num_epochs"], run["num_iterations_per_epoch"]) == (1, 2)
 
