@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).parent / "data"
+TOY_MEDIAN = (128, 128, 128)  # the planner tests' toy dataset (tests/plans/conftest.py)
+TOY_N_CASES = 4
 
 
 def tiny_plans(configuration: str = "3d_fullres", patch_size: tuple[int, ...] | None = None) -> dict:

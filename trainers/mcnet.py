@@ -82,6 +82,7 @@ def mutual_consistency_loss(probs: Sequence[torch.Tensor], temperature: float = 
           "Image Segmentation, Medical Image Analysis 2022",
     dims=("2d", "3d"),
     semi_supervised=True,
+    planner="nnUNetPlannerMCNet",
 )
 class nnUNetTrainerMCNet(SemiSupervisedTrainer):
     """MC-Net+ (Wu et al., "Mutual Consistency Learning for Semi-supervised Medical Image
@@ -252,10 +253,11 @@ class nnUNetTrainerMCNet(SemiSupervisedTrainer):
     # ---------------------------------------------------------------- logging
     def on_train_start(self) -> None:
         super().on_train_start()
-        self.print_to_log_file(
-            "MC-Net+ trains three decoders on labeled + unlabeled batches: about 2x the batch and 2-3x the "
-            "decoder feature maps of the plain U-Net the plans were budgeted for; reduce the batch or patch "
-            "size if the GPU runs out of memory.")
+        if "MCNet" not in self.plans_manager.plans_name:
+            self.print_to_log_file(
+                f"WARNING: plans {self.plans_manager.plans_name!r} were budgeted for the plain U-Net; MC-Net+ "
+                "trains three decoders on labeled + unlabeled batches and may not fit the planned GPU memory. "
+                "Plan with nnUNetPlannerMCNet to budget for it.")
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
