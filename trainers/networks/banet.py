@@ -18,21 +18,15 @@ At decoder stage ``s`` (coarse to fine)::
 
 from __future__ import annotations
 
-import pydoc
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
-from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
-from dynamic_network_architectures.building_blocks.residual import BasicBlockD
-from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
-from dynamic_network_architectures.initialization.weight_init import (
-    InitWeights_He,
-    init_last_bn_before_add_to_0,
-)
 from torch import nn
+
+from .common import encoder_from_plan, initialize_network
 
 __all__ = ["BoundaryAttention", "BoundaryAwareDecoder", "BoundaryAwareUNet", "build_banet_from_arch"]
 
@@ -198,35 +192,6 @@ class BoundaryAwareUNet(nn.Module):
             self.decoder.compute_conv_feature_map_size(input_size)
 
 
-def _resolve_kwargs(arch_kwargs: dict, kw_requires_import: Sequence[str]) -> dict:
-    kw = dict(arch_kwargs)
-    for k in kw_requires_import:
-        if isinstance(kw.get(k), str):
-            located = pydoc.locate(kw[k])
-            if located is None:
-                raise ImportError(f"cannot import {kw[k]!r} (plan key {k!r})")
-            kw[k] = located
-    return kw
-
-
-def _encoder_from_plan(arch_class_name: str, kw: dict, input_channels: int) -> tuple[nn.Module, bool]:
-    common = (input_channels, kw["n_stages"], kw["features_per_stage"], kw["conv_op"], kw["kernel_sizes"],
-              kw["strides"])
-    tail = dict(conv_bias=kw.get("conv_bias", False), norm_op=kw.get("norm_op"),
-                norm_op_kwargs=kw.get("norm_op_kwargs"), dropout_op=kw.get("dropout_op"),
-                dropout_op_kwargs=kw.get("dropout_op_kwargs"), nonlin=kw.get("nonlin"),
-                nonlin_kwargs=kw.get("nonlin_kwargs"), return_skips=True)
-    short = arch_class_name.rsplit(".", 1)[-1]
-    if short == "PlainConvUNet":
-        return PlainConvEncoder(*common, kw["n_conv_per_stage"], nonlin_first=kw.get("nonlin_first", False),
-                                **tail), False
-    if short == "ResidualEncoderUNet":
-        return ResidualEncoder(*common, kw["n_blocks_per_stage"], block=kw.get("block") or BasicBlockD,
-                               bottleneck_channels=kw.get("bottleneck_channels"),
-                               stem_channels=kw.get("stem_channels"), **tail), True
-    raise ValueError(f"BA-Net supports PlainConvUNet and ResidualEncoderUNet plans, got {arch_class_name!r}")
-
-
 def build_banet_from_arch(arch_class_name: str, arch_kwargs: dict, kw_requires_import: Sequence[str],
                           input_channels: int, num_classes: int, deep_supervision: bool = True,
                           allow_init: bool = True) -> BoundaryAwareUNet:
@@ -247,12 +212,7 @@ def build_banet_from_arch(arch_class_name: str, arch_kwargs: dict, kw_requires_i
     Raises:
         ValueError: the plan's network class is neither ``PlainConvUNet`` nor ``ResidualEncoderUNet``.
     """
-    kw = _resolve_kwargs(arch_kwargs, kw_requires_import)
-    encoder, residual = _encoder_from_plan(arch_class_name, kw, input_channels)
-    net = BoundaryAwareUNet(encoder, num_classes, kw["n_conv_per_stage_decoder"], deep_supervision,
-                            nonlin_first=kw.get("nonlin_first", False) and not residual)
-    if allow_init:
-        net.apply(InitWeights_He(1e-2))
-        if residual:
-            net.apply(init_last_bn_before_add_to_0)
-    return net
+    encoder, residual = encoder_from_plan(arch_class_name, arch_kwargs, input_channels, kw_requires_import)
+    net = BoundaryAwareUNet(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
+                            nonlin_first=arch_kwargs.get("nonlin_first", False) and not residual)
+    return initialize_network(net, residual) if allow_init else net
