@@ -25,9 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_boundary_aware.py --device cpu
-	$(BIN)/python benchmarks/bench_cotr.py --device cpu
-	$(BIN)/python benchmarks/bench_bcp.py --device cpu
+	$(BIN)/python benchmarks/run_all.py --update-readme
 
 clean:
 	rm -rf $(VENV) nnzoo_work .pytest_cache .ruff_cache *.egg-info

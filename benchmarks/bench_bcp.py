@@ -63,7 +63,8 @@ def main(argv=None) -> None:
         bcp.dataloader_unlabeled = _Unlabeled()
         bcp.current_epoch = bcp.stage2_start_epoch
         bcp.teacher = EMATeacher(bcp.network)
-        times = time_interleaved({"base": base, "bcp": bcp}, batch, args.steps, 1, args.warmup, device)
+        times = time_interleaved({"base": base, "bcp": bcp}, {"base": batch, "bcp": batch}, args.steps, 1, args.warmup,
+                                 device)
         t_base, t_bcp = times["base"], times["bcp"]
 
     mb, mc = statistics.median(t_base), statistics.median(t_bcp)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.reset_peak_memory_stats()
             time_steps(tr, batch, 1, device)
             peaks[name] = torch.cuda.max_memory_allocated()
-    times = time_interleaved(trainers, batch, args.rounds, args.steps, 0, device)
+    times = time_interleaved(trainers, {k: batch for k in trainers}, args.rounds, args.steps, 0, device)
 
     arch = plans["configurations"][cfg]["architecture"]
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner

@@ -65,15 +65,16 @@ def time_steps(trainer, batch: dict, n: int, device: torch.device) -> list[float
     return out
 
 
-def time_interleaved(trainers: dict, batch: dict, rounds: int, steps: int, warmup: int,
+def time_interleaved(trainers: dict, batches: dict, rounds: int, steps: int, warmup: int,
                      device: torch.device) -> dict[str, list[float]]:
-    """ms per step of each trainer; rounds alternate between trainers so that load changes on a
-    shared machine affect all alike."""
-    for tr in trainers.values():
+    """ms per step of each trainer on its batch (``batches[name]``: :func:`make_batch` with the same
+    seed gives every trainer the same images and labels at its own deep-supervision scales); rounds
+    alternate between trainers so that load changes on a shared machine affect all alike."""
+    for name, tr in trainers.items():
         tr.network.train()
-        time_steps(tr, batch, warmup, device)
+        time_steps(tr, batches[name], warmup, device)
     times: dict[str, list[float]] = {k: [] for k in trainers}
     for _ in range(rounds):
         for name, tr in trainers.items():
-            times[name] += time_steps(tr, batch, steps, device)
+            times[name] += time_steps(tr, batches[name], steps, device)
     return times

@@ -75,20 +75,20 @@ def train_step_section(device: torch.device, patch: list[int], batch_size: int, 
             torch.manual_seed(0)
             trainers[info.name] = build_trainer(nnzoo_trainer_class(info.cls), plans, cfg, dataset_json, device,
                                                 Path(tmp) / info.name)
-        batch = make_batch(trainers["nnUNetTrainer"], batch_size, device)
+        batches = {name: make_batch(tr, batch_size, device) for name, tr in trainers.items()}
         for info in list_trainers():
             if info.semi_supervised and info.name in trainers:
-                _prepare_semi_supervised(trainers[info.name], batch)
+                _prepare_semi_supervised(trainers[info.name], batches[info.name])
         peaks = {}
         if device.type == "cuda":
             from benchmarks.common import time_steps
 
             for name, tr in trainers.items():
-                time_steps(tr, batch, warmup, device)
+                time_steps(tr, batches[name], warmup, device)
                 torch.cuda.reset_peak_memory_stats()
-                time_steps(tr, batch, 1, device)
+                time_steps(tr, batches[name], 1, device)
                 peaks[name] = torch.cuda.max_memory_allocated() / 2 ** 20
-        times = time_interleaved(trainers, batch, rounds, steps, warmup, device)
+        times = time_interleaved(trainers, batches, rounds, steps, warmup, device)
     base = statistics.median(times["nnUNetTrainer"])
     for name, t in times.items():
         med = statistics.median(t)
@@ -176,7 +176,7 @@ def _plot(train_rows: list[dict], png: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--patch", type=int, nargs="+", default=[32, 32, 32])
+    ap.add_argument("--patch", type=int, nargs="+", default=[32, 64, 64])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)

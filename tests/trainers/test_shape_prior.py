@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from helpers import make_trainer, tiny_dataset_json, tiny_plans
 
+from nnzoo.pipeline.cli import main
 from nnzoo.trainers.base import NnzooTrainer
 from nnzoo.trainers.networks.shape_prior import (
     ShapeCritic,
@@ -243,3 +248,26 @@ def test_checkpoint_restores_critic_and_resume_does_not_retrain(tmp_path, monkey
     tr3 = _trainer(tmp_path / "c", "2d")
     tr3.on_train_start()  # fresh run: pre-trains
     assert calls == [1]
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+@pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
+def test_cli_label_budget_and_resume_keeps_the_critic(in_prepared):
+    """``--labeled 2`` run, then ``--continue``: the critic is pre-trained once and restored, not retrained."""
+    did = str(in_prepared["id"])
+    common = ["train", did, "2d", "0", "-tr", "nnUNetTrainerShapePrior", "-device", "cpu", "--iters", "2",
+              "--labeled", "2", "--no-val", "--save-every", "1"]
+    assert main([*common, "--epochs", "1", "--overwrite"]) == 0
+    fold = next(Path(os.environ["nnUNet_results"]).glob("*/nnUNetTrainerShapePrior__*__2d/fold_0"))
+    critic = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)[CRITIC_KEY]
+    assert json.loads((fold / "labeled_split.json").read_text())["num_labeled"] == 2
+    assert main([*common, "--epochs", "2", "--continue"]) == 0
+    logs = "".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
+    assert logs.count("Shape critic: ") == 1  # pre-trained once (2 critic updates: capped by 1 x 2 steps)
+    assert "Shape critic restored from the checkpoint (not retrained)" in logs
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["current_epoch"] == 2
+    for k, v in critic.items():
+        assert torch.equal(v, resumed[CRITIC_KEY][k]), k
+
