@@ -70,7 +70,8 @@ def main(argv=None) -> None:
         mc0.dataloader_unlabeled = _Unlabeled(0)
         for t in (mc, mc0):
             t.current_epoch = t.num_epochs // 2
-        times = time_interleaved({"base": base, "mc": mc, "mc0": mc0}, batch, args.steps, 1, args.warmup, device)
+        trainers = {"base": base, "mc": mc, "mc0": mc0}
+        times = time_interleaved(trainers, {k: batch for k in trainers}, args.steps, 1, args.warmup, device)
 
     mb, mm, m0 = (statistics.median(times[k]) for k in ("base", "mc", "mc0"))
     print(f"device={device} configuration={args.configuration} patch={patch} batch={args.batch_size} "

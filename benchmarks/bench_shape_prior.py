@@ -75,7 +75,8 @@ def main(argv=None) -> None:
         sp.pretrain_critic(real=pool)
         sync(device)
         t_critic = time.perf_counter() - t0
-        times = time_interleaved({"base": base, "sp": sp}, batch, args.steps, 1, args.warmup, device)
+        trainers = {"base": base, "sp": sp}
+        times = time_interleaved(trainers, {k: batch for k in trainers}, args.steps, 1, args.warmup, device)
         t_base, t_sp = times["base"], times["sp"]
 
     mb, ms = statistics.median(t_base), statistics.median(t_sp)

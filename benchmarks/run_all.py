@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -97,26 +96,21 @@ def train_step_section(device: torch.device, patch: list[int], batch_size: int, 
     return rows
 
 
-def predict_section(workdir: Path, device: str) -> dict | None:
+def predict_section(folders: dict[str, Path], device: str) -> dict | None:
     """Time nnzoo predict and nnUNetv2_predict on the demo model's test images (process start included)."""
-    results = Path(os.environ.get("nnUNet_results") or workdir / "nnUNet_results")
+    results = folders["nnUNet_results"]
     model = results / "Dataset990_MNIDemo" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    images = workdir / "demo" / "source" / "test_images"
+    images = folders["nnUNet_raw"] / "Dataset990_MNIDemo" / "imagesTs"
     if not (model / "fold_0" / "checkpoint_final.pth").is_file() or not images.is_dir():
         print(f"predict section skipped: no demo model in {model} (run `nnzoo demo` first)")
         return None
-    env = dict(os.environ, nnUNet_raw=str(workdir / "nnUNet_raw"),
-               nnUNet_preprocessed=str(workdir / "nnUNet_preprocessed"), nnUNet_results=str(results))
+    env = dict(os.environ, **{k: str(v) for k, v in folders.items()})
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
-        nn_in = Path(tmp) / "nn_in"
-        nn_in.mkdir()
-        for f in images.glob("*.nii.gz"):
-            shutil.copy(f, nn_in / f"{f.name[:-7]}_0000.nii.gz")
-        runs = {
+        runs = {  # imagesTs uses nnU-Net's CASE_0000 naming, which both read
             "nnzoo predict": [str(bin_dir / "nnzoo"), "predict", "-i", str(images), "-o", f"{tmp}/a", "-d", "990",
                               "-c", "3d_fullres", "-f", "0", "-device", device],
-            "nnUNetv2_predict": [str(bin_dir / "nnUNetv2_predict"), "-i", str(nn_in), "-o", f"{tmp}/b", "-d", "990",
+            "nnUNetv2_predict": [str(bin_dir / "nnUNetv2_predict"), "-i", str(images), "-o", f"{tmp}/b", "-d", "990",
                                  "-c", "3d_fullres", "-f", "0", "-device", device],
         }
         secs = {}
@@ -183,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", default="nnzoo_work")
+    ap.add_argument("--output", default=str(REPO / "benchmarks" / "results"), help="folder for the table and plot")
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -191,15 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     machine = (torch.cuda.get_device_name() if device.type == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {args.threads} threads")
     workdir = Path(args.workdir).resolve()
+    folders = {k: Path(os.environ.get(k) or workdir / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
 
     print("[1/3] train-step time of every trainer vs nnUNetTrainer", flush=True)
     train_rows = train_step_section(device, args.patch, args.batch, args.rounds, args.steps, args.warmup)
     print("[2/3] nnzoo predict vs nnUNetv2_predict", flush=True)
-    predict = predict_section(workdir, args.device)
+    predict = predict_section(folders, args.device)
     print("[3/3] accuracy on the demo dataset", flush=True)
     acc = accuracy_section(workdir)
     md = to_markdown(machine + f", patch {args.patch}, batch {args.batch}", train_rows, predict, acc)
-    out = REPO / "benchmarks" / "results"
+    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.md").write_text(md)
     _plot(train_rows, out / "train_step_ratio.png")
