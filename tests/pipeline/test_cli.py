@@ -58,6 +58,7 @@ def test_ext_trainer_path(capsys):
      "Did you mean 'nnUNetTrainerBoundaryAware'"),
     (["predict", "-i", "in", "-o", "out", "-d", "502", "-c", "3d_fullres"], "nnUNetTrainer__nnUNetPlans__3d_fullres: "
                                                                              "no trained model"),
+    (["predict", "-i", "in", "-o", "in/", "-d", "502", "-c", "2d"], "is the input folder; choose another one"),
 ])
 def test_unknown_names_give_one_clear_error(in_prepared, argv, message, capsys):
     assert main(argv) == 2
