@@ -47,8 +47,8 @@ def _train_and_predict(prep: dict, tmp_path: Path, trainer: str = "nnUNetTrainer
     for f in imgs:
         shutil.copy(f, inp / f.name)
     out = tmp_path / "out"
-    assert main(["predict", "-i", str(inp), "-o", str(out), "-d", did, "-c", cfg, "-tr", trainer,
-                 "-device", "cpu", "--disable-tta"]) == 0
+    assert main(["predict", "-i", str(inp), "-o", str(out), "-d", did, "-c", cfg, "-tr", trainer, "-f", "0",
+                 "-device", "cpu", "--disable-tta"]) == 0  # -f 0: other tests train other folds of this dataset
     for f in imgs:
         pred = out / f.name
         assert pred.is_file()

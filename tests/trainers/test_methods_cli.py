@@ -53,8 +53,8 @@ def test_method_end_to_end(trainer, in_prepared, tmp_path):
         shutil.copy(f, inp / f.name)
         shutil.copy(f, nn_in / f"{f.name[:-len(ending)]}_0000{ending}")
     out = tmp_path / "out"
-    assert main(["predict", "-i", str(inp), "-o", str(out), "-d", did, "-c", cfg, "-tr", trainer, "-device", "cpu",
-                 "--disable-tta"]) == 0
+    assert main(["predict", "-i", str(inp), "-o", str(out), "-d", did, "-c", cfg, "-tr", trainer, "-f", "0",
+                 "-device", "cpu", "--disable-tta"]) == 0
     for f in imgs:
         ref, pred = sitk.ReadImage(str(f)), sitk.ReadImage(str(out / f.name))
         assert pred.GetSize() == ref.GetSize() and pred.GetSpacing() == ref.GetSpacing()
