@@ -13,9 +13,6 @@ warm-up) and the ratio; the target is <= 1.6x.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -28,32 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--configuration", default="3d_fullres", choices=["3d_fullres", "2d"])
-    ap.add_argument("--patch", type=int, nargs="+", default=None, help="patch size (default 32^3 / 64^2)")
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import step_parser, tiny_setup
+
+    ap = step_parser(__doc__)
     ap.add_argument("--critic-steps", type=int, default=20, help="critic pre-training updates to time")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("nnUNet_compile", "0")
-    sys.path.insert(0, str(REPO))
+    device, plans, dataset_json, patch = tiny_setup(args)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from benchmarks.common import build_trainer, make_batch, sync, time_interleaved
     from nnzoo.trainers.networks.shape_prior import resize_to_critic
     from nnzoo.trainers.shape_prior import nnUNetTrainerShapePrior
 
-    device = torch.device(args.device)
-    plans = json.loads((REPO / "tests" / "data" / "tiny_plans.json").read_text())
-    dataset_json = json.loads((REPO / "tests" / "data" / "tiny_dataset.json").read_text())
-    patch = args.patch or ([32, 32, 32] if args.configuration == "3d_fullres" else [64, 64])
-    plans["configurations"][args.configuration]["patch_size"] = patch
-    plans["configurations"][args.configuration]["batch_size"] = args.batch_size
 
     with tempfile.TemporaryDirectory() as tmp:
         base = build_trainer(nnUNetTrainer, plans, args.configuration, dataset_json, device, Path(tmp) / "a")

@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import os
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["build_trainer", "make_batch", "sync", "time_steps", "time_interleaved"]
+__all__ = ["step_parser", "tiny_setup", "build_trainer", "make_batch", "sync", "time_steps", "time_interleaved"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def step_parser(doc: str) -> argparse.ArgumentParser:
+    """Arguments shared by the per-method train-step benchmarks (add method-specific ones to it)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--configuration", default="3d_fullres", choices=["3d_fullres", "2d"])
+    ap.add_argument("--patch", type=int, nargs="+", default=None, help="patch size (default 32^3 / 64^2)")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return ap
+
+
+def tiny_setup(args: argparse.Namespace) -> tuple[torch.device, dict, dict, list[int]]:
+    """Threads, no torch.compile, and the test suite's tiny plans with the requested patch and batch.
+
+    Returns:
+        ``(device, plans, dataset_json, patch)``.
+    """
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("nnUNet_compile", "0")
+    plans = json.loads((REPO / "tests" / "data" / "tiny_plans.json").read_text())
+    dataset_json = json.loads((REPO / "tests" / "data" / "tiny_dataset.json").read_text())
+    patch = args.patch or ([32, 32, 32] if args.configuration == "3d_fullres" else [64, 64])
+    plans["configurations"][args.configuration]["patch_size"] = patch
+    plans["configurations"][args.configuration]["batch_size"] = args.batch_size
+    return torch.device(args.device), plans, dataset_json, patch
 
 
 def build_trainer(cls: type, plans: dict, configuration: str, dataset_json: dict, device: torch.device,
