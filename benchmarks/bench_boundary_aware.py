@@ -43,25 +43,6 @@ def make_plans(dim: int, patch: list[int], stages: int, batch: int) -> tuple[dic
     return plans, cfg
 
 
-def train_flops(arch: dict, patch: list[int], batch: int, banet: bool) -> int:
-    """Forward+backward FLOPs of one step (network only), counted on the meta device."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from nnzoo.trainers.networks.banet import build_banet_from_arch
-
-    args = (arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 3)
-    with torch.device("meta"):
-        net = (build_banet_from_arch(*args, deep_supervision=True, allow_init=False) if banet else
-               get_network_from_plans(*args, allow_init=False, deep_supervision=True))
-        x = torch.randn(batch, 1, *patch)
-        with FlopCounterMode(display=False) as counter:
-            out = net(x, return_boundary=True) if banet else net(x)
-            outs = out[0] + out[1] if banet else out
-            sum(o.float().sum() for o in outs).backward()
-    return counter.get_total_flops()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -91,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from benchmarks.common import build_trainer, make_batch, time_interleaved, time_steps
-    from nnzoo.plans.boundary_aware import estimate_banet_feature_maps
+    from benchmarks.common import build_trainer, make_batch, time_interleaved, time_steps, train_flops
+    from nnzoo.plans.base import estimate_network_feature_maps
     from nnzoo.trainers.boundary_aware import nnUNetTrainerBoundaryAware
+    from nnzoo.trainers.networks.banet import BoundaryAwareUNet
 
     plans, cfg = make_plans(args.dim, patch, args.stages, args.batch)
     dataset_json = json.loads((REPO / "tests" / "data" / "tiny_dataset.json").read_text())
@@ -118,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["nnUNet_n_proc_DA"] = str(max(1, int(os.environ["nnUNet_n_proc_DA"])))
     est = {"nnUNetTrainer": ExperimentPlanner.static_estimate_VRAM_usage(
         patch, 1, 3, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"]),
-        "nnUNetTrainerBoundaryAware": estimate_banet_feature_maps(
-            patch, 1, 3, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"])}
+        "nnUNetTrainerBoundaryAware": estimate_network_feature_maps(
+            BoundaryAwareUNet, patch, 1, 3, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"])}
 
-    flops = {"nnUNetTrainer": train_flops(arch, patch, args.batch, False),
-             "nnUNetTrainerBoundaryAware": train_flops(arch, patch, args.batch, True)}
+    shape = [args.batch, 1, *patch]
+    flops = {"nnUNetTrainer": train_flops(arch, shape),
+             "nnUNetTrainerBoundaryAware": train_flops(arch, shape, BoundaryAwareUNet, return_boundary=True)}
 
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} torch threads"
     print(f"device: {dev}; torch {torch.__version__}; {args.dim}D patch {patch}, {args.stages} stages, "

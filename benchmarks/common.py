@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["step_parser", "tiny_setup", "build_trainer", "make_batch", "sync", "time_steps", "time_interleaved"]
+__all__ = ["step_parser", "tiny_setup", "build_trainer", "make_batch", "sync", "time_steps", "time_interleaved",
+           "train_flops"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,3 +112,31 @@ def time_interleaved(trainers: dict, batches: dict, rounds: int, steps: int, war
         for name, tr in trainers.items():
             times[name] += time_steps(tr, batches[name], steps, device)
     return times
+
+
+def train_flops(arch: dict, input_shape: list[int], network_class: type | None = None, **forward_kwargs) -> int:
+    """Forward + backward FLOPs of one step of a plan network, counted on the ``meta`` device.
+
+    Args:
+        arch: a plan configuration's ``architecture`` entry.
+        input_shape: ``(batch, channels, *patch)``.
+        network_class: an nnzoo network built by ``network_from_arch`` (None: nnU-Net's own network).
+        forward_kwargs: passed to the network's forward (e.g. ``all_decoders=True``); every output
+            (nested lists/tuples of tensors) enters the backward pass.
+    """
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nnzoo.trainers.networks.common import network_from_arch
+
+    def leaves(o):
+        return [t for x in o for t in leaves(x)] if isinstance(o, (list, tuple)) else [o]
+
+    args = (arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], input_shape[1], 3)
+    with torch.device("meta"):
+        net = (get_network_from_plans(*args, allow_init=False, deep_supervision=True) if network_class is None
+               else network_from_arch(network_class, *args, deep_supervision=True, allow_init=False))
+        with FlopCounterMode(display=False) as counter:
+            out = net(torch.randn(*input_shape), **forward_kwargs)
+            sum(t.float().sum() for t in leaves(out)).backward()
+    return counter.get_total_flops()

@@ -2,63 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
-import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     nnUNetPlannerResEncL,
     nnUNetPlannerResEncM,
 )
 
-from .base import SharedPreprocessingMixin
+from .base import NetworkEstimateMixin, SharedPreprocessingMixin
 from .registry import register_planner
 
-__all__ = ["estimate_banet_feature_maps", "nnUNetPlannerBoundaryAware", "nnUNetPlannerBoundaryAwareResEncM",
+__all__ = ["nnUNetPlannerBoundaryAware", "nnUNetPlannerBoundaryAwareResEncM",
            "nnUNetPlannerBoundaryAwareResEncL"]
 
 
-def estimate_banet_feature_maps(patch_size: Sequence[int], input_channels: int, output_channels: int,
-                                arch_class_name: str, arch_kwargs: dict,
-                                arch_kwargs_req_import: Sequence[str]) -> np.int64:
-    """nnU-Net's VRAM proxy (stored feature-map elements per sample) for BA-Net on a plan architecture.
-
-    The network is instantiated on the ``meta`` device (no memory, no initialisation) with deep
-    supervision off, as nnU-Net does for its own estimate, and counts both decoders, the boundary
-    heads and the attention maps (see ``BoundaryAwareDecoder.compute_conv_feature_map_size``).
-
-    Args:
-        patch_size: spatial patch size.
-        input_channels: image channels.
-        output_channels: segmentation heads.
-        arch_class_name: plan ``network_class_name`` (PlainConvUNet or ResidualEncoderUNet).
-        arch_kwargs: plan ``arch_kwargs``.
-        arch_kwargs_req_import: keys of ``arch_kwargs`` given as import paths.
-
-    Returns:
-        The estimate, comparable with ``ExperimentPlanner.static_estimate_VRAM_usage``.
-    """
-    from nnzoo.trainers.networks.banet import build_banet_from_arch
-
-    with torch.device("meta"):
-        net = build_banet_from_arch(arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
-                                    output_channels, deep_supervision=False, allow_init=False)
-    return net.compute_conv_feature_map_size(list(patch_size))
-
-
-class _BoundaryAwareEstimate(SharedPreprocessingMixin):
+class _BoundaryAwareEstimate(NetworkEstimateMixin, SharedPreprocessingMixin):
     """Replaces the planner's VRAM estimate with BA-Net's; shares the base plans' 2d/3d_fullres data.
 
-    ``3d_lowres`` keeps its own data identifier: its spacing is derived from the (smaller) BA-Net
-    fullres patch and may differ from the base plans' lowres spacing.
+    The estimate counts both decoders, the boundary heads and the attention maps (see
+    ``BoundaryAwareDecoder.compute_conv_feature_map_size``). ``3d_lowres`` keeps its own data
+    identifier: its spacing is derived from the (smaller) BA-Net fullres patch and may differ from
+    the base plans' lowres spacing.
     """
 
-    @staticmethod
-    def static_estimate_VRAM_usage(patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
-                                   arch_kwargs_req_import):
-        return estimate_banet_feature_maps(patch_size, input_channels, output_channels, arch_class_name,
-                                           arch_kwargs, arch_kwargs_req_import)
+    @classmethod
+    def network_class(cls) -> type:
+        from nnzoo.trainers.networks.banet import BoundaryAwareUNet
+
+        return BoundaryAwareUNet
 
 
 @register_planner

@@ -7,8 +7,6 @@ planners (``ExperimentPlanner``, ``nnUNetPlannerResEncM``...), with a "did you m
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
 
 __all__ = ["UnknownPlannerError", "register_planner", "list_planners", "get_planner_class"]
 
@@ -38,14 +36,13 @@ def register_planner(cls: type) -> type:
 
 
 def _discover() -> None:
+    """Import every planner module of this package once, so that their decorators run."""
     global _discovered
-    if _discovered:
-        return
-    package = importlib.import_module(__package__)
-    for mod in pkgutil.iter_modules(package.__path__):
-        if not mod.name.startswith("_") and mod.name not in _NOT_PLANNER_MODULES:
-            importlib.import_module(f"{__package__}.{mod.name}")
-    _discovered = True
+    if not _discovered:
+        from nnzoo.trainers.registry import import_package_modules
+
+        import_package_modules(__package__, _NOT_PLANNER_MODULES)
+        _discovered = True
 
 
 def list_planners() -> list[str]:

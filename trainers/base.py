@@ -7,8 +7,9 @@ from contextlib import nullcontext
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
 
-__all__ = ["AtomicCheckpointMixin", "NnzooTrainer", "nnzoo_trainer_class", "method_hyperparameters"]
+__all__ = ["AtomicCheckpointMixin", "NnzooTrainer", "PlanNetworkMixin", "nnzoo_trainer_class", "method_hyperparameters"]
 
 _HPARAM_TYPES = (bool, int, float, str, tuple)
 
@@ -73,7 +74,27 @@ class NnzooTrainer(AtomicCheckpointMixin, nnUNetTrainer):
     to the training log and added to the logger's config when training starts. Custom
     ``train_step`` s use :meth:`batch_to_device`, :meth:`autocast` and :meth:`optimizer_step` so
     that mixed precision, gradient clipping and the optimizer step stay nnU-Net's.
+
+    Attributes:
+        supports_regions: False makes the constructor refuse region-based (sigmoid) plans.
+        supports_ignore_label: False makes the constructor refuse datasets with an ignore label.
+        unsupported_labels_reason: why, appended to the error message.
     """
+
+    supports_regions: bool = True
+    supports_ignore_label: bool = True
+    unsupported_labels_reason: str = ""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        unsupported = [what for what, ok, present in (
+            ("region-based training", self.supports_regions, self.label_manager.has_regions),
+            ("the ignore label", self.supports_ignore_label, self.label_manager.has_ignore_label)) if present and not ok]
+        if unsupported:
+            reason = f" ({self.unsupported_labels_reason})" if self.unsupported_labels_reason else ""
+            raise NotImplementedError(f"{type(self).__name__} does not support {' and '.join(unsupported)}{reason}; "
+                                      f"dataset {dataset_json.get('name', '')!r} uses it")
 
     def batch_to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor]]:
         """``(data, target)`` of an nnU-Net batch on the training device (target: tensor or DS list)."""
@@ -107,3 +128,47 @@ class NnzooTrainer(AtomicCheckpointMixin, nnUNetTrainer):
         if hp:
             self.print_to_log_file(f"{type(self).__name__} hyperparameters: {hp}")
             self.logger.update_config({"method_hparams": hp})
+
+
+class PlanNetworkMixin:
+    """``build_network_architecture`` for method networks built around the plan's encoder.
+
+    Subclasses set ``network_class``, a network taking ``(encoder, num_classes,
+    n_conv_per_stage_decoder, deep_supervision, nonlin_first, **extra_network_kwargs())``; it is
+    built by :func:`~nnzoo.trainers.networks.common.network_from_arch` from the configuration's
+    ``PlainConvUNet`` or ``ResidualEncoderUNet`` architecture (nnU-Net's predictor calls the same
+    class method, so checkpoints load into the same network).
+    """
+
+    network_class: type
+
+    @classmethod
+    def extra_network_kwargs(cls) -> dict:
+        """Keyword arguments for ``network_class`` beyond the plan's (default none)."""
+        return {}
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """The method's network from the configuration's architecture.
+
+        Args:
+            plans_manager: nnU-Net plans manager (unused, part of nnU-Net's signature).
+            configuration_manager: the configuration whose architecture is used.
+            num_input_channels: image channels.
+            num_output_channels: segmentation heads (classes or regions).
+            enable_deep_supervision: initial deep-supervision flag.
+
+        Returns:
+            A ``network_class`` instance with nnU-Net's initialisation.
+
+        Raises:
+            ValueError: the plan's network is neither ``PlainConvUNet`` nor ``ResidualEncoderUNet``.
+        """
+        from .networks.common import network_from_arch
+
+        return network_from_arch(cls.network_class, configuration_manager.network_arch_class_name,
+                                 configuration_manager.network_arch_init_kwargs,
+                                 configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
+                                 num_output_channels, deep_supervision=enable_deep_supervision,
+                                 **cls.extra_network_kwargs())

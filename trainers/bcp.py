@@ -179,20 +179,10 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
     EMA_DECAY = 0.99
     UNLABELED_WEIGHT = 0.5
     MASK_RATIO = 2 / 3
+    supports_regions = False
+    supports_ignore_label = False
+    unsupported_labels_reason = "copy-paste of region or partially annotated labels is undefined"
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions or self.label_manager.has_ignore_label:
-            raise NotImplementedError(
-                "nnUNetTrainerBCP supports plain label maps only: region-based training and the ignore "
-                "label are not supported (copy-paste of partially annotated labels is undefined)")
 
     # ---------------------------------------------------------------- schedule
     @property

@@ -10,8 +10,8 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 
-from .base import NnzooTrainer
-from .networks.banet import build_banet_from_arch
+from .base import NnzooTrainer, PlanNetworkMixin
+from .networks.banet import BoundaryAwareUNet
 from .registry import register_trainer
 
 __all__ = ["BOUNDARY_IGNORE", "label_boundary", "region_boundary", "downsample_boundary",
@@ -113,7 +113,7 @@ def downsample_boundary(boundary: torch.Tensor, targets: list[torch.Tensor]) -> 
     dims=("2d", "3d"),
     planner="nnUNetPlannerBoundaryAware",
 )
-class nnUNetTrainerBoundaryAware(NnzooTrainer):
+class nnUNetTrainerBoundaryAware(PlanNetworkMixin, NnzooTrainer):
     """BA-Net: boundary-aware U-Net trained with deep-supervised Dice+CE on segmentation and boundaries.
 
     Hu, Liao, Ye, Xia, "Boundary-Aware Network for Kidney Parsing", KiPA 2022 (MICCAI 2022 challenges,
@@ -152,32 +152,8 @@ class nnUNetTrainerBoundaryAware(NnzooTrainer):
     """
 
     BOUNDARY_LOSS_WEIGHT = 1.0
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.boundary_loss: nn.Module | None = None
-
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        """BA-Net from the configuration's architecture (PlainConvUNet or ResidualEncoderUNet plans).
-
-        Args:
-            plans_manager: nnU-Net plans manager (unused, part of nnU-Net's signature).
-            configuration_manager: the configuration whose architecture is used.
-            num_input_channels: image channels.
-            num_output_channels: segmentation heads (classes or regions).
-            enable_deep_supervision: initial deep-supervision flag.
-
-        Returns:
-            A :class:`~nnzoo.trainers.networks.banet.BoundaryAwareUNet`.
-        """
-        return build_banet_from_arch(configuration_manager.network_arch_class_name,
-                                     configuration_manager.network_arch_init_kwargs,
-                                     configuration_manager.network_arch_init_kwargs_req_import,
-                                     num_input_channels, num_output_channels,
-                                     deep_supervision=enable_deep_supervision)
+    network_class = BoundaryAwareUNet
+    boundary_loss: nn.Module | None = None
 
     def _build_loss(self) -> nn.Module:
         seg_loss = super()._build_loss()

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks.mcnet import build_mcnet_from_arch
+from .base import PlanNetworkMixin
+from .networks.mcnet import MCNet
 from .registry import register_trainer
 from .semisup import SemiSupervisedTrainer
 
@@ -84,17 +85,19 @@ def mutual_consistency_loss(probs: Sequence[torch.Tensor], temperature: float = 
     semi_supervised=True,
     planner="nnUNetPlannerMCNet",
 )
-class nnUNetTrainerMCNet(SemiSupervisedTrainer):
+class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
     """MC-Net+ (Wu et al., "Mutual Consistency Learning for Semi-supervised Medical Image
     Segmentation", MedIA 2022; official code github.com/ycwu1997/MC-Net, ``mcnet3d_v2`` /
     ``mcnet2d_v2``) on nnU-Net.
 
     Network (:class:`~nnzoo.trainers.networks.mcnet.MCNet`): the plan's encoder (plain or
     residual) shared by three nnU-Net-shaped decoders that differ only in upsampling: transposed
-    convolution (decoder 0), 1x1 conv + (bi/tri)linear, 1x1 conv + nearest. Each step runs one
-    forward pass over the labeled batch (nnU-Net's loader) concatenated with an unlabeled batch
-    (:meth:`next_unlabeled_batch`); with nnU-Net's instance norm this equals separate passes.
-    Loss::
+    convolution (decoder 0), 1x1 conv + (bi/tri)linear, 1x1 conv + nearest. As in the official
+    code the planned batch of ``B`` patches is half labeled, half unlabeled
+    (``UNLABELED_FRACTION = 0.5``, see :meth:`~nnzoo.trainers.semisup.SemiSupervisedTrainer.batch_split`;
+    ``B = 2`` gives one of each): each step runs one forward pass over the labeled patches
+    (the last of nnU-Net's batch, which hold its foreground-oversampled ones) concatenated with
+    the unlabeled patches; with nnU-Net's instance norm this equals separate passes. Loss::
 
         lambda * sum_d L_sup(decoder d on labeled images)
           + w * sigmoid_rampup(epoch, RAMPUP_FRACTION * num_epochs) * sum_{i != j} MSE(p_i, s(p_j))
@@ -132,8 +135,6 @@ class nnUNetTrainerMCNet(SemiSupervisedTrainer):
         - supervised loss: nnU-Net's Dice + CE (``CE_WEIGHT = 1``) with deep supervision; the
           official loss is Dice only (set ``CE_WEIGHT = 0``; nnU-Net's Dice form, background
           excluded, batch Dice per plan);
-        - batch: nnU-Net's full labeled batch plus an unlabeled batch of the same size (official:
-          one batch, half labeled, half unlabeled);
         - ramp-up measured in epochs of nnU-Net's schedule (fractions above).
     """
 
@@ -145,39 +146,11 @@ class nnUNetTrainerMCNet(SemiSupervisedTrainer):
     SUPERVISED_WEIGHT_3D = 0.5
     SUPERVISED_WEIGHT_2D = 1.0
     CE_WEIGHT = 1.0
-
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._last_consistency_weight = 0.0
+    UNLABELED_FRACTION = 0.5
+    network_class = MCNet
+    _last_consistency_weight = 0.0
 
     # ---------------------------------------------------------------- network and loss
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        """MC-Net+ from the configuration's architecture (PlainConvUNet or ResidualEncoderUNet plans).
-
-        Args:
-            plans_manager: nnU-Net plans manager (unused, part of nnU-Net's signature).
-            configuration_manager: the configuration whose architecture is used.
-            num_input_channels: image channels.
-            num_output_channels: segmentation heads (classes or regions).
-            enable_deep_supervision: initial deep-supervision flag.
-
-        Returns:
-            A :class:`~nnzoo.trainers.networks.mcnet.MCNet`.
-        """
-        return build_mcnet_from_arch(configuration_manager.network_arch_class_name,
-                                     configuration_manager.network_arch_init_kwargs,
-                                     configuration_manager.network_arch_init_kwargs_req_import,
-                                     num_input_channels, num_output_channels,
-                                     deep_supervision=enable_deep_supervision)
 
     def _build_loss(self) -> nn.Module:
         loss = super()._build_loss()
@@ -238,8 +211,8 @@ class nnUNetTrainerMCNet(SemiSupervisedTrainer):
         return total, supervised, consistency
 
     def train_step(self, batch: dict) -> dict:
-        data, target = self.batch_to_device(batch)
-        unlabeled = self.next_unlabeled_batch()
+        data, target = self.labeled_part(batch)
+        unlabeled = self.next_unlabeled_batch()[:self.batch_split()[1]]
         weight = self.consistency_weight()
         self._last_consistency_weight = weight
         self.optimizer.zero_grad(set_to_none=True)
@@ -256,7 +229,7 @@ class nnUNetTrainerMCNet(SemiSupervisedTrainer):
         if "MCNet" not in self.plans_manager.plans_name:
             self.print_to_log_file(
                 f"WARNING: plans {self.plans_manager.plans_name!r} were budgeted for the plain U-Net; MC-Net+ "
-                "trains three decoders on labeled + unlabeled batches and may not fit the planned GPU memory. "
+                "trains three decoders on every patch and may not fit the planned GPU memory. "
                 "Plan with nnUNetPlannerMCNet to budget for it.")
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:

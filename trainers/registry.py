@@ -118,17 +118,24 @@ def register_trainer(
     return _register
 
 
+def import_package_modules(package_name: str, skip: set[str]) -> None:
+    """Import every public module of a package (not ``_private`` ones, not those in ``skip``).
+
+    Registries use it to run their modules' registration decorators on first lookup rather than
+    at import time.
+    """
+    package = importlib.import_module(package_name)
+    for mod in pkgutil.iter_modules(package.__path__):
+        if not mod.name.startswith("_") and mod.name not in skip:
+            importlib.import_module(f"{package_name}.{mod.name}")
+
+
 def _discover() -> None:
     """Import every trainer module of this package once, so that their decorators run."""
     global _discovered
-    if _discovered:
-        return
-    package = importlib.import_module(__package__)
-    for mod in pkgutil.iter_modules(package.__path__):
-        if mod.name.startswith("_") or mod.name in _NOT_TRAINER_MODULES:
-            continue
-        importlib.import_module(f"{__package__}.{mod.name}")
-    _discovered = True
+    if not _discovered:
+        import_package_modules(__package__, _NOT_TRAINER_MODULES)
+        _discovered = True
 
 
 def list_trainers() -> list[TrainerInfo]:

@@ -178,7 +178,13 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
             restored from checkpoints.
         dataloader_unlabeled: augmenter yielding ``{"data": (B, C, *patch), ...}`` batches of
             unlabeled images (the ``target`` entry is an all-zero dummy).
-        unlabeled_batch_size: batch size of the unlabeled loader (None: the labeled batch size).
+        unlabeled_batch_size: batch size of the unlabeled loader (None: the labeled batch size, or
+            the unlabeled share of the planned batch when ``UNLABELED_FRACTION`` is set).
+        UNLABELED_FRACTION: None: every step gets nnU-Net's full labeled batch plus a full
+            unlabeled batch. A fraction ``f``: the planned batch of ``B`` patches is shared, as in
+            the official code of most semi-supervised methods (half labeled, half unlabeled):
+            ``n_u = max(1, round(B f))`` unlabeled and ``n_l = max(1, B - n_u)`` labeled patches
+            per step (see :meth:`batch_split` and :meth:`labeled_part`).
 
     Raises:
         RuntimeError: when training starts without any unlabeled case (neither a label budget
@@ -187,20 +193,29 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
     """
 
     unlabeled_batch_size: int | None = None
-
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.teacher: EMATeacher | None = None
-        self.dataloader_unlabeled = None
+    UNLABELED_FRACTION: float | None = None
+    teacher: EMATeacher | None = None
+    dataloader_unlabeled = None
 
     # ---------------------------------------------------------------- data
+    def batch_split(self) -> tuple[int, int]:
+        """``(labeled, unlabeled)`` patches per training step (see ``UNLABELED_FRACTION``)."""
+        if self.UNLABELED_FRACTION is None:
+            return self.batch_size, self.unlabeled_batch_size or self.batch_size
+        n_u = max(1, int(round(self.batch_size * self.UNLABELED_FRACTION)))
+        return max(1, self.batch_size - n_u), n_u
+
+    def labeled_part(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor]]:
+        """``(data, target)`` of the step's labeled patches on the training device.
+
+        With ``UNLABELED_FRACTION`` set these are the last ``n_l`` patches of nnU-Net's batch:
+        they include the foreground-oversampled ones, which nnU-Net puts at the end of a batch.
+        """
+        n_l = self.batch_split()[0]
+        data, target = batch["data"][-n_l:], batch["target"]
+        target = [t[-n_l:] for t in target] if isinstance(target, (list, tuple)) else target[-n_l:]
+        return self.batch_to_device({"data": data, "target": target})
+
     def unlabeled_sources(self) -> list[tuple[str, str]]:
         """``(folder, identifier)`` of every unlabeled case (call after :meth:`do_split`)."""
         sources = [(self.preprocessed_dataset_folder, k) for k in self.unlabeled_train_keys]
@@ -218,6 +233,8 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
         if self.is_cascaded:
             raise NotImplementedError(f"{type(self).__name__} does not support cascaded configurations")
         dl_tr, dl_val = super().get_dataloaders()  # runs do_split: unlabeled_train_keys is set
+        if self.UNLABELED_FRACTION is not None:
+            self.unlabeled_batch_size = self.batch_split()[1]
         sources = self.unlabeled_sources()
         self.print_to_log_file(f"Unlabeled cases: {len(sources)} ({len(self.unlabeled_train_keys)} from the "
                                f"training split, {len(sources) - len(self.unlabeled_train_keys)} from imagesUnlabeled)")

@@ -7,13 +7,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
 
+from .base import PlanNetworkMixin
 from .networks.shape_prior import (
     ShapeCritic,
     ShapeGenerator,
-    build_twin_decoder_unet,
+    TwinDecoderUNet,
     resize_to_critic,
     train_wgan_critic,
 )
@@ -32,7 +31,7 @@ CRITIC_KEY = "nnzoo_shape_critic"
     dims=("2d", "3d"),
     semi_supervised=True,
 )
-class nnUNetTrainerShapePrior(SemiSupervisedTrainer):
+class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
     """Prior-aware pseudo-labeling (Chen et al., "Striving for Simplicity: Simple Yet Effective
     Prior-Aware Pseudo-Labeling for Semi-Supervised Ultrasound Image Segmentation", MICCAI 2024;
     official code github.com/WUTCM-Lab/Shape-Prior-Semi-Seg) on nnU-Net.
@@ -105,51 +104,16 @@ class nnUNetTrainerShapePrior(SemiSupervisedTrainer):
     CRITIC_ITERS_PER_G = 5
     CRITIC_WARMUP_G_STEPS = 5
     CRITIC_WARMUP_ITERS = 100
-
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_ignore_label:
-            raise NotImplementedError("nnUNetTrainerShapePrior does not support the ignore label (a shape prior "
-                                      "cannot be learned from partially annotated masks)")
-        self.critic: ShapeCritic | None = None
+    network_class = TwinDecoderUNet
+    supports_ignore_label = False
+    unsupported_labels_reason = "a shape prior cannot be learned from partially annotated masks"
+    critic: ShapeCritic | None = None
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        """Twin-decoder U-Net from the configuration's architecture (PlainConvUNet or ResidualEncoderUNet plans).
+    def extra_network_kwargs(cls) -> dict:
+        """D_p's bottleneck dropout (``DROPOUT``)."""
+        return {"dropout": cls.DROPOUT}
 
-        Args:
-            plans_manager: nnU-Net plans manager (unused, part of nnU-Net's signature).
-            configuration_manager: the configuration whose architecture is used.
-            num_input_channels: image channels.
-            num_output_channels: segmentation heads (classes or regions).
-            enable_deep_supervision: initial deep-supervision flag.
-
-        Returns:
-            A :class:`~nnzoo.trainers.networks.shape_prior.TwinDecoderUNet`.
-        """
-        return build_twin_decoder_unet(configuration_manager.network_arch_class_name,
-                                       configuration_manager.network_arch_init_kwargs,
-                                       configuration_manager.network_arch_init_kwargs_req_import,
-                                       num_input_channels, num_output_channels,
-                                       deep_supervision=enable_deep_supervision, dropout=cls.DROPOUT)
-
-    # ---------------------------------------------------------------- batch split
-    def batch_split(self) -> tuple[int, int]:
-        """``(labeled, unlabeled)`` patches per step taken from the planned batch size."""
-        n_u = max(1, int(round(self.batch_size * self.UNLABELED_FRACTION)))
-        return max(1, self.batch_size - n_u), n_u
-
-    def get_dataloaders(self):
-        self.unlabeled_batch_size = self.batch_split()[1]
-        return super().get_dataloaders()
 
     # ---------------------------------------------------------------- masks
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -271,16 +235,12 @@ class nnUNetTrainerShapePrior(SemiSupervisedTrainer):
     def train_step(self, batch: dict) -> dict:
         if self.critic is None:
             raise RuntimeError("the shape critic is not trained: call pretrain_critic() (on_train_start does)")
-        n_l, n_u = self.batch_split()
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
+        data, target = self.labeled_part(batch)
         targets = target if isinstance(target, list) else [target]
-        targets = [t[-n_l:].to(self.device, non_blocking=True) for t in targets]
-        unlabeled = self.next_unlabeled_batch()[:n_u]
+        unlabeled = self.next_unlabeled_batch()[:self.batch_split()[1]]
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
-        with ctx:
-            loss, _ = self.compute_loss(data[-n_l:], targets, unlabeled)
+        with self.autocast():
+            loss, _ = self.compute_loss(data, targets, unlabeled)
         self.optimizer_step(loss)
         return {"loss": np.array(loss.detach().cpu().numpy())}
 

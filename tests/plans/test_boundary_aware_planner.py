@@ -7,12 +7,10 @@ from helpers import TOY_MEDIAN as MEDIAN
 from helpers import TOY_N_CASES as N_CASES
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-from nnzoo.plans.boundary_aware import (
-    estimate_banet_feature_maps,
-    nnUNetPlannerBoundaryAware,
-    nnUNetPlannerBoundaryAwareResEncM,
-)
+from nnzoo.plans.base import estimate_network_feature_maps
+from nnzoo.plans.boundary_aware import nnUNetPlannerBoundaryAware, nnUNetPlannerBoundaryAwareResEncM
 from nnzoo.plans.registry import get_planner_class
+from nnzoo.trainers.networks.banet import BoundaryAwareUNet
 
 
 def _plan(planner) -> dict:
@@ -22,8 +20,8 @@ def _plan(planner) -> dict:
 
 def _banet_estimate(plan: dict) -> float:
     a = plan["architecture"]
-    return float(estimate_banet_feature_maps(plan["patch_size"], 1, 3, a["network_class_name"], a["arch_kwargs"],
-                                             a["_kw_requires_import"]))
+    return float(estimate_network_feature_maps(BoundaryAwareUNet, plan["patch_size"], 1, 3, a["network_class_name"],
+                                               a["arch_kwargs"], a["_kw_requires_import"]))
 
 
 def _plain_estimate(plan: dict) -> float:

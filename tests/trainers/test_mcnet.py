@@ -209,24 +209,35 @@ def test_loss_composition_and_every_parameter_gets_a_gradient(tmp_path, configur
     assert not torch.allclose(cons2, cons.detach())
 
 
-def test_train_step_uses_labeled_and_unlabeled_batches(tmp_path):
+def test_train_step_shares_the_planned_batch_like_the_official_code(tmp_path):
     t = _trainer(tmp_path)
+    t.batch_size = 2
+    assert t.batch_split() == (1, 1)  # official: labeled_bs = batch_size / 2
     data, targets = _batch(t, "3d_fullres")
     seen = []
     real_forward = t.network.forward
 
     def spy(x, all_decoders=False):
-        seen.append((tuple(x.shape), all_decoders))
+        seen.append((x.detach().clone(), all_decoders))
         return real_forward(x, all_decoders)
 
     t.network.forward = spy
-    unlabeled = torch.randn(3, 1, *PATCH["3d_fullres"])  # another unlabeled batch size works too
+    unlabeled = torch.randn(3, 1, *PATCH["3d_fullres"])  # a larger loader batch is cut to the unlabeled share
     t.dataloader_unlabeled = iter([{"data": unlabeled}])
     before = [p.detach().clone() for p in t.network.parameters()]
     out = t.train_step({"data": data, "target": targets})
-    assert seen == [((5, 1, *PATCH["3d_fullres"]), True)]
+    assert len(seen) == 1 and seen[0][1] is True
+    x = seen[0][0]
+    assert x.shape == (2, 1, *PATCH["3d_fullres"])
+    # the labeled patch is the last of nnU-Net's batch (its foreground-oversampled one), then the unlabeled one
+    torch.testing.assert_close(x[0], data[-1])
+    torch.testing.assert_close(x[1], unlabeled[0])
     assert all(np.isfinite(out[k]) for k in ("loss", "supervised_loss", "consistency_loss"))
     assert any(not torch.equal(a, p) for a, p in zip(before, t.network.parameters()))
+    t.batch_size = 5
+    assert t.batch_split() == (3, 2)  # round(5 / 2) = 2 unlabeled; never fewer than one of each
+    t.batch_size = 1
+    assert t.batch_split() == (1, 1)
 
 
 def test_ce_weight_zero_gives_official_dice_only_loss(tmp_path):

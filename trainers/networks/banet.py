@@ -23,12 +23,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
 
-from .common import encoder_from_plan, initialize_network
+from .common import EncoderDecoderNet, convs_per_decoder_stage, decoder_stage_blocks, decoder_stage_sizes
 
-__all__ = ["BoundaryAttention", "BoundaryAwareDecoder", "BoundaryAwareUNet", "build_banet_from_arch"]
+__all__ = ["BoundaryAttention", "BoundaryAwareDecoder", "BoundaryAwareUNet"]
 
 NUM_BOUNDARY_CHANNELS = 2
 
@@ -50,13 +49,6 @@ class BoundaryAttention(nn.Module):
         """
         p = torch.softmax(boundary_logits, 1)[:, 1:2]
         return x * (1 + p)
-
-
-def _stage_blocks(encoder: nn.Module, n_convs: int, s: int, nonlin_first: bool) -> StackedConvBlocks:
-    skip_ch = encoder.output_channels[-(s + 1)]
-    return StackedConvBlocks(n_convs, encoder.conv_op, 2 * skip_ch, skip_ch, encoder.kernel_sizes[-(s + 1)], 1,
-                             encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
-                             encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs, nonlin_first)
 
 
 class BoundaryAwareDecoder(nn.Module):
@@ -82,21 +74,17 @@ class BoundaryAwareDecoder(nn.Module):
         self.deep_supervision = deep_supervision
         self.num_classes = num_classes
         object.__setattr__(self, "_encoder", encoder)  # not a submodule
-        n_dec = len(encoder.output_channels) - 1
-        if isinstance(n_conv_per_stage, int):
-            n_conv_per_stage = [n_conv_per_stage] * n_dec
-        if len(n_conv_per_stage) != n_dec:
-            raise ValueError(f"n_conv_per_stage needs {n_dec} entries, got {n_conv_per_stage}")
+        n_convs = convs_per_decoder_stage(encoder, n_conv_per_stage)
         transp = get_matching_convtransp(conv_op=encoder.conv_op)
         mods: dict[str, list[nn.Module]] = {k: [] for k in (
             "seg_transpconvs", "seg_stages", "seg_layers", "boundary_transpconvs", "boundary_stages",
             "boundary_layers")}
-        for s in range(1, n_dec + 1):
+        for s in range(1, len(n_convs) + 1):
             below, skip_ch = encoder.output_channels[-s], encoder.output_channels[-(s + 1)]
             stride = encoder.strides[-s]
             for branch, n_out in (("seg", num_classes), ("boundary", NUM_BOUNDARY_CHANNELS)):
                 mods[f"{branch}_transpconvs"].append(transp(below, skip_ch, stride, stride, bias=encoder.conv_bias))
-                mods[f"{branch}_stages"].append(_stage_blocks(encoder, n_conv_per_stage[s - 1], s, nonlin_first))
+                mods[f"{branch}_stages"].append(decoder_stage_blocks(encoder, n_convs[s - 1], s, nonlin_first))
                 mods[f"{branch}_layers"].append(encoder.conv_op(skip_ch, n_out, 1, 1, 0, bias=True))
         for k, v in mods.items():
             setattr(self, k, nn.ModuleList(v))
@@ -144,14 +132,11 @@ class BoundaryAwareDecoder(nn.Module):
             input_size: spatial size of the network input (no batch/channel axes).
         """
         enc = self._encoder
-        sizes = []
-        for s in range(len(enc.strides) - 1):
-            input_size = [i // j for i, j in zip(input_size, enc.strides[s])]
-            sizes.append(input_size)
+        sizes = decoder_stage_sizes(enc, input_size)
         total = np.int64(0)
         n = len(self.seg_stages)
         for s in range(n):
-            size = sizes[-(s + 1)]
+            size = sizes[s]
             vox = np.prod(size, dtype=np.int64)
             skip_ch = enc.output_channels[-(s + 2)]
             for stages in (self.seg_stages, self.boundary_stages):
@@ -164,7 +149,7 @@ class BoundaryAwareDecoder(nn.Module):
         return total
 
 
-class BoundaryAwareUNet(nn.Module):
+class BoundaryAwareUNet(EncoderDecoderNet):
     """BA-Net: plan encoder + :class:`BoundaryAwareDecoder`.
 
     Args:
@@ -185,34 +170,3 @@ class BoundaryAwareUNet(nn.Module):
     def forward(self, x: torch.Tensor, return_boundary: bool = False):
         """See :meth:`BoundaryAwareDecoder.forward`."""
         return self.decoder(self.encoder(x), return_boundary)
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Encoder plus decoders feature-map elements for one sample of spatial size ``input_size``."""
-        return self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
-
-
-def build_banet_from_arch(arch_class_name: str, arch_kwargs: dict, kw_requires_import: Sequence[str],
-                          input_channels: int, num_classes: int, deep_supervision: bool = True,
-                          allow_init: bool = True) -> BoundaryAwareUNet:
-    """Build BA-Net from a plan's ``architecture`` entry.
-
-    Args:
-        arch_class_name: the plan's ``network_class_name`` (selects the encoder type).
-        arch_kwargs: the plan's ``arch_kwargs``.
-        kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
-        input_channels: image channels.
-        num_classes: segmentation output channels.
-        deep_supervision: initial deep-supervision flag.
-        allow_init: apply nnU-Net's He initialisation (and zero the last norm of residual blocks).
-
-    Returns:
-        The network.
-
-    Raises:
-        ValueError: the plan's network class is neither ``PlainConvUNet`` nor ``ResidualEncoderUNet``.
-    """
-    encoder, residual = encoder_from_plan(arch_class_name, arch_kwargs, input_channels, kw_requires_import)
-    net = BoundaryAwareUNet(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
-                            nonlin_first=arch_kwargs.get("nonlin_first", False) and not residual)
-    return initialize_network(net, residual) if allow_init else net

@@ -4,6 +4,10 @@
   (``PlainConvEncoder`` for ``PlainConvUNet`` plans, ``ResidualEncoder`` for
   ``ResidualEncoderUNet`` plans, from dynamic_network_architectures, ``return_skips=True``).
 - :func:`initialize_network`: nnU-Net's He initialisation (plus zeroed last norm of residual blocks).
+- :func:`network_from_arch`: any :class:`EncoderDecoderNet` (the plan's encoder plus the method's
+  decoders) built from a plan's ``architecture`` entry and initialised as nnU-Net does.
+- :func:`convs_per_decoder_stage`, :func:`decoder_stage_blocks`, :func:`decoder_stage_sizes`: the
+  pieces every nnU-Net-shaped decoder stage is made of, and its sizes for memory estimates.
 - :class:`Upsampling` and :class:`UNetStyleDecoder`: a decoder shaped like nnU-Net's
   ``UNetDecoder`` (upsample, concatenate the skip, conv-norm-nonlin blocks, 1x1 heads, deep
   supervision) whose upsampling is selectable: ``"transpconv"`` (nnU-Net's transposed convolution),
@@ -33,8 +37,9 @@ from dynamic_network_architectures.initialization.weight_init import (
 )
 from torch import nn
 
-__all__ = ["UPSAMPLING_MODES", "resolve_arch_kwargs", "encoder_from_plan", "initialize_network", "Upsampling",
-           "UNetStyleDecoder"]
+__all__ = ["UPSAMPLING_MODES", "resolve_arch_kwargs", "encoder_from_plan", "initialize_network", "network_from_arch",
+           "convs_per_decoder_stage", "decoder_stage_blocks", "decoder_stage_sizes", "EncoderDecoderNet",
+           "Upsampling", "UNetStyleDecoder"]
 
 #: upsampling variants of :class:`Upsampling`
 UPSAMPLING_MODES = ("transpconv", "linear", "nearest")
@@ -96,6 +101,84 @@ def initialize_network(network: nn.Module, residual: bool) -> nn.Module:
     if residual:
         network.apply(init_last_bn_before_add_to_0)
     return network
+
+
+def network_from_arch(network_class: type[nn.Module], arch_class_name: str, arch_kwargs: dict,
+                      kw_requires_import: Sequence[str], input_channels: int, num_classes: int,
+                      deep_supervision: bool = True, allow_init: bool = True, **network_kwargs) -> nn.Module:
+    """A method network around the encoder of a plan's ``architecture`` entry.
+
+    Args:
+        network_class: called as ``network_class(encoder, num_classes, n_conv_per_stage_decoder,
+            deep_supervision, nonlin_first, **network_kwargs)``.
+        arch_class_name: the plan's ``network_class_name`` (PlainConvUNet or ResidualEncoderUNet).
+        arch_kwargs: the plan's ``arch_kwargs``.
+        kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
+        input_channels: image channels.
+        num_classes: segmentation output channels (classes or regions).
+        deep_supervision: initial deep-supervision flag.
+        allow_init: apply :func:`initialize_network` (off for ``meta``-device memory estimates).
+        network_kwargs: further arguments of ``network_class``.
+
+    Returns:
+        The network.
+
+    Raises:
+        ValueError: unsupported plan network class.
+    """
+    encoder, residual = encoder_from_plan(arch_class_name, arch_kwargs, input_channels, kw_requires_import)
+    nonlin_first = bool(arch_kwargs.get("nonlin_first", False)) and not residual  # residual blocks: norm first
+    net = network_class(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
+                        nonlin_first, **network_kwargs)
+    return initialize_network(net, residual) if allow_init else net
+
+
+def convs_per_decoder_stage(encoder: nn.Module, n_conv_per_stage: int | Sequence[int]) -> list[int]:
+    """Conv blocks of each decoder stage (coarse to fine) for an encoder with ``n`` stages.
+
+    Raises:
+        ValueError: a sequence whose length is not ``n - 1``.
+    """
+    n_dec = len(encoder.output_channels) - 1
+    if isinstance(n_conv_per_stage, int):
+        return [n_conv_per_stage] * n_dec
+    if len(n_conv_per_stage) != n_dec:
+        raise ValueError(f"n_conv_per_stage needs {n_dec} entries, got {list(n_conv_per_stage)}")
+    return list(n_conv_per_stage)
+
+
+def decoder_stage_blocks(encoder: nn.Module, n_convs: int, s: int, nonlin_first: bool) -> StackedConvBlocks:
+    """Conv blocks of decoder stage ``s`` (1 = coarsest): ``2 * skip`` channels in, ``skip`` out.
+
+    Conv op, bias, norm, dropout, nonlinearity and kernel size are the encoder's (those of the
+    skip's stage), as in nnU-Net's ``UNetDecoder``.
+    """
+    skip_ch = encoder.output_channels[-(s + 1)]
+    return StackedConvBlocks(n_convs, encoder.conv_op, 2 * skip_ch, skip_ch, encoder.kernel_sizes[-(s + 1)], 1,
+                             encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
+                             encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs, nonlin_first)
+
+
+def decoder_stage_sizes(encoder: nn.Module, input_size: Sequence[int]) -> list[list[int]]:
+    """Spatial size of every decoder stage's output, coarse to fine, for a network input of ``input_size``."""
+    sizes = []
+    for stride in encoder.strides[:-1]:
+        input_size = [i // j for i, j in zip(input_size, stride)]
+        sizes.append(input_size)
+    return sizes[::-1]
+
+
+class EncoderDecoderNet(nn.Module):
+    """Base of nnzoo's plan-encoder networks: ``encoder`` plus one or more decoder submodules.
+
+    :meth:`compute_conv_feature_map_size` (nnU-Net's VRAM proxy) sums the encoder's and every
+    child module's estimate, so subclasses only register their decoders.
+    """
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Feature-map elements of the encoder and all decoders for one sample of spatial size ``input_size``."""
+        return sum((m.compute_conv_feature_map_size(input_size) for m in self.children()
+                    if hasattr(m, "compute_conv_feature_map_size")), np.int64(0))
 
 
 class Upsampling(nn.Module):
@@ -178,19 +261,12 @@ class UNetStyleDecoder(nn.Module):
         self.num_classes = num_classes
         self.upsampling = upsampling
         object.__setattr__(self, "_encoder", encoder)  # not a submodule
-        n_dec = len(encoder.output_channels) - 1
-        if isinstance(n_conv_per_stage, int):
-            n_conv_per_stage = [n_conv_per_stage] * n_dec
-        if len(n_conv_per_stage) != n_dec:
-            raise ValueError(f"n_conv_per_stage needs {n_dec} entries, got {n_conv_per_stage}")
+        n_convs = convs_per_decoder_stage(encoder, n_conv_per_stage)
         ups, stages, heads = [], [], []
-        for s in range(1, n_dec + 1):
+        for s in range(1, len(n_convs) + 1):
             below, skip_ch = encoder.output_channels[-s], encoder.output_channels[-(s + 1)]
             ups.append(Upsampling(upsampling, encoder.conv_op, below, skip_ch, encoder.strides[-s], encoder.conv_bias))
-            stages.append(StackedConvBlocks(
-                n_conv_per_stage[s - 1], encoder.conv_op, 2 * skip_ch, skip_ch, encoder.kernel_sizes[-(s + 1)], 1,
-                encoder.conv_bias, encoder.norm_op, encoder.norm_op_kwargs, encoder.dropout_op,
-                encoder.dropout_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs, nonlin_first))
+            stages.append(decoder_stage_blocks(encoder, n_convs[s - 1], s, nonlin_first))
             heads.append(encoder.conv_op(skip_ch, num_classes, 1, 1, 0, bias=True))
         self.upsamplings = nn.ModuleList(ups)
         self.stages = nn.ModuleList(stages)
@@ -225,19 +301,16 @@ class UNetStyleDecoder(nn.Module):
             input_size: spatial size of the network input (no batch/channel axes).
         """
         enc = self._encoder
-        sizes = []
-        for s in range(len(enc.strides) - 1):
-            input_size = [i // j for i, j in zip(input_size, enc.strides[s])]
-            sizes.append(input_size)
+        sizes = decoder_stage_sizes(enc, input_size)
         total = np.int64(0)
         n = len(self.stages)
         for s in range(n):
-            size = sizes[-(s + 1)]
+            size = sizes[s]
             skip_ch = enc.output_channels[-(s + 2)]
             total += self.stages[s].compute_conv_feature_map_size(size)
             total += np.prod([skip_ch, *size], dtype=np.int64)
             if self.upsampling != "transpconv":
-                coarse = sizes[-s] if s > 0 else [i // j for i, j in zip(size, enc.strides[-1])]  # 1x1 conv output
+                coarse = sizes[s - 1] if s > 0 else [i // j for i, j in zip(size, enc.strides[-1])]  # 1x1 conv output
                 total += np.prod([skip_ch, *coarse], dtype=np.int64)
             if self.deep_supervision or s == n - 1:
                 total += np.prod([self.num_classes, *size], dtype=np.int64)

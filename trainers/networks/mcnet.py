@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import UNetStyleDecoder, encoder_from_plan, initialize_network
+from .common import EncoderDecoderNet, UNetStyleDecoder
 
-__all__ = ["MCNET_UPSAMPLINGS", "MutualDecoders", "MCNet", "build_mcnet_from_arch"]
+__all__ = ["MCNET_UPSAMPLINGS", "MutualDecoders", "MCNet"]
 
 #: upsampling of decoders 0, 1, 2 (decoder 0 is the inference decoder)
 MCNET_UPSAMPLINGS = ("transpconv", "linear", "nearest")
@@ -84,7 +84,7 @@ class MutualDecoders(nn.Module):
         return sum((d.compute_conv_feature_map_size(input_size) for d in self.decoders), np.int64(0))
 
 
-class MCNet(nn.Module):
+class MCNet(EncoderDecoderNet):
     """MC-Net+: plan encoder + :class:`MutualDecoders`.
 
     Args:
@@ -107,34 +107,3 @@ class MCNet(nn.Module):
     def forward(self, x: torch.Tensor, all_decoders: bool = False):
         """See :meth:`MutualDecoders.forward`."""
         return self.decoder(self.encoder(x), all_decoders)
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Encoder plus all decoders, per sample of spatial size ``input_size``."""
-        return self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
-
-
-def build_mcnet_from_arch(arch_class_name: str, arch_kwargs: dict, kw_requires_import: Sequence[str],
-                          input_channels: int, num_classes: int, deep_supervision: bool = True,
-                          allow_init: bool = True) -> MCNet:
-    """MC-Net+ from a plan's ``architecture`` entry.
-
-    Args:
-        arch_class_name: the plan's ``network_class_name`` (selects the encoder type).
-        arch_kwargs: the plan's ``arch_kwargs``.
-        kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
-        input_channels: image channels.
-        num_classes: output channels.
-        deep_supervision: initial deep-supervision flag.
-        allow_init: apply nnU-Net's He initialisation.
-
-    Returns:
-        The network.
-
-    Raises:
-        ValueError: the plan's network class is neither ``PlainConvUNet`` nor ``ResidualEncoderUNet``.
-    """
-    encoder, residual = encoder_from_plan(arch_class_name, arch_kwargs, input_channels, kw_requires_import)
-    nonlin_first = bool(arch_kwargs.get("nonlin_first", False)) and not residual
-    net = MCNet(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision, nonlin_first)
-    return initialize_network(net, residual) if allow_init else net

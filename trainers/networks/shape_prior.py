@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import UNetStyleDecoder, encoder_from_plan, initialize_network
+from .common import EncoderDecoderNet, UNetStyleDecoder
 
-__all__ = ["TwinDecoderUNet", "ShapePriorDecoder", "ShapeCritic", "ShapeGenerator", "build_twin_decoder_unet",
-           "resize_to_critic", "train_wgan_critic"]
+__all__ = ["TwinDecoderUNet", "ShapePriorDecoder", "ShapeCritic", "ShapeGenerator", "resize_to_critic",
+           "train_wgan_critic"]
 
 
 class ShapePriorDecoder(UNetStyleDecoder):
@@ -71,7 +70,7 @@ class ShapePriorDecoder(UNetStyleDecoder):
         return outs[::-1] if ds else outs[0]
 
 
-class TwinDecoderUNet(nn.Module):
+class TwinDecoderUNet(EncoderDecoderNet):
     """Shared encoder, label decoder D_l (``label_decoder``) and pseudo-label decoder D_p (``decoder``).
 
     Args:
@@ -116,36 +115,6 @@ class TwinDecoderUNet(nn.Module):
         with torch.no_grad():
             pseudo_logits = self.label_decoder([s.detach() for s in unl], deep_supervision=False)
         return lab, pseudo_logits, self.decoder(unl, deep_supervision=True)
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Encoder plus both decoders' feature-map elements for one sample."""
-        return (self.encoder.compute_conv_feature_map_size(input_size)
-                + self.decoder.compute_conv_feature_map_size(input_size)
-                + self.label_decoder.compute_conv_feature_map_size(input_size))
-
-
-def build_twin_decoder_unet(arch_class_name: str, arch_kwargs: dict, kw_requires_import: Sequence[str],
-                            input_channels: int, num_classes: int, deep_supervision: bool = True,
-                            dropout: float = 0.3, allow_init: bool = True) -> TwinDecoderUNet:
-    """Build :class:`TwinDecoderUNet` from a plan's ``architecture`` entry.
-
-    Args:
-        arch_class_name: the plan's ``network_class_name`` (PlainConvUNet or ResidualEncoderUNet).
-        arch_kwargs: the plan's ``arch_kwargs``.
-        kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
-        input_channels: image channels.
-        num_classes: segmentation output channels.
-        deep_supervision: initial deep-supervision flag.
-        dropout: D_p's bottleneck dropout.
-        allow_init: nnU-Net's He initialisation (and zeroed last norm of residual blocks).
-
-    Raises:
-        ValueError: unsupported network class.
-    """
-    encoder, residual = encoder_from_plan(arch_class_name, arch_kwargs, input_channels, kw_requires_import)
-    net = TwinDecoderUNet(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
-                          nonlin_first=arch_kwargs.get("nonlin_first", False) and not residual, dropout=dropout)
-    return initialize_network(net, residual) if allow_init else net
 
 
 # ------------------------------------------------------------------------------------------ shape prior
