@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     device, plans, dataset_json, patch = tiny_setup(args)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from benchmarks.common import build_trainer, make_batch, time_interleaved
+    from benchmarks.common import RepeatBatch, build_trainer, make_batch, time_interleaved
     from nnzoo.trainers.bcp import nnUNetTrainerBCP
     from nnzoo.trainers.semisup import EMATeacher
 
@@ -41,11 +41,7 @@ def main(argv=None) -> None:
         batch = make_batch(base, args.batch_size, device)
         unlabeled = torch.randn_like(batch["data"])
 
-        class _Unlabeled:
-            def __next__(self):
-                return {"data": unlabeled}
-
-        bcp.dataloader_unlabeled = _Unlabeled()
+        bcp.dataloader_unlabeled = RepeatBatch(unlabeled)
         bcp.current_epoch = bcp.stage2_start_epoch
         bcp.teacher = EMATeacher(bcp.network)
         times = time_interleaved({"base": base, "bcp": bcp}, {"base": batch, "bcp": batch}, args.steps, 1, args.warmup,

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     device, plans, dataset_json, patch = tiny_setup(args)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from benchmarks.common import build_trainer, make_batch, time_interleaved, train_flops
+    from benchmarks.common import RepeatBatch, build_trainer, make_batch, time_interleaved, train_flops
     from nnzoo.trainers.mcnet import nnUNetTrainerMCNet
     from nnzoo.trainers.networks.mcnet import MCNet
 
@@ -45,19 +45,10 @@ def main(argv=None) -> None:
         mc = build_trainer(nnUNetTrainerMCNet, plans, args.configuration, dataset_json, device, Path(tmp) / "b")
         full = build_trainer(MCNetFullBatches, plans, args.configuration, dataset_json, device, Path(tmp) / "c")
         batch = make_batch(base, args.batch_size, device)
-        shape = batch["data"].shape[1:]
-
-        class _Unlabeled:
-            def __init__(self, n: int) -> None:
-                self.data = torch.randn(n, *shape, device=device)
-
-            def __next__(self):
-                return {"data": self.data}
-
         split = {}
         for t in (mc, full):
             split[t] = t.batch_split()
-            t.dataloader_unlabeled = _Unlabeled(split[t][1])
+            t.dataloader_unlabeled = RepeatBatch(torch.randn(split[t][1], *batch["data"].shape[1:], device=device))
             t.current_epoch = t.num_epochs // 2
         trainers = {"base": base, "mc": mc, "full": full}
         times = time_interleaved(trainers, {k: batch for k in trainers}, args.steps, 1, args.warmup, device)

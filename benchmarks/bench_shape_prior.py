@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     device, plans, dataset_json, patch = tiny_setup(args)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from benchmarks.common import build_trainer, make_batch, sync, time_interleaved
+    from benchmarks.common import RepeatBatch, build_trainer, make_batch, sync, time_interleaved
     from nnzoo.trainers.networks.shape_prior import resize_to_critic
     from nnzoo.trainers.shape_prior import nnUNetTrainerShapePrior
 
@@ -47,11 +47,7 @@ def main(argv=None) -> None:
         n_l, n_u = sp.batch_split()
         unlabeled = torch.randn(n_u, *batch["data"].shape[1:], device=device)
 
-        class _Unlabeled:
-            def __next__(self):
-                return {"data": unlabeled}
-
-        sp.dataloader_unlabeled = _Unlabeled()
+        sp.dataloader_unlabeled = RepeatBatch(unlabeled)
         target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
         pool = resize_to_critic(sp.real_masks(target), sp.critic_size)
         sp.CRITIC_STEPS = args.critic_steps

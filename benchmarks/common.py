@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["step_parser", "tiny_setup", "build_trainer", "make_batch", "sync", "time_steps", "time_interleaved",
-           "train_flops"]
+           "train_flops", "RepeatBatch"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,3 +140,13 @@ def train_flops(arch: dict, input_shape: list[int], network_class: type | None =
             out = net(torch.randn(*input_shape), **forward_kwargs)
             sum(t.float().sum() for t in leaves(out)).backward()
     return counter.get_total_flops()
+
+
+class RepeatBatch:
+    """An endless 'data loader' returning the same batch of (unlabeled) images: ``{"data": data}``."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.batch = {"data": data}
+
+    def __next__(self) -> dict:
+        return self.batch

@@ -35,19 +35,11 @@ sys.path.insert(0, str(REPO))
 MARK = "<!-- figures -->"
 
 
-class _Repeat:
-    """An endless 'data loader' returning the same unlabeled batch."""
-
-    def __init__(self, data: torch.Tensor) -> None:
-        self.batch = {"data": data}
-
-    def __next__(self) -> dict:
-        return self.batch
-
-
 def _prepare_semi_supervised(trainer, batch: dict) -> None:
     """Feed unlabeled images and put a staged trainer in its main (semi-supervised) stage."""
-    trainer.dataloader_unlabeled = _Repeat(torch.randn_like(batch["data"]).cpu())
+    from benchmarks.common import RepeatBatch
+
+    trainer.dataloader_unlabeled = RepeatBatch(torch.randn_like(batch["data"]).cpu())
     if hasattr(trainer, "stage2_start_epoch"):
         trainer.current_epoch = trainer.stage2_start_epoch
     if hasattr(trainer, "prepare_benchmark"):

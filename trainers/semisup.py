@@ -161,6 +161,16 @@ class _ExtraCheckpointStateMixin(nnUNetTrainer):
     def _extra_checkpoint_state(self) -> dict:
         return {}
 
+    def _restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        """Restore what :meth:`_extra_checkpoint_state` saved (called by :meth:`load_checkpoint`)."""
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        self._restore_extra_checkpoint_state(checkpoint)
+
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
         extra = self._extra_checkpoint_state()
@@ -276,11 +286,8 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
     def _extra_checkpoint_state(self) -> dict:
         return {TEACHER_KEY: self.teacher.state_dict() if self.teacher is not None else None}
 
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+    def _restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        super()._restore_extra_checkpoint_state(checkpoint)
         state = checkpoint.get(TEACHER_KEY)
         if state is not None:
             self.teacher = EMATeacher(self.network)

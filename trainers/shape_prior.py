@@ -250,11 +250,8 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
         state[CRITIC_KEY] = self.critic.state_dict() if self.critic is not None else None
         return state
 
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+    def _restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        super()._restore_extra_checkpoint_state(checkpoint)
         state = checkpoint.get(CRITIC_KEY)
         if state is not None:
             critic = self.build_critic()
