@@ -135,7 +135,11 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
         - supervised loss: nnU-Net's Dice + CE (``CE_WEIGHT = 1``) with deep supervision; the
           official loss is Dice only (set ``CE_WEIGHT = 0``; nnU-Net's Dice form, background
           excluded, batch Dice per plan);
-        - ramp-up measured in epochs of nnU-Net's schedule (fractions above).
+        - ramp-up measured in epochs of nnU-Net's schedule (fractions above);
+        - batch: nnU-Net's planned batch size, split in halves as the official code does (official
+          3D: 2 labeled + 2 unlabeled; nnU-Net's usual 3D batch of 2 gives 1 + 1). A subclass with
+          ``UNLABELED_FRACTION = None`` takes a full labeled plus a full unlabeled batch per step
+          (twice the memory and time; plan for it).
     """
 
     TEMPERATURE = 0.1
@@ -150,8 +154,7 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
     network_class = MCNet
     _last_consistency_weight = 0.0
 
-    # ---------------------------------------------------------------- network and loss
-
+    # ---------------------------------------------------------------- loss
     def _build_loss(self) -> nn.Module:
         loss = super()._build_loss()
         inner = getattr(loss, "loss", loss)  # DeepSupervisionWrapper -> DC_and_CE / DC_and_BCE

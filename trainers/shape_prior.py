@@ -114,7 +114,6 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
         """D_p's bottleneck dropout (``DROPOUT``)."""
         return {"dropout": cls.DROPOUT}
 
-
     # ---------------------------------------------------------------- masks
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities: softmax without background (labels) or sigmoid (regions)."""
