@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=12)
     ap.add_argument("--workdir", default="nnzoo_work")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--only", nargs="*", default=None, help="trainer names (NAME, or NAME:LABELED such as nnUNetTrainer:2 or nnUNetTrainer:all) to run "
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="trainers to run: NAME, or NAME:LABELED such as nnUNetTrainer:2 or nnUNetTrainer:all "
                          "(default all)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per (trainer, labeled) pair")
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs found in the work folder")
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and trainer not in args.only and f"{trainer}:{labeled or 'all'}" not in args.only:
             continue
         runs = []
+        base_tag = f"{trainer}_labeled{labeled}" if labeled else trainer
         for r in range(args.repeats):
-            tag = f"{trainer}_labeled{labeled}" if labeled else trainer
-            tag += f"_run{r + 1}" if r else ""  # the first run keeps the folder name of single comparisons
+            tag = base_tag + (f"_run{r + 1}" if r else "")  # the first run keeps the folder name of single comparisons
             result = work / "compare" / tag / "demo" / f"demo_{trainer}.json"
             if args.reuse and result.is_file():
                 print(f"=== {tag}: reusing {result}", flush=True)

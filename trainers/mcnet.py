@@ -215,7 +215,7 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
 
     def train_step(self, batch: dict) -> dict:
         data, target = self.labeled_part(batch)
-        unlabeled = self.next_unlabeled_batch()[:self.batch_split()[1]]
+        unlabeled = self.next_unlabeled_batch()
         weight = self.consistency_weight()
         self._last_consistency_weight = weight
         self.optimizer.zero_grad(set_to_none=True)

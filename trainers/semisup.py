@@ -188,8 +188,8 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
             restored from checkpoints.
         dataloader_unlabeled: augmenter yielding ``{"data": (B, C, *patch), ...}`` batches of
             unlabeled images (the ``target`` entry is an all-zero dummy).
-        unlabeled_batch_size: batch size of the unlabeled loader (None: the labeled batch size, or
-            the unlabeled share of the planned batch when ``UNLABELED_FRACTION`` is set).
+        unlabeled_batch_size: batch size of the unlabeled loader when ``UNLABELED_FRACTION`` is
+            None (None: the labeled batch size).
         UNLABELED_FRACTION: None: every step gets nnU-Net's full labeled batch plus a full
             unlabeled batch. A fraction ``f``: the planned batch of ``B`` patches is shared, as in
             the official code of most semi-supervised methods (half labeled, half unlabeled):
@@ -243,8 +243,6 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
         if self.is_cascaded:
             raise NotImplementedError(f"{type(self).__name__} does not support cascaded configurations")
         dl_tr, dl_val = super().get_dataloaders()  # runs do_split: unlabeled_train_keys is set
-        if self.UNLABELED_FRACTION is not None:
-            self.unlabeled_batch_size = self.batch_split()[1]
         sources = self.unlabeled_sources()
         self.print_to_log_file(f"Unlabeled cases: {len(sources)} ({len(self.unlabeled_train_keys)} from the "
                                f"training split, {len(sources) - len(self.unlabeled_train_keys)} from imagesUnlabeled)")
@@ -259,7 +257,7 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
             patch_size, rotation, None, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
             foreground_labels=self.label_manager.foreground_labels, regions=None, ignore_label=None)
-        dl = nnUNetDataLoader(dataset, self.unlabeled_batch_size or self.batch_size, initial_patch_size,
+        dl = nnUNetDataLoader(dataset, self.batch_split()[1], initial_patch_size,
                               patch_size, self.label_manager, oversample_foreground_percent=0.0,
                               sampling_probabilities=None, pad_sides=None, transforms=transforms)
         dl.has_ignore = False  # uniform sampling; never looks up (label-derived) class locations
@@ -274,8 +272,9 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, _ExtraCheckpointStat
         return augmenter
 
     def next_unlabeled_batch(self) -> torch.Tensor:
-        """Next augmented batch of unlabeled images, on the training device."""
-        return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+        """The step's unlabeled images (the first ``batch_split()[1]`` of the loader's next
+        augmented batch: all of it for the loader built here), on the training device."""
+        return next(self.dataloader_unlabeled)["data"][:self.batch_split()[1]].to(self.device, non_blocking=True)
 
     def on_train_end(self) -> None:
         super().on_train_end()

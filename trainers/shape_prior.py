@@ -236,7 +236,7 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
             raise RuntimeError("the shape critic is not trained: call pretrain_critic() (on_train_start does)")
         data, target = self.labeled_part(batch)
         targets = target if isinstance(target, list) else [target]
-        unlabeled = self.next_unlabeled_batch()[:self.batch_split()[1]]
+        unlabeled = self.next_unlabeled_batch()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             loss, _ = self.compute_loss(data, targets, unlabeled)
