@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--labeled", default=None, help="keep N (or a fraction of) labeled training cases")
     tr.add_argument("--overwrite", action="store_true", help="start over a fold that has checkpoints")
     tr.add_argument("--no-val", action="store_true", help="skip the final validation")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seed initialisation, sampling and the choice of --labeled cases (default: unseeded)")
 
     pr = sub.add_parser("predict", help="predict a folder of images")
     pr.add_argument("-i", required=True, dest="input_dir")
@@ -157,7 +159,7 @@ def _run(args: argparse.Namespace) -> None:
 
         train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, args.device,
               args.continue_training, args.epochs, args.iters, args.val_iters, args.save_every, args.labeled,
-              args.overwrite, validate=not args.no_val)
+              args.overwrite, validate=not args.no_val, seed=args.seed)
     elif args.command == "predict":
         from .predict import predict
 

@@ -77,7 +77,7 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
           plans: str | None = None, device: str = "auto", continue_training: bool = False,
           epochs: int | None = None, iters: int | None = None, val_iters: int | None = None,
           save_every: int | None = None, labeled: str | int | float | None = None, overwrite: bool = False,
-          validate: bool = True) -> Path:
+          validate: bool = True, seed: int | None = None) -> Path:
     """Train one fold.
 
     Args:
@@ -96,6 +96,9 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
             fold's training cases count as unlabeled (their labels are never read).
         overwrite: start a new training over a fold folder that already holds checkpoints.
         validate: run nnU-Net's final validation (sliding-window prediction of the validation cases).
+        seed: seed Python's, numpy's and torch's random generators before the trainer is built
+            (initialisation, patch sampling and, with ``nnUNet_n_proc_DA=0``, augmentation) and the
+            choice of labeled cases; recorded in ``nnzoo_run.json`` and reused by ``--continue``.
 
     Returns:
         The fold's output folder.
@@ -135,6 +138,16 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
 
         (out / LABELED_SPLIT_FILE).unlink(missing_ok=True)
 
+    if seed is None:
+        seed = prev.get("seed")
+    if seed is not None:
+        import random
+
+        import numpy as np
+
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
     cls = nnzoo_trainer_class(trainer_cls)
     dataset_json = json.loads((pre / "dataset.json").read_text())
     plans_dict["continue_training"] = continue_training
@@ -155,11 +168,12 @@ def train(dataset: str | int, configuration: str, fold: str | int, trainer: str 
         if prev.get("labeled") not in (None, budget):
             raise NnzooError(f"--labeled {budget} differs from the run being continued ({prev['labeled']})")
         t.labeled_budget = budget
+    t.labeled_seed = seed
     record = {
         "trainer": trainer, "plans": plans_name, "configuration": configuration, "fold": fold,
         "num_epochs": t.num_epochs, "num_iterations_per_epoch": t.num_iterations_per_epoch,
         "num_val_iterations_per_epoch": t.num_val_iterations_per_epoch, "save_every": t.save_every,
-        "labeled": budget, "device": str(dev),
+        "labeled": budget, "seed": seed, "device": str(dev),
     }
     _write_json_atomic(run_file, record)
     print(f"nnzoo: training {trainer} on {name} {configuration} fold {fold} ({dev}): {t.num_epochs} epochs x "

@@ -50,24 +50,27 @@ def resolve_labeled_budget(budget: int | float, num_train: int) -> int:
     return n
 
 
-def labeled_split_seed(fold: int | str, num_labeled: int) -> int:
-    """Seed of the labeled subset: a fixed function of fold and number of labeled cases (crc32,
-    identical on every machine and Python version)."""
-    return zlib.crc32(f"nnzoo-labeled-split:fold={fold}:n={num_labeled}".encode())
+def labeled_split_seed(fold: int | str, num_labeled: int, seed: int | None = None) -> int:
+    """Seed of the labeled subset: a fixed function of fold, number of labeled cases and the run's
+    seed (crc32, identical on every machine and Python version)."""
+    extra = "" if seed is None else f":seed={int(seed)}"
+    return zlib.crc32(f"nnzoo-labeled-split:fold={fold}:n={num_labeled}{extra}".encode())
 
 
-def choose_labeled_cases(train_keys: list[str], num_labeled: int, fold: int | str) -> tuple[list[str], int]:
+def choose_labeled_cases(train_keys: list[str], num_labeled: int, fold: int | str,
+                         seed: int | None = None) -> tuple[list[str], int]:
     """Reproducibly choose ``num_labeled`` of ``train_keys``.
 
     Args:
         train_keys: the fold's training case identifiers (order does not matter).
         num_labeled: how many to keep labeled.
         fold: fold number or "all" (part of the seed).
+        seed: the run's seed (``nnzoo train --seed``); None: the choice depends on fold and count only.
 
     Returns:
         ``(sorted labeled keys, seed)``.
     """
-    seed = labeled_split_seed(fold, num_labeled)
+    seed = labeled_split_seed(fold, num_labeled, seed)
     keys = sorted(train_keys)
     idx = np.random.RandomState(seed).permutation(len(keys))[:num_labeled]
     return sorted(keys[i] for i in idx), seed
@@ -93,6 +96,7 @@ class LabelBudgetMixin:
     """
 
     labeled_budget: int | float | None = None
+    labeled_seed: int | None = None
     unlabeled_train_keys: list[str] = []
 
     def do_split(self):
@@ -106,7 +110,7 @@ class LabelBudgetMixin:
             return tr_keys, val_keys
         else:
             n = resolve_labeled_budget(self.labeled_budget, len(tr_keys))
-            labeled, seed = choose_labeled_cases(tr_keys, n, self.fold)
+            labeled, seed = choose_labeled_cases(tr_keys, n, self.fold, self.labeled_seed)
             chosen = set(labeled)
             unlabeled = sorted(k for k in tr_keys if k not in chosen)
             if path is not None and getattr(self, "local_rank", 0) == 0:
