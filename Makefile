@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nnzoo-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast test-gpu lint bench bench-ssl clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu
+
+bench-ssl: $(STAMP)
+	$(BIN)/python benchmarks/low_label.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --update-readme

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["step_parser", "tiny_setup", "build_trainer", "make_batch", "sync", "time_steps", "time_interleaved",
-           "train_flops", "RepeatBatch"]
+           "train_flops", "train_step_flops", "prepare_for_steps"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,9 @@ def make_batch(trainer, batch_size: int, device: torch.device, seed: int = 0) ->
     g = torch.Generator().manual_seed(seed)
     label = torch.randint(0, classes, (batch_size, 1, *[max(1, p // 4) for p in patch]), generator=g).float()
     label = torch.nn.functional.interpolate(label, size=patch, mode="nearest")
-    scales = trainer._get_deep_supervision_scales()
+    from nnzoo.trainers.nnunet_compat import deep_supervision_scales
+
+    scales = deep_supervision_scales(trainer)
     targets = [label] if scales is None else [
         torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(patch, sc)], mode="nearest-exact")
         for sc in scales]
@@ -142,11 +144,22 @@ def train_flops(arch: dict, input_shape: list[int], network_class: type | None =
     return counter.get_total_flops()
 
 
-class RepeatBatch:
-    """An endless 'data loader' returning the same batch of (unlabeled) images: ``{"data": data}``."""
+def prepare_for_steps(trainer, batch: dict) -> None:
+    """Put a trainer built without data into its main training stage: semi-supervised trainers get
+    unlabeled batches (random images, ``unlabeled_batch_size`` of them) and their stage's state."""
+    if hasattr(trainer, "prepare_train_step_benchmark"):
+        n = trainer.unlabeled_batch_size
+        unlabeled = torch.randn(n, *batch["data"].shape[1:], device=batch["data"].device)
+        trainer.prepare_train_step_benchmark(unlabeled)
 
-    def __init__(self, data: torch.Tensor) -> None:
-        self.batch = {"data": data}
 
-    def __next__(self) -> dict:
-        return self.batch
+def train_step_flops(trainer, batch: dict) -> int:
+    """FLOPs of one real ``train_step`` (every forward and backward inside it: teachers, critics, all
+    decoders), counted by torch's ``FlopCounterMode``; the optimizer update is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    state = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(batch)
+    trainer.network.load_state_dict(state)
+    return counter.get_total_flops()

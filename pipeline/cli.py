@@ -1,7 +1,9 @@
-"""The ``nnzoo`` command: a thin argparse layer over :mod:`nnzoo.pipeline`'s API.
+"""The ``nnzoo`` command: a thin argparse layer over :mod:`nnzoo.pipeline`'s API (called by keyword).
 
-Flags follow nnU-Net's (``-d``, ``-c``, ``-pl``, ``-np``, ``-tr``, ``-f``, ``-device``...). Errors
-about the user's input print one ``error:`` line and exit with status 2.
+Flags follow nnU-Net's (``-d``, ``-c``, ``-pl``, ``-np``, ``-tr``, ``-f``, ``-device``,
+``-num_gpus``, ``--npz``...); abbreviations are refused (``--val`` is never ``--val-iters``).
+Errors print one ``error:`` line and exit with status 2 (a problem with the input) or 1 (an
+unexpected failure; ``--traceback`` shows where), never a traceback.
 """
 
 from __future__ import annotations
@@ -15,19 +17,23 @@ from .errors import NnzooError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse without prefix matching (``allow_abbrev=False``), whose errors are one ``error:`` line."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} -h`)\n")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("-device", "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto (default): CUDA when present, else CPU")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``nnzoo`` and its sub-commands."""
-    parser = argparse.ArgumentParser(prog="nnzoo", description="nnU-Net v2 with published methods as trainers.")
-    parser.add_argument("--workdir", default=None,
-                        help="folder for nnUNet_raw/nnUNet_preprocessed/nnUNet_results when those variables are unset "
-                             "(default ./nnzoo_work)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _dataset_parsers(sub) -> None:
     ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True)
     dc = ds.add_parser("create", help="import plain image/label folders as nnUNet_raw/DatasetNNN_NAME")
     dc.add_argument("--images", required=True, help="folder of images (case.ext, or case_XXXX.ext per channel)")
@@ -39,6 +45,80 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--unlabeled", default=None, help="folder of unlabeled images (go to imagesUnlabeled/)")
     dc.add_argument("--label", action="append", default=[], dest="label_names", metavar="VALUE=NAME",
                     help="name of a label value (default label_<value>)")
+    dc.add_argument("--region", action="append", default=[], dest="regions", metavar="NAME=V1,V2,...",
+                    help="region-based training: a region and its label values, once per region, in order")
+    dc.add_argument("--regions-class-order", default=None, metavar="V1,V2,...",
+                    help="label written for each region at export (default: derived from the regions)")
+    dc.add_argument("--ignore-label", type=int, default=None, metavar="VALUE",
+                    help="label value of unannotated voxels (nnU-Net's 'ignore'; must be the highest)")
+
+
+def _train_parser(sub) -> None:
+    tr = sub.add_parser("train", help="train one fold")
+    tr.add_argument("dataset")
+    tr.add_argument("configuration")
+    tr.add_argument("fold")
+    tr.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
+    tr.add_argument("-p", default=None, dest="plans", help="plans name (default: the trainer's planner's)")
+    _add_device(tr)
+    tr.add_argument("-num_gpus", type=int, default=1, help="processes on this node (one GPU each; Gloo on -device cpu)")
+    tr.add_argument("--continue", "--c", action="store_true", dest="continue_training", help="resume the fold")
+    tr.add_argument("--epochs", type=int, default=None, help="epochs (default: the trainer's, 1000)")
+    tr.add_argument("--iters", type=int, default=None, help="training iterations per epoch (default 250)")
+    tr.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch")
+    tr.add_argument("--save-every", type=int, default=None, help="epochs between checkpoint_latest writes (50)")
+    tr.add_argument("--labeled", default=None, help="keep N (or a fraction of) labeled training cases")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seed initialisation, sampling and the choice of --labeled cases (default: unseeded)")
+    tr.add_argument("--overwrite", action="store_true", help="start over a fold that has checkpoints")
+    tr.add_argument("--no-val", action="store_true", help="skip the final validation")
+    tr.add_argument("--npz", action="store_true", help="save the validation softmax (needed by find-best)")
+    tr.add_argument("--val", action="store_true", dest="validation_only", help="only validate a finished fold")
+    tr.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth")
+    tr.add_argument("-pretrained_weights", default=None, help="nnU-Net checkpoint to initialise the network from")
+    tr.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
+    tr.add_argument("--hparam", action="append", default=[], dest="hparams", metavar="NAME=VALUE",
+                    help="override one of the trainer's UPPER_CASE hyperparameters (logged, recorded)")
+
+
+def _predict_parser(sub) -> None:
+    pr = sub.add_parser("predict", help="predict a folder of images")
+    pr.add_argument("-i", required=True, dest="input_dir")
+    pr.add_argument("-o", required=True, dest="output_dir")
+    pr.add_argument("-d", default=None, dest="dataset", help="dataset id or name (not with -m)")
+    pr.add_argument("-c", default=None, dest="configuration", help="configuration (not with -m)")
+    pr.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
+    pr.add_argument("-p", default=None, dest="plans")
+    pr.add_argument("--labeled", default=None, help="the label budget the model was trained with (--labeled N)")
+    pr.add_argument("-m", default=None, dest="model_dir", help="a model folder anywhere (e.g. an unzipped export)")
+    pr.add_argument("--from-best", default=None, dest="from_best", metavar="DIR",
+                    help="the model or ensemble and postprocessing chosen by `nnzoo find-best` (its output folder)")
+    pr.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL_FOLDER",
+                    help="ensemble these model folders (softmax averaging, as nnUNetv2_ensemble)")
+    pr.add_argument("-f", nargs="+", default=None, dest="folds", help="folds (default: all trained)")
+    pr.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    _add_device(pr)
+    pr.add_argument("--disable-tta", "--disable_tta", action="store_true")
+    pr.add_argument("--save-probabilities", "--save_probabilities", action="store_true")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing predictions")
+    pr.add_argument("--continue", action="store_true", dest="continue_prediction",
+                    help="keep complete predictions in the output folder, predict the rest")
+    pr.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (nnU-Net's rule)")
+    pr.add_argument("-part_id", type=int, default=0, help="the part to predict (0 .. num_parts - 1)")
+    pr.add_argument("-prev_stage_predictions", default=None, help="previous stage's segmentations (cascade)")
+    pr.add_argument("-step_size", type=float, default=0.5)
+    pr.add_argument("-np", type=int, default=None, dest="num_processes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``nnzoo`` and its sub-commands."""
+    parser = _Parser(prog="nnzoo", description="nnU-Net v2 with published methods as trainers.")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for nnUNet_raw/nnUNet_preprocessed/nnUNet_results when those variables are unset "
+                             "(default ./nnzoo_work)")
+    parser.add_argument("--traceback", action="store_true", help="show the traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _dataset_parsers(sub)
 
     pp = sub.add_parser("plan_and_preprocess", aliases=["plan-and-preprocess"],
                         help="fingerprint, plan and preprocess (nnU-Net's own functions)")
@@ -52,74 +132,95 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--clean", action="store_true", help="recompute the fingerprint")
     pp.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
 
-    tr = sub.add_parser("train", help="train one fold")
-    tr.add_argument("dataset")
-    tr.add_argument("configuration")
-    tr.add_argument("fold")
-    tr.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
-    tr.add_argument("-p", default=None, dest="plans", help="plans name (default: the trainer's planner's)")
-    _add_device(tr)
-    tr.add_argument("--continue", "--c", action="store_true", dest="continue_training", help="resume the fold")
-    tr.add_argument("--epochs", type=int, default=None, help="epochs (default: the trainer's, 1000)")
-    tr.add_argument("--iters", type=int, default=None, help="training iterations per epoch (default 250)")
-    tr.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch")
-    tr.add_argument("--save-every", type=int, default=None, help="epochs between checkpoint_latest writes (50)")
-    tr.add_argument("--labeled", default=None, help="keep N (or a fraction of) labeled training cases")
-    tr.add_argument("--overwrite", action="store_true", help="start over a fold that has checkpoints")
-    tr.add_argument("--no-val", action="store_true", help="skip the final validation")
-    tr.add_argument("--seed", type=int, default=None,
-                    help="seed initialisation, sampling and the choice of --labeled cases (default: unseeded)")
-
-    pr = sub.add_parser("predict", help="predict a folder of images")
-    pr.add_argument("-i", required=True, dest="input_dir")
-    pr.add_argument("-o", required=True, dest="output_dir")
-    pr.add_argument("-d", required=True, dest="dataset")
-    pr.add_argument("-c", required=True, dest="configuration")
-    pr.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
-    pr.add_argument("-p", default=None, dest="plans")
-    pr.add_argument("-f", nargs="+", default=None, dest="folds", help="folds (default: all trained)")
-    pr.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
-    _add_device(pr)
-    pr.add_argument("--disable-tta", "--disable_tta", action="store_true")
-    pr.add_argument("--save-probabilities", "--save_probabilities", action="store_true")
-    pr.add_argument("--overwrite", action="store_true", help="replace existing predictions")
-    pr.add_argument("-step_size", type=float, default=0.5)
-    pr.add_argument("-np", type=int, default=None, dest="num_processes")
+    _train_parser(sub)
+    _predict_parser(sub)
 
     ev = sub.add_parser("evaluate", help="Dice, IoU, HD95, NSD, ASSD, volumes per case and class; JSON, CSV, HTML")
     ev.add_argument("-ref", required=True, dest="ref_dir", help="reference label files")
     ev.add_argument("-pred", required=True, dest="pred_dir", help="predicted label files (same case names)")
     grp = ev.add_mutually_exclusive_group(required=True)
-    grp.add_argument("-d", dest="dataset", help="dataset id or name (labels from its dataset.json)")
+    grp.add_argument("-d", dest="dataset", help="dataset id or name (labels and reader from its dataset.json)")
     grp.add_argument("--labels", dest="labels_file", help="dataset.json or a JSON of labels/regions")
     ev.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
     ev.add_argument("-o", dest="output_dir", default=None, help="output folder (default PRED/evaluation)")
     ev.add_argument("--images", dest="image_dir", default=None, help="images for the report's overlays")
     ev.add_argument("-np", type=int, default=None, dest="num_processes")
 
+    fb = sub.add_parser("find-best", help="rank trained models by cross-validation, try ensembles, choose")
+    fb.add_argument("-d", required=True, dest="dataset")
+    fb.add_argument("-c", nargs="+", default=None, dest="configurations", help="configurations (default: all)")
+    fb.add_argument("-tr", nargs="+", default=None, dest="trainers", help="trainers (default: all)")
+    fb.add_argument("--metric", default="dice", choices=["dice", "hd95", "nsd"])
+    fb.add_argument("--ensemble-size", type=int, default=2, help="largest ensemble tried (1: none)")
+    fb.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4], dest="folds")
+    fb.add_argument("-o", default=None, dest="output_dir", help="output folder (default nnUNet_results/<ds>/nnzoo_find_best)")
+    fb.add_argument("-np", type=int, default=None, dest="num_processes")
+
+    ex = sub.add_parser("export-model", help="a model folder as nnU-Net's zip, with nnzoo's run metadata")
+    ex.add_argument("-m", required=True, dest="model_dir", help="the model folder")
+    ex.add_argument("-o", required=True, dest="output_file", help="the zip to write")
+    ex.add_argument("-f", nargs="+", default=None, dest="folds")
+    ex.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    ex.add_argument("--overwrite", action="store_true")
+    im = sub.add_parser("install-model", help="install a zip written by export-model into nnUNet_results")
+    im.add_argument("zip_file")
+    im.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
+
     lt = sub.add_parser("list-trainers", help="registered trainers")
-    lt.add_argument("--verbose", action="store_true", help="also the paper and planner")
+    lt.add_argument("--verbose", action="store_true", help="also the paper, official code and planner")
+    lt.add_argument("--markdown", action="store_true", help="the README's methods table")
     sub.add_parser("ext-trainer-path", help="print the folder for nnUNet_extTrainer (nnUNetv2_train/predict)")
 
-    dm = sub.add_parser("demo", help="build the MNI152 demo dataset, train briefly, predict, report Dice")
+    dm = sub.add_parser("demo", help="build the demo dataset, train briefly, predict, report Dice")
     dm.add_argument("--epochs", type=int, default=None)
     dm.add_argument("--iters", type=int, default=None)
     dm.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
     dm.add_argument("--id", type=int, default=None, dest="dataset_id", help="dataset id (default 990)")
-    dm.add_argument("--cases", type=int, default=None, help="training cases (default 20)")
+    dm.add_argument("--cases", type=int, default=None, help="training cases to generate (default 24)")
     dm.add_argument("--labeled", type=int, default=None, help="train with only N labeled cases")
     _add_device(dm)
     return parser
 
 
-def _parse_label_names(items: list[str]) -> dict[int, str]:
-    out = {}
+def _parse_pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
+    out = []
     for it in items:
-        v, sep, n = it.partition("=")
-        if not sep or not v.strip().isdigit() or not n.strip():
-            raise NnzooError(f"--label expects VALUE=NAME (e.g. 1=liver), got {it!r}")
-        out[int(v)] = n.strip()
+        key, sep, value = it.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise NnzooError(f"{flag} expects {example}, got {it!r}")
+        out.append((key.strip(), value.strip()))
     return out
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise NnzooError(f"{flag}: expected comma-separated label values, got {text!r}") from None
+
+
+def _label_names(items: list[str]) -> dict[int, str]:
+    pairs = _parse_pairs(items, "--label", "VALUE=NAME (e.g. 1=liver)")
+    if any(not v.isdigit() for v, _ in pairs):
+        raise NnzooError(f"--label expects VALUE=NAME with an integer VALUE, got {items}")
+    return {int(v): n for v, n in pairs}
+
+
+def _list_trainers(verbose: bool, markdown: bool) -> None:
+    from nnzoo.trainers import list_trainers
+
+    if markdown:
+        from .methods import methods_table
+
+        print(methods_table())
+        return
+    infos = list_trainers()
+    w = max(len(i.name) for i in infos)
+    print(f"{'trainer':<{w}}  dims   unlabeled  description")
+    for i in infos:
+        print(f"{i.name:<{w}}  {'/'.join(i.dims):<5}  {'yes' if i.semi_supervised else 'no':<9}  {i.description}")
+        extra = f"; code: {i.official_code}; planner: {i.planner or 'ExperimentPlanner'}" if verbose else ""
+        print(f"{'':<{w}}  {'':<5}  {'':<9}  paper: {i.paper}{extra}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -131,59 +232,58 @@ def _run(args: argparse.Namespace) -> None:
         print(EXT_TRAINER_DIR)
         return
     if args.command == "list-trainers":
-        from nnzoo.trainers import list_trainers
-
-        rows = [(i.name, "/".join(i.dims), "yes" if i.semi_supervised else "no", i.description, i.paper,
-                 i.planner or "-") for i in list_trainers()]
-        w = max(len(r[0]) for r in rows)
-        print(f"{'trainer':<{w}}  dims   unlabeled  description")
-        for r in rows:
-            print(f"{r[0]:<{w}}  {r[1]:<5}  {r[2]:<9}  {r[3]}")
-            print(f"{'':<{w}}  {'':<5}  {'':<9}  paper: {r[4]}" + (f"; planner: {r[5]}" if args.verbose else ""))
+        _list_trainers(args.verbose, args.markdown)
         return
 
     env.setup_folders(args.workdir)
     if args.command == "dataset":
         from .dataset import create_dataset
 
-        create_dataset(args.images, args.labels, args.name, args.dataset_id, args.channels, args.unlabeled,
-                       _parse_label_names(args.label_names))
+        regions = {n: _int_list(v, f"--region {n}") for n, v in _parse_pairs(args.regions, "--region", "NAME=V1,V2")}
+        order = list(_int_list(args.regions_class_order, "--regions-class-order")) if args.regions_class_order else None
+        create_dataset(args.images, args.labels, name=args.name, dataset_id=args.dataset_id, channels=args.channels,
+                       unlabeled=args.unlabeled, label_names=_label_names(args.label_names), regions=regions,
+                       regions_class_order=order, ignore_label=args.ignore_label)
     elif args.command in ("plan_and_preprocess", "plan-and-preprocess"):
         from .plan import plan_and_preprocess
 
         for d in args.datasets:
-            plan_and_preprocess(d, args.configurations, args.planner, args.num_processes, args.verify,
-                                args.gpu_memory_target, args.clean, preprocess=not args.no_pp)
+            plan_and_preprocess(d, configurations=args.configurations, planner=args.planner,
+                                num_processes=args.num_processes, verify=args.verify,
+                                gpu_memory_target=args.gpu_memory_target, clean=args.clean, preprocess=not args.no_pp)
     elif args.command == "train":
         from .train import train
 
-        train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, args.device,
-              args.continue_training, args.epochs, args.iters, args.val_iters, args.save_every, args.labeled,
-              args.overwrite, validate=not args.no_val, seed=args.seed)
+        train(args.dataset, args.configuration, args.fold, trainer=args.trainer, plans=args.plans, device=args.device,
+              num_gpus=args.num_gpus, continue_training=args.continue_training, epochs=args.epochs, iters=args.iters,
+              val_iters=args.val_iters, save_every=args.save_every, labeled=args.labeled, overwrite=args.overwrite,
+              validate=not args.no_val, seed=args.seed, npz=args.npz, validation_only=args.validation_only,
+              val_best=args.val_best, pretrained_weights=args.pretrained_weights,
+              disable_checkpointing=args.disable_checkpointing,
+              hparams=dict(_parse_pairs(args.hparams, "--hparam", "NAME=VALUE (e.g. EMA_DECAY=0.999)")))
     elif args.command == "predict":
-        from .predict import predict
-
-        predict(args.input_dir, args.output_dir, args.dataset, args.configuration, args.trainer, args.plans,
-                args.folds, args.checkpoint, args.device, args.disable_tta, args.save_probabilities,
-                args.overwrite, args.step_size, args.num_processes)
+        _predict(args)
     elif args.command == "evaluate":
-        from .evaluate import evaluate_folders
-        from .report import summary_table
+        from .evaluate import evaluate
 
-        if args.dataset is not None:
-            from .dataset import resolve_dataset_name
+        evaluate(args.ref_dir, args.pred_dir, dataset=args.dataset, labels_file=args.labels_file,
+                                   tolerance_mm=args.tolerance, output_dir=args.output_dir,
+                                   num_processes=args.num_processes, image_dir=args.image_dir)
+    elif args.command == "find-best":
+        from .selection import find_best
 
-            name = resolve_dataset_name(args.dataset)
-            labels = os.path.join(os.environ["nnUNet_raw"], name, "dataset.json")
-            if not os.path.isfile(labels):
-                labels = os.path.join(os.environ["nnUNet_preprocessed"], name, "dataset.json")
-        else:
-            labels = args.labels_file
-        out = args.output_dir or os.path.join(args.pred_dir, "evaluation")
-        res = evaluate_folders(args.ref_dir, args.pred_dir, labels, args.tolerance, out,
-                               args.num_processes or min(4, os.cpu_count() or 1), args.image_dir)
-        print(summary_table(res))
-        print(f"Wrote {', '.join(res['files'].values())}")
+        find_best(args.dataset, configurations=args.configurations, trainers=args.trainers, metric=args.metric,
+                  ensemble_size=args.ensemble_size, folds=args.folds, output_dir=args.output_dir,
+                  num_processes=args.num_processes)
+    elif args.command == "export-model":
+        from .models import export_model
+
+        export_model(args.model_dir, args.output_file, folds=args.folds, checkpoint=args.checkpoint,
+                     overwrite=args.overwrite)
+    elif args.command == "install-model":
+        from .models import install_model
+
+        install_model(args.zip_file, overwrite=args.overwrite)
     elif args.command == "demo":
         from .demo import run_demo
 
@@ -191,19 +291,53 @@ def _run(args: argparse.Namespace) -> None:
                  num_cases=args.cases, device=args.device, labeled=args.labeled)
 
 
+def _predict(args: argparse.Namespace) -> None:
+    common = dict(device=args.device, disable_tta=args.disable_tta, overwrite=args.overwrite,
+                  continue_prediction=args.continue_prediction, num_parts=args.num_parts, part_id=args.part_id,
+                  step_size=args.step_size, num_processes=args.num_processes)
+    if args.from_best or args.ensemble:
+        if args.from_best and args.ensemble:
+            raise NnzooError("give --from-best or --ensemble, not both")
+        from .selection import predict_ensemble
+
+        predict_ensemble(args.input_dir, args.output_dir, from_best=args.from_best, model_dirs=args.ensemble,
+                         folds=args.folds, checkpoint=args.checkpoint, **common)
+        return
+    from .predict import predict
+
+    predict(args.input_dir, args.output_dir, dataset=args.dataset, configuration=args.configuration,
+            trainer=args.trainer, plans=args.plans, labeled=args.labeled, model_dir=args.model_dir, folds=args.folds,
+            checkpoint=args.checkpoint, save_probabilities=args.save_probabilities,
+            prev_stage_predictions=args.prev_stage_predictions, **common)
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nnzoo``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # -h, or a flag error already printed as one line
+        return int(e.code or 0)
     # nnU-Net reads its process count when first imported: settle it before anything imports nnunetv2
     os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1))))
     try:
         _run(args)
     except NnzooError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the contract: one line, never a traceback (unless asked for)
+        if args.traceback:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (nnzoo --traceback {args.command} ... shows "
+              "where)", file=sys.stderr)
+        return 1
     return 0
 
 

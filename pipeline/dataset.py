@@ -3,6 +3,9 @@
 nnU-Net expects ``imagesTr/{case}_{XXXX}{ending}``, ``labelsTr/{case}{ending}`` and a
 ``dataset.json``; :func:`create_dataset` builds exactly that from folders where images and
 labels are matched by file name, after checking every case (see :mod:`nnzoo.pipeline.validate`).
+The dataset.json is written by nnU-Net's ``generate_dataset_json`` (labels, or regions with their
+``regions_class_order``, and an optional ignore label); ids and names are resolved with nnU-Net's
+dataset-name helpers.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import shutil
 from pathlib import Path
 
 from .errors import NnzooError
+from .segio import FILE_ENDINGS, reader_for, split_ending
 from .validate import Case, check_cases, declared_label_values
 
 __all__ = [
     "SUPPORTED_ENDINGS",
     "split_ending",
     "scan_image_folder",
+    "default_regions_class_order",
     "create_dataset",
     "resolve_dataset_name",
     "raw_cases",
@@ -27,19 +32,9 @@ __all__ = [
     "check_raw_dataset",
 ]
 
-# endings nnU-Net's readers support, longest first so ".nii.gz" wins over ".gz"-less ".nii"
-SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl", ".png", ".bmp", ".tif", ".tiff")
+SUPPORTED_ENDINGS = FILE_ENDINGS
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-
-
-def split_ending(filename: str, endings: tuple[str, ...] = SUPPORTED_ENDINGS) -> tuple[str, str] | None:
-    """``("case", ".nii.gz")`` for a file name with one of ``endings``, None otherwise."""
-    low = filename.lower()
-    for e in endings:
-        if low.endswith(e) and len(filename) > len(e):
-            return filename[: -len(e)], filename[-len(e):]
-    return None
 
 
 def scan_image_folder(folder: str | Path, num_channels: int, what: str = "images") -> tuple[dict[str, list[str]], str]:
@@ -182,14 +177,62 @@ def _strict_cases(folder: Path, ending: str, n_ch: int) -> dict[str, list[str]]:
     return {c: [str(folder / f"{c}_{i:04d}{ending}") for i in range(n_ch)] for c in sorted(cases)}
 
 
-def create_dataset(images: str | Path, labels: str | Path, name: str, dataset_id: int, channels: list[str],
+def default_regions_class_order(regions: list[tuple[int, ...]]) -> list[int]:
+    """The label written for each region when predictions are converted back to a label map.
+
+    For region ``i`` (in order) the smallest of its labels that no later region contains, which
+    gives nnU-Net's BraTS order ``[1, 2, 3]`` for the regions ``(1, 2, 3), (2, 3), (3,)``.
+
+    Raises:
+        NnzooError: a region whose labels all lie in later regions (give the order explicitly).
+    """
+    out = []
+    for i, region in enumerate(regions):
+        later = set().union(*regions[i + 1:]) if i + 1 < len(regions) else set()
+        own = sorted(set(region) - later)
+        if not own:
+            raise NnzooError(f"region {region} has no label outside the regions after it; give --regions-class-order")
+        out.append(own[0])
+    return out
+
+
+def _labels_json(values: set[int], label_names: dict[int, str], regions: dict[str, tuple[int, ...]],
+                 ignore_label: int | None) -> dict:
+    present = max(values)
+    bad = [v for v in label_names if v not in range(present + 1)]
+    if bad:
+        raise NnzooError(f"--label names values {bad} that no label file contains (found {sorted(values)})")
+    if ignore_label is not None and ignore_label != present:
+        raise NnzooError(f"--ignore-label {ignore_label}: nnU-Net needs the ignore label to be the highest label value "
+                         f"(the label files hold {sorted(values)})")
+    real = [v for v in range(1, present + 1) if v != ignore_label]
+    if regions:
+        for rname, members in regions.items():
+            missing = sorted(set(members) - set(real))
+            if missing:
+                raise NnzooError(f"--region {rname}: label values {missing} are not in the label files (found "
+                                 f"{sorted(values)})")
+        labels = {"background": 0, **{k: list(v) for k, v in regions.items()}}
+    else:
+        labels = {"background": 0, **{label_names.get(v, f"label_{v}"): v for v in real}}
+    if ignore_label is not None:
+        labels["ignore"] = ignore_label
+    if len(labels) != len(set(labels)) or len(set(map(str, labels.values()))) != len(labels):
+        raise NnzooError(f"label names and values must be unique: {labels}")
+    return labels
+
+
+def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset_id: int, channels: list[str],
                    unlabeled: str | Path | None = None, label_names: dict[int, str] | None = None,
-                   num_workers: int | None = None) -> Path:
+                   regions: dict[str, tuple[int, ...]] | None = None, regions_class_order: list[int] | None = None,
+                   ignore_label: int | None = None, num_workers: int | None = None) -> Path:
     """Turn plain image and label folders into ``nnUNet_raw/DatasetNNN_NAME``.
 
     Labels are the integer values found in the label files: ``0..max`` are declared, 0 named
-    ``background`` and the others ``label_<v>`` unless ``label_names`` names them. The folder is
-    assembled under a temporary name and renamed at the end, so a failure leaves nothing behind.
+    ``background`` and the others ``label_<v>`` unless ``label_names`` names them; with
+    ``regions`` the dataset is region-based (nnU-Net's sigmoid training on overlapping regions).
+    dataset.json is written by nnU-Net's ``generate_dataset_json``. The folder is assembled under a
+    temporary name and renamed at the end, so a failure leaves nothing behind.
 
     Args:
         images: folder of images (``case.ext`` or ``case_XXXX.ext``).
@@ -199,6 +242,10 @@ def create_dataset(images: str | Path, labels: str | Path, name: str, dataset_id
         channels: channel names, e.g. ``["T1"]`` or ``["CT"]``; their count sets the channels per case.
         unlabeled: optional folder of unlabeled images, copied to ``imagesUnlabeled/``.
         label_names: optional ``{value: name}``.
+        regions: optional ``{region name: label values}`` (replaces the per-label classes).
+        regions_class_order: label written for each region at export (default:
+            :func:`default_regions_class_order`).
+        ignore_label: label value marking unannotated voxels (nnU-Net's ``ignore``; must be the highest).
         num_workers: threads for checking.
 
     Returns:
@@ -208,15 +255,18 @@ def create_dataset(images: str | Path, labels: str | Path, name: str, dataset_id
         NnzooError: bad arguments, an existing dataset with this id, unmatched cases, or any
             problem :func:`check_cases` finds.
     """
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
     if not 1 <= int(dataset_id) <= 999:
         raise NnzooError(f"dataset id must be between 1 and 999, got {dataset_id}")
     if not _NAME_RE.match(name):
         raise NnzooError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
     if not channels:
         raise NnzooError("give at least one --channel NAME (e.g. --channel CT)")
+    if regions_class_order is not None and not regions:
+        raise NnzooError("--regions-class-order needs --region definitions")
     raw_root = Path(os.environ["nnUNet_raw"])
-    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
-
     existing = list(find_candidate_datasets(int(dataset_id)))
     if existing:
         raise NnzooError(f"dataset id {dataset_id} is already used by {', '.join(existing)}; "
@@ -247,18 +297,18 @@ def create_dataset(images: str | Path, labels: str | Path, name: str, dataset_id
             raise NnzooError(f"unlabeled case names also used by labeled cases: {', '.join(clash[:10])}")
 
     print(f"Checking {len(cases)} labeled and {len(unl_cases)} unlabeled cases...")
-    values = check_cases(cases, None, num_workers, what=f"dataset from {images}")
+    reader = reader_for(None, cases[0].images[0])
+    values = check_cases(cases, None, num_workers, what=f"dataset from {images}", reader_class=reader)
     if unl_cases:
-        check_cases([Case(c, f) for c, f in unl_cases.items()], None, num_workers, what=f"unlabeled images in {unlabeled}")
-    label_names = dict(label_names or {})
-    bad = [v for v in label_names if v not in range(max(values) + 1)]
-    if bad:
-        raise NnzooError(f"--label names values {bad} that no label file contains (found {sorted(values)})")
-    labels_json = {"background": 0}
-    for v in range(1, max(values) + 1):
-        labels_json[label_names.get(v, f"label_{v}")] = v
-    if len(set(labels_json)) != len(labels_json):
-        raise NnzooError(f"label names must be unique: {labels_json}")
+        check_cases([Case(c, f) for c, f in unl_cases.items()], None, num_workers,
+                    what=f"unlabeled images in {unlabeled}", reader_class=reader)
+    labels_json = _labels_json(values, dict(label_names or {}), dict(regions or {}), ignore_label)
+    order = None
+    if regions:
+        order = list(regions_class_order) if regions_class_order is not None else \
+            default_regions_class_order([tuple(v) for v in regions.values()])
+        if len(order) != len(regions):
+            raise NnzooError(f"--regions-class-order needs one label per region ({len(regions)}), got {order}")
 
     raw_root.mkdir(parents=True, exist_ok=True)
     tmp = raw_root / f".{target.name}.tmp-{os.getpid()}"
@@ -274,20 +324,15 @@ def create_dataset(images: str | Path, labels: str | Path, name: str, dataset_id
         for c, files in unl_cases.items():
             for i, f in enumerate(files):
                 shutil.copy2(f, tmp / "imagesUnlabeled" / f"{c}_{i:04d}{ending}")
-        dataset_json = {
-            "channel_names": {str(i): ch for i, ch in enumerate(channels)},
-            "labels": labels_json,
-            "numTraining": len(cases),
-            "file_ending": ending,
-            "name": name,
-            "numUnlabeled": len(unl_cases),
-        }
-        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+        generate_dataset_json(str(tmp), {i: ch for i, ch in enumerate(channels)}, labels_json, len(cases), ending,
+                              regions_class_order=order, dataset_name=name, license="see the source data",
+                              converted_by="nnzoo dataset create", numUnlabeled=len(unl_cases))
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"Created {target}: {len(cases)} cases, {len(unl_cases)} unlabeled, labels {labels_json}, "
+    dataset_json = json.loads((target / "dataset.json").read_text())
+    print(f"Created {target}: {len(cases)} cases, {len(unl_cases)} unlabeled, labels {dataset_json['labels']}, "
           f"channels {dataset_json['channel_names']}")
     return target
 
@@ -315,7 +360,8 @@ def check_raw_dataset(raw_folder: str | Path, num_workers: int | None = None) ->
     cases = raw_cases(raw_folder, dataset_json)
     unl = unlabeled_raw_cases(raw_folder, dataset_json)
     print(f"Checking {len(cases)} labeled and {len(unl)} unlabeled cases of {raw_folder.name}...")
-    check_cases(cases, declared_label_values(dataset_json), num_workers, what=str(raw_folder))
+    reader = reader_for(dataset_json, cases[0].images[0])
+    check_cases(cases, declared_label_values(dataset_json), num_workers, what=str(raw_folder), reader_class=reader)
     if unl:
-        check_cases(unl, None, num_workers, what=f"{raw_folder}/imagesUnlabeled")
+        check_cases(unl, None, num_workers, what=f"{raw_folder}/imagesUnlabeled", reader_class=reader)
     return dataset_json, cases, unl

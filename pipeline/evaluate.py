@@ -1,364 +1,57 @@
-"""Segmentation metrics: Dice, IoU, HD95, HD, ASSD, NSD and volumes per case and class, on folders.
+"""``evaluate``: every prediction of a folder against its reference, as JSON, CSV and an HTML report.
 
 The output is a superset of nnU-Net's ``summary.json`` (``metric_per_case``, ``mean``,
-``foreground_mean`` with nnU-Net's per-class ``Dice IoU TP FP FN TN n_ref n_pred``), plus a CSV
-with one row per case and class and an HTML report (:mod:`nnzoo.pipeline.report`).
-
-Definitions (``S_R``, ``S_P``: surface voxels of reference and prediction, i.e. the voxels of the
-mask with at least one 6-neighbour (4 in 2D) outside it, the image border counting as outside --
-``mask XOR erosion`` as in medpy; ``d(x, S)``: Euclidean distance in mm from voxel centre ``x`` to
-the nearest voxel of ``S``, computed with an exact distance transform that honours the spacing):
-
-* ``HD95``: 95th percentile of the pooled distances ``{d(p, S_R) : p in S_P} U {d(r, S_P) : r in S_R}``
-  (medpy's ``hd95``; MONAI instead takes the max of the two directed 95th percentiles).
-* ``HD``: the maximum of the same distances (Hausdorff distance).
-* ``ASSD``: average symmetric surface distance, the mean of the same pooled distances (medpy's
-  ``assd`` since 0.5 and MONAI's symmetric ``compute_average_surface_distance``).
-* ``NSD``: normalised surface distance (surface Dice) at tolerance ``tau`` mm,
-  ``(#{p: d(p, S_R) <= tau} + #{r: d(r, S_P) <= tau}) / (|S_P| + |S_R|)``. Surface elements are
-  counted as voxels (as MONAI's ``compute_surface_dice`` default); DeepMind's surface-distance
-  weights sub-voxel surfels by their area instead, which differs slightly on coarse grids.
-* ``volume_ref_mm3`` / ``volume_pred_mm3``: voxel count times voxel volume.
-
-Empty masks (per case and class):
-
-=====================  ========  ========  ===============  =====================
-reference / prediction  Dice/IoU  NSD       HD95, HD, ASSD   in means
-=====================  ========  ========  ===============  =====================
-both empty             NaN       NaN       NaN              skipped (nanmean), as nnU-Net
-one of them empty      0         0         image diagonal   counted
-=====================  ========  ========  ===============  =====================
-
-The image diagonal (in mm) is the largest distance possible in the image, so a missed or
-hallucinated structure is penalised instead of vanishing from the means; pass
-``empty_distance="nan"`` to get NaN instead. Voxels of the ignore label (nnU-Net's ``ignore``)
-are left out of all metrics: they are removed from the prediction mask and from the counts.
-Axes of size 1 are dropped, so a 2D image stored as ``(1, H, W)`` is measured in 2D.
+``foreground_mean`` with nnU-Net's per-class ``Dice IoU TP FP FN TN n_ref n_pred``) plus HD95,
+HD, ASSD, NSD and volumes (definitions in :mod:`nnzoo.pipeline.metrics`), a CSV with one row per
+case and class and an HTML report (:mod:`nnzoo.pipeline.report`). Files are read with nnU-Net's
+reader for the dataset (:mod:`nnzoo.pipeline.segio`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import multiprocessing
 import os
 import warnings
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
-from .dataset import split_ending
 from .errors import NnzooError
+from .metrics import (
+    CSV_METRICS,
+    NEW_METRICS,
+    EvalLabels,
+    binary_metrics,
+    compute_pair_metrics,
+    label_key,
+    resolve_labels,
+    summarize,
+    summary_table,
+    surface_distances,
+)
+from .report import write_report
+from .segio import FILE_ENDINGS, find_cases, read_segmentation, reader_for, split_ending
 
-__all__ = ["EvalLabels", "resolve_labels", "surface_distances", "binary_metrics", "compute_pair_metrics",
-           "read_segmentation", "evaluate_case", "evaluate_folders", "summarize", "save_summary_json",
-           "save_csv", "find_cases", "label_key", "LABEL_ENDINGS", "NEW_METRICS", "CSV_METRICS"]
-
-LabelOrRegion = Union[int, tuple]
-LABEL_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gipl", ".gipl.gz", ".png", ".bmp", ".tif", ".tiff")
-NEW_METRICS = ("HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3")
-CSV_METRICS = ("Dice", "IoU", "HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3",
-               "TP", "FP", "FN", "TN", "n_ref", "n_pred")
-_OUTPUT_FILES = ("boxplots.png", "overlay_best.png", "overlay_worst.png")
-_TIE = 1e-5  # relative slack of the NSD tolerance test (float32 distances)
-
-
-# ---------------------------------------------------------------------------------------------- labels
-@dataclass
-class EvalLabels:
-    """What to evaluate: labels (ints) or regions (tuples of ints), their names, the ignore label."""
-
-    labels_or_regions: list[LabelOrRegion]
-    names: dict[str, str] = field(default_factory=dict)  # label_key -> name
-    ignore_label: int | None = None
-
-
-def label_key(label_or_region: LabelOrRegion) -> str:
-    """nnU-Net's JSON key of a label (``"1"``) or region (``"(1, 2)"``)."""
-    return str(int(label_or_region)) if np.isscalar(label_or_region) else str(tuple(int(i) for i in label_or_region))
-
-
-def resolve_labels(spec) -> EvalLabels:
-    """Labels or regions to evaluate, from a dataset.json, its path, a ``labels`` dict or a list.
-
-    Args:
-        spec: an :class:`EvalLabels`; a path to / dict of a dataset.json (nnU-Net's rules: regions when
-            a value is a list of several labels, ``ignore`` is the ignore label, background left out);
-            a dict ``{name: value}`` like dataset.json's ``labels``; or a list of ints / tuples.
-
-    Returns:
-        :class:`EvalLabels`.
-
-    Raises:
-        NnzooError: unreadable file or no foreground label.
-    """
-    if isinstance(spec, EvalLabels):
-        return spec
-    if isinstance(spec, (str, os.PathLike)):
-        try:
-            spec = json.loads(Path(spec).read_text())
-        except (OSError, ValueError) as e:
-            raise NnzooError(f"{spec}: cannot read labels ({e})") from None
-    if isinstance(spec, dict):
-        labels = spec.get("labels", spec)
-        ignore = labels.get("ignore")
-        regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
-        out, names = [], {}
-        for name, v in labels.items():
-            if name == "ignore":
-                continue
-            vals = tuple(int(i) for i in v) if isinstance(v, (list, tuple)) else (int(v),)
-            if set(vals) == {0}:
-                continue
-            item = vals if regions else vals[0]
-            out.append(item)
-            names[label_key(item)] = str(name)
-        if not regions:
-            out = sorted(out)
-        result = EvalLabels(out, names, None if ignore is None else int(ignore))
-    else:
-        items = [int(i) if np.isscalar(i) else tuple(int(j) for j in i) for i in spec]
-        result = EvalLabels(items, {label_key(i): label_key(i) for i in items})
-    if not result.labels_or_regions:
-        raise NnzooError("no foreground label or region to evaluate")
-    return result
-
-
-# ---------------------------------------------------------------------------------------- pair metrics
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with a face neighbour outside it (``mask`` must have a zero border)."""
-    inner = mask.copy()
-    for ax in range(mask.ndim):
-        lo = [slice(None)] * mask.ndim
-        hi = [slice(None)] * mask.ndim
-        lo[ax], hi[ax] = slice(1, None), slice(None, -1)
-        inner[tuple(lo)] &= mask[tuple(hi)]
-        inner[tuple(hi)] &= mask[tuple(lo)]
-    return mask & ~inner
-
-
-def _distance_to(features: np.ndarray, spacing: Sequence[float], backend: str, threads: int) -> np.ndarray:
-    """Distance (mm) of every voxel to the nearest True voxel of ``features``."""
-    if backend == "edt":
-        import edt
-
-        return edt.edt(np.ascontiguousarray(~features), anisotropy=tuple(float(s) for s in spacing),
-                       black_border=False, parallel=threads)
-    from scipy.ndimage import distance_transform_edt
-
-    return distance_transform_edt(~features, sampling=spacing)
-
-
-def _default_backend() -> str:
-    try:
-        import edt  # noqa: F401
-    except ImportError:
-        return "scipy"
-    return "edt"
-
-
-def _box(mask_a: np.ndarray, mask_b: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of ``mask_a | mask_b`` (both non-empty together)."""
-    union = mask_a | mask_b
-    box = []
-    for ax in range(union.ndim):
-        proj = np.any(union, axis=tuple(i for i in range(union.ndim) if i != ax))
-        idx = np.flatnonzero(proj)
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
-
-
-def surface_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float],
-                      backend: str | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Distances between the surfaces of two non-empty binary masks.
-
-    Both masks are cropped to the bounding box of their union and padded by one empty voxel, which
-    gives the same result as working on the whole image (image border = outside) at a fraction of
-    the cost.
-
-    Args:
-        mask_ref: reference mask, 2D or 3D, non-empty.
-        mask_pred: predicted mask of the same shape, non-empty.
-        spacing: voxel size in mm per axis, in array axis order.
-        backend: ``"edt"`` (the ``edt`` package) or ``"scipy"`` (``distance_transform_edt``); default
-            ``edt`` when installed.
-        threads: threads of the ``edt`` backend.
-
-    Returns:
-        ``(d_pred_to_ref, d_ref_to_pred)``: for each prediction surface voxel the distance to the
-        reference surface, and vice versa, in mm.
-
-    Raises:
-        ValueError: an empty mask or mismatched shapes.
-    """
-    mask_ref, mask_pred = np.asarray(mask_ref, bool), np.asarray(mask_pred, bool)
-    if mask_ref.shape != mask_pred.shape or len(spacing) != mask_ref.ndim:
-        raise ValueError(f"shapes {mask_ref.shape}, {mask_pred.shape} and spacing {tuple(spacing)} do not match")
-    if not mask_ref.any() or not mask_pred.any():
-        raise ValueError("surface distances need two non-empty masks")
-    backend = backend or _default_backend()
-    box = _box(mask_ref, mask_pred)
-    s_ref = _surface(np.pad(mask_ref[box], 1))
-    s_pred = _surface(np.pad(mask_pred[box], 1))
-    d_pred = _distance_to(s_ref, spacing, backend, threads)[s_pred]
-    d_ref = _distance_to(s_pred, spacing, backend, threads)[s_ref]
-    return d_pred.astype(np.float64), d_ref.astype(np.float64)
-
-
-def binary_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float],
-                   tolerance_mm: float = 1.0, ignore_mask: np.ndarray | None = None,
-                   empty_distance: str = "diagonal", backend: str | None = None, threads: int = 1) -> dict:
-    """All metrics of one binary reference/prediction pair (conventions in the module docstring).
-
-    Args:
-        mask_ref: reference mask.
-        mask_pred: predicted mask, same shape.
-        spacing: voxel size in mm, array axis order.
-        tolerance_mm: NSD tolerance in mm.
-        ignore_mask: voxels to leave out (nnU-Net's ignore label), or None.
-        empty_distance: ``"diagonal"`` or ``"nan"``: HD95/HD/ASSD when exactly one mask is empty.
-        backend: distance transform backend, see :func:`surface_distances`.
-        threads: threads of the ``edt`` backend.
-
-    Returns:
-        ``{"Dice", "IoU", "HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3",
-        "TP", "FP", "FN", "TN", "n_ref", "n_pred"}`` (Python floats and ints).
-    """
-    mask_ref, mask_pred = np.asarray(mask_ref, bool), np.asarray(mask_pred, bool)
-    spacing = [float(s) for s in spacing]
-    if ignore_mask is not None:
-        keep = ~np.asarray(ignore_mask, bool)
-        mask_ref, mask_pred = mask_ref & keep, mask_pred & keep
-        total = int(np.count_nonzero(keep))
-    else:
-        total = mask_ref.size
-    tp = int(np.count_nonzero(mask_ref & mask_pred))
-    n_ref, n_pred = int(np.count_nonzero(mask_ref)), int(np.count_nonzero(mask_pred))
-    fn, fp = n_ref - tp, n_pred - tp
-    out: dict = {}
-    if tp + fp + fn == 0:
-        out["Dice"] = out["IoU"] = math.nan
-    else:
-        out["Dice"] = 2 * tp / (2 * tp + fp + fn)
-        out["IoU"] = tp / (tp + fp + fn)
-    if n_ref and n_pred:
-        d_pred, d_ref = surface_distances(mask_ref, mask_pred, spacing, backend, threads)
-        pooled = np.concatenate([d_pred, d_ref])
-        out["HD95"] = float(np.percentile(pooled, 95))
-        out["HD"] = float(pooled.max())
-        out["ASSD"] = float(pooled.mean())
-        out["NSD"] = float(np.count_nonzero(pooled <= tolerance_mm * (1 + _TIE)) / pooled.size)
-    elif n_ref or n_pred:
-        worst = math.sqrt(sum((n * s) ** 2 for n, s in zip(mask_ref.shape, spacing)))
-        if empty_distance == "nan":
-            worst = math.nan
-        elif empty_distance != "diagonal":
-            raise ValueError(f"empty_distance must be 'diagonal' or 'nan', not {empty_distance!r}")
-        out["HD95"] = out["HD"] = out["ASSD"] = worst
-        out["NSD"] = 0.0
-    else:
-        out["HD95"] = out["HD"] = out["ASSD"] = out["NSD"] = math.nan
-    voxel = float(np.prod(spacing))
-    out["volume_ref_mm3"], out["volume_pred_mm3"] = n_ref * voxel, n_pred * voxel
-    out.update(TP=tp, FP=fp, FN=fn, TN=total - tp - fp - fn, n_ref=n_ref, n_pred=n_pred)
-    return out
-
-
-def _mask(seg: np.ndarray, label_or_region: LabelOrRegion) -> np.ndarray:
-    if np.isscalar(label_or_region):
-        return seg == label_or_region
-    return np.isin(seg, np.asarray(label_or_region))
-
-
-def compute_pair_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, labels_or_regions, spacing: Sequence[float],
-                         tolerance_mm: float = 1.0, ignore_label: int | None = None,
-                         empty_distance: str = "diagonal", backend: str | None = None,
-                         threads: int = 1) -> dict:
-    """Metrics of every label or region of one pair of label maps.
-
-    Args:
-        ref_seg: reference label map (integers), 2D or 3D; axes of size 1 are dropped.
-        pred_seg: predicted label map, same shape.
-        labels_or_regions: list of labels (ints) and/or regions (tuples of labels), or anything
-            :func:`resolve_labels` accepts.
-        spacing: voxel size in mm, array axis order (numpy z, y, x).
-        tolerance_mm: NSD tolerance in mm.
-        ignore_label: label of voxels to leave out, or None.
-        empty_distance: see :func:`binary_metrics`.
-        backend: distance transform backend, see :func:`surface_distances`.
-        threads: threads of the ``edt`` backend.
-
-    Returns:
-        ``{label_or_region: metrics dict of binary_metrics}``.
-
-    Raises:
-        NnzooError: shapes or spacing do not match.
-    """
-    ref_seg, pred_seg = np.asarray(ref_seg), np.asarray(pred_seg)
-    if ref_seg.shape != pred_seg.shape:
-        raise NnzooError(f"reference shape {ref_seg.shape} != prediction shape {pred_seg.shape}")
-    if len(spacing) != ref_seg.ndim:
-        raise NnzooError(f"spacing {tuple(spacing)} does not match the image dimension {ref_seg.ndim}")
-    keep = [i for i, n in enumerate(ref_seg.shape) if n > 1] or [0]
-    shape = tuple(ref_seg.shape[i] for i in keep)
-    ref_seg, pred_seg = ref_seg.reshape(shape), pred_seg.reshape(shape)
-    spacing = [float(spacing[i]) for i in keep]
-    if not isinstance(labels_or_regions, (list, tuple)):
-        lab = resolve_labels(labels_or_regions)
-        ignore_label = lab.ignore_label if ignore_label is None else ignore_label
-        labels_or_regions = lab.labels_or_regions
-    ignore = ref_seg == ignore_label if ignore_label is not None else None
-    return {r: binary_metrics(_mask(ref_seg, r), _mask(pred_seg, r), spacing, tolerance_mm, ignore,
-                              empty_distance, backend, threads)
-            for r in labels_or_regions}
-
-
-# ---------------------------------------------------------------------------------------------- files
-def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A label map and its spacing (numpy axis order, mm) read with SimpleITK.
-
-    Raises:
-        NnzooError: missing or unreadable file.
-    """
-    import SimpleITK as sitk
-
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise NnzooError(f"{path}: cannot be read ({str(e).strip().splitlines()[-1] if str(e).strip() else e})"
-                         ) from None
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        img = sitk.VectorIndexSelectionCast(img, 0)
-    return sitk.GetArrayFromImage(img), tuple(float(s) for s in reversed(img.GetSpacing()))
-
-
-def find_cases(folder: str | os.PathLike) -> dict[str, Path]:
-    """``{case identifier: file}`` of the label files (any nnU-Net ending) in ``folder``.
-
-    Hidden files and the report's own PNGs (``boxplots.png``, ``overlay_*.png``) are skipped.
-    """
-    out = {}
-    for f in sorted(Path(folder).iterdir()):
-        parts = split_ending(f.name, LABEL_ENDINGS) if f.is_file() else None
-        if parts and not f.name.startswith(".") and f.name not in _OUTPUT_FILES:
-            out.setdefault(parts[0], f)
-    return out
+__all__ = ["evaluate", "evaluate_case", "evaluate_folders", "save_summary_json", "save_csv", "find_cases", "read_segmentation",
+           "EvalLabels", "resolve_labels", "binary_metrics", "compute_pair_metrics", "surface_distances", "summarize",
+           "summary_table", "label_key", "NEW_METRICS", "CSV_METRICS", "FILE_ENDINGS"]
 
 
 def evaluate_case(reference_file: str, prediction_file: str, labels: EvalLabels, tolerance_mm: float = 1.0,
-                  empty_distance: str = "diagonal", backend: str | None = None) -> dict:
+                  empty_distance: str = "diagonal", backend: str | None = None, reader_class=None) -> dict:
     """One case as nnU-Net's ``compute_metrics`` entry, with the extra metrics and geometry.
 
     Returns:
         ``{"reference_file", "prediction_file", "case", "spacing", "shape", "metrics": {label_or_region: {...}}}``.
+
+    Raises:
+        NnzooError: unreadable files, or prediction and reference of different shapes.
     """
-    ref, spacing = read_segmentation(reference_file)
-    pred, pred_spacing = read_segmentation(prediction_file)
+    ref, spacing = read_segmentation(reference_file, reader_class)
+    pred, pred_spacing = read_segmentation(prediction_file, reader_class)
     if ref.shape != pred.shape:
         raise NnzooError(f"{prediction_file}: shape {pred.shape} differs from the reference's {ref.shape}")
     if not np.allclose(spacing, pred_spacing, rtol=1e-3, atol=1e-5):
@@ -366,28 +59,10 @@ def evaluate_case(reference_file: str, prediction_file: str, labels: EvalLabels,
                       "using the reference's", stacklevel=2)
     metrics = compute_pair_metrics(ref, pred, labels.labels_or_regions, spacing, tolerance_mm, labels.ignore_label,
                                    empty_distance, backend)
-    case = split_ending(Path(reference_file).name, LABEL_ENDINGS)
+    case = split_ending(Path(reference_file).name)
     return {"reference_file": str(reference_file), "prediction_file": str(prediction_file),
             "case": case[0] if case else Path(reference_file).name, "spacing": list(spacing),
             "shape": list(ref.shape), "metrics": metrics}
-
-
-# ---------------------------------------------------------------------------------------------- folders
-def summarize(per_case: list[dict], labels_or_regions: list[LabelOrRegion]) -> tuple[dict, dict]:
-    """nnU-Net's aggregation: per class the NaN-ignoring mean over cases; foreground mean = mean of classes.
-
-    Returns:
-        ``(mean, foreground_mean)``: ``{label_or_region: {metric: value}}`` and ``{metric: value}``.
-    """
-    metrics = list(per_case[0]["metrics"][labels_or_regions[0]].keys())
-    mean = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, as in nnU-Net
-        for r in labels_or_regions:
-            mean[r] = {m: float(np.nanmean([c["metrics"][r][m] for c in per_case])) for m in metrics}
-        fg = [r for r in labels_or_regions if not (np.isscalar(r) and int(r) == 0)]
-        foreground_mean = {m: float(np.mean([mean[r][m] for r in fg])) for m in metrics}
-    return mean, foreground_mean
 
 
 def _json_ready(obj):
@@ -420,8 +95,20 @@ def save_csv(result: dict, path: str | os.PathLike) -> None:
                 w.writerow([c["case"], key, names.get(key, key), *[m[k] for k in CSV_METRICS]])
 
 
-def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, labels, tolerance_mm: float = 1.0,
-                     output_dir: str | os.PathLike | None = None, num_processes: int = 1,
+def _dataset_json_of(labels) -> dict | None:
+    if isinstance(labels, dict) and "file_ending" in labels:
+        return labels
+    if isinstance(labels, (str, os.PathLike)):
+        try:
+            spec = json.loads(Path(labels).read_text())
+        except (OSError, ValueError):
+            return None
+        return spec if isinstance(spec, dict) and "file_ending" in spec else None
+    return None
+
+
+def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, labels,
+                     tolerance_mm: float = 1.0, output_dir: str | os.PathLike | None = None, num_processes: int = 1,
                      image_dir: str | os.PathLike | None = None, report: bool = True,
                      empty_distance: str = "diagonal", backend: str | None = None) -> dict:
     """Evaluate every prediction in ``pred_dir`` against the reference of the same case in ``ref_dir``.
@@ -430,14 +117,16 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, la
         ref_dir: reference label files (``CASE<ending>``, any nnU-Net ending).
         pred_dir: predicted label files; files of cases without a reference are an error, reference
             cases without a prediction are listed under ``cases_without_prediction``.
-        labels: anything :func:`resolve_labels` accepts (dataset.json path or dict, list of labels).
+        labels: anything :func:`~nnzoo.pipeline.metrics.resolve_labels` accepts (dataset.json path
+            or dict, labels dict, list of labels); a dataset.json also selects nnU-Net's reader.
         tolerance_mm: NSD tolerance in mm.
         output_dir: where ``summary.json``, ``summary.csv`` and ``report.html`` (+ PNGs) go; None: nothing written.
-        num_processes: cases evaluated in parallel (spawned processes); 1: in this process.
+        num_processes: cases evaluated in parallel (spawned processes); 1, or fewer than two cases
+            per process: in this process.
         image_dir: images for the report's overlays (``CASE_0000<ending>`` or ``CASE<ending>``), optional.
         report: write the HTML report (needs ``output_dir``).
-        empty_distance: see :func:`binary_metrics`.
-        backend: distance transform backend, see :func:`surface_distances`.
+        empty_distance: see :func:`~nnzoo.pipeline.metrics.binary_metrics`.
+        backend: distance transform backend, see :func:`~nnzoo.pipeline.metrics.surface_distances`.
 
     Returns:
         The summary: nnU-Net's ``{"metric_per_case", "mean", "foreground_mean"}`` (label keys as
@@ -454,13 +143,14 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, la
             raise NnzooError(f"{d}: folder not found")
     refs, preds = find_cases(ref_dir), find_cases(pred_dir)
     if not preds:
-        raise NnzooError(f"{pred_dir}: no segmentation files ({', '.join(LABEL_ENDINGS)})")
+        raise NnzooError(f"{pred_dir}: no segmentation files ({', '.join(FILE_ENDINGS)})")
     orphans = sorted(set(preds) - set(refs))
     if orphans:
         raise NnzooError(f"{pred_dir}: no reference in {ref_dir} for {len(orphans)} case(s): {', '.join(orphans[:10])}")
     names = sorted(preds)
-    jobs = [(str(refs[n]), str(preds[n]), lab, tolerance_mm, empty_distance, backend) for n in names]
-    if num_processes <= 1 or len(jobs) == 1:
+    reader = reader_for(_dataset_json_of(labels), refs[names[0]])
+    jobs = [(str(refs[n]), str(preds[n]), lab, tolerance_mm, empty_distance, backend, reader) for n in names]
+    if num_processes <= 1 or len(jobs) < 2 * num_processes:  # a few cases: cheaper than spawning workers
         per_case = [evaluate_case(*j) for j in jobs]
     else:
         with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as ex:
@@ -478,10 +168,54 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, la
         result["files"]["summary_json"] = str(out / "summary.json")
         result["files"]["csv"] = str(out / "summary.csv")
         if report:
-            from .report import write_report
-
             result["files"]["html"] = str(out / "report.html")
-            write_report(result, out, image_dir)
+            write_report(result, out, image_dir, reader)
         save_csv(result, out / "summary.csv")
         save_summary_json(result, out / "summary.json")
     return result
+
+
+def evaluate(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, dataset: str | int | None = None,
+             labels_file: str | os.PathLike | None = None, tolerance_mm: float = 1.0,
+             output_dir: str | os.PathLike | None = None, num_processes: int | None = None,
+             image_dir: str | os.PathLike | None = None) -> dict:
+    """``nnzoo evaluate``: :func:`evaluate_folders` with the labels of a dataset or a labels file; prints the table.
+
+    Args:
+        ref_dir: reference label files.
+        pred_dir: predicted label files.
+        dataset: dataset id or name (its dataset.json gives labels and reader); or
+        labels_file: a dataset.json or JSON of labels/regions.
+        tolerance_mm: NSD tolerance in mm.
+        output_dir: where the files go (default ``<pred_dir>/evaluation``).
+        num_processes: parallel cases (default: cores, at most 4).
+        image_dir: images for the report's overlays.
+
+    Returns:
+        The summary (see :func:`evaluate_folders`).
+
+    Raises:
+        NnzooError: neither or both of ``dataset`` and ``labels_file``, unknown dataset, or any
+            error of :func:`evaluate_folders`.
+    """
+    if (dataset is None) == (labels_file is None):
+        raise NnzooError("give either a dataset (-d) or a labels file (--labels)")
+    if dataset is not None:
+        from .dataset import resolve_dataset_name
+        from .env import setup_folders
+
+        setup_folders(quiet=True)
+        name = resolve_dataset_name(dataset)
+        labels = Path(os.environ["nnUNet_raw"]) / name / "dataset.json"
+        if not labels.is_file():
+            labels = Path(os.environ["nnUNet_preprocessed"]) / name / "dataset.json"
+        if not labels.is_file():
+            raise NnzooError(f"{name}: no dataset.json in nnUNet_raw or nnUNet_preprocessed")
+    else:
+        labels = Path(labels_file)
+    res = evaluate_folders(ref_dir, pred_dir, labels=labels, tolerance_mm=tolerance_mm,
+                           output_dir=output_dir or Path(pred_dir) / "evaluation",
+                           num_processes=num_processes or min(4, os.cpu_count() or 1), image_dir=image_dir)
+    print(summary_table(res))
+    print(f"Wrote {', '.join(res['files'].values())}")
+    return res

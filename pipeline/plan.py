@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .dataset import check_raw_dataset, resolve_dataset_name
 from .errors import NnzooError
-from .experiment import data_identifier
+from .experiment import configuration_manager, data_identifier, dataset_id_of
 
 __all__ = ["plan_and_preprocess", "DEFAULT_CONFIGURATIONS"]
 
@@ -29,19 +29,17 @@ _PP_KEYS = ("spacing", "normalization_schemes", "use_mask_for_norm", "resampling
 
 def _preprocessing_key(plans: dict, configuration: str) -> str:
     """Hash of everything in the plans that determines a configuration's preprocessed arrays."""
-    cfg = plans["configurations"][configuration]
-    parent = cfg.get("inherits_from")
-    merged = dict(plans["configurations"][parent]) if parent else {}
-    merged.update(cfg)
-    relevant = {k: merged.get(k) for k in _PP_KEYS}
+    cfg = configuration_manager(plans, configuration).configuration  # inherits_from resolved by nnU-Net
+    relevant = {k: cfg.get(k) for k in _PP_KEYS}
     relevant["transpose_forward"] = plans["transpose_forward"]
     relevant["foreground_intensity_properties_per_channel"] = plans["foreground_intensity_properties_per_channel"]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _complete(folder: Path, case_ids: list[str]) -> bool:
-    return folder.is_dir() and all((folder / f"{c}.pkl").is_file() and (folder / f"{c}.b2nd").is_file()
-                                   and (folder / f"{c}_seg.b2nd").is_file() for c in case_ids)
+    from nnzoo.trainers.nnunet_compat import preprocessed_case_files
+
+    return folder.is_dir() and all(os.path.isfile(f) for c in case_ids for f in preprocessed_case_files(folder, c))
 
 
 def _save_plans_backup_if_changed(plans_file: Path, old_text: str | None) -> None:
@@ -66,7 +64,7 @@ def _planning_threads():
             os.environ["nnUNet_n_proc_DA"] = old
 
 
-def plan_and_preprocess(dataset: str | int, configurations: list[str] | None = None,
+def plan_and_preprocess(dataset: str | int, *, configurations: list[str] | None = None,
                         planner: str = "ExperimentPlanner", num_processes: int | None = None,
                         verify: bool = False, gpu_memory_target: float | None = None, clean: bool = False,
                         preprocess: bool = True) -> dict:
@@ -91,8 +89,11 @@ def plan_and_preprocess(dataset: str | int, configurations: list[str] | None = N
     """
     from nnzoo.plans.registry import UnknownPlannerError, get_planner_class
 
+    from .env import setup_folders
+
+    setup_folders(quiet=True)
     name = resolve_dataset_name(dataset)
-    did = int(name[7:10])
+    did = dataset_id_of(name)
     raw = Path(os.environ["nnUNet_raw"]) / name
     if not raw.is_dir():
         raise NnzooError(f"{raw}: raw dataset folder not found (create it with `nnzoo dataset create`)")
@@ -162,10 +163,23 @@ def plan_and_preprocess(dataset: str | int, configurations: list[str] | None = N
                 raise NnzooError(f"{folder} holds data preprocessed for {owner} differently from what {plans_identifier}"
                                  f" ({c}) needs; it is not overwritten. Use a planner without shared preprocessing.")
         print(f"[3/3] Preprocessing {c} into {folder} ({nproc} processes)")
+        _forget_unlabeled(pre, data_id)
         preprocess_dataset(did, plans_identifier, [c], [nproc])
         stamp.write_text(json.dumps({"key": key, "plans": plans_identifier, "configuration": c}))
         _preprocess_unlabeled(name, plans_identifier, c, nproc, unlabeled)
     return plans
+
+
+def _forget_unlabeled(pre: Path, data_id: str) -> None:
+    """Unlabeled cases preprocessed for earlier, different data of this identifier are stale: remove them."""
+    import shutil
+
+    from nnzoo.trainers.unlabeled_data import unlabeled_folder
+
+    folder = Path(unlabeled_folder(pre, data_id))
+    if folder.is_dir():
+        print(f"      removing {folder}: it was preprocessed for different plans and is redone")
+        shutil.rmtree(folder)
 
 
 def _preprocess_unlabeled(name: str, plans_identifier: str, configuration: str, nproc: int, unlabeled: list) -> None:
@@ -173,6 +187,6 @@ def _preprocess_unlabeled(name: str, plans_identifier: str, configuration: str, 
         return
     from .unlabeled import preprocess_unlabeled
 
-    n = preprocess_unlabeled(name, plans_identifier, [configuration], nproc)
+    n = preprocess_unlabeled(name, plans_identifier, configurations=[configuration], num_processes=nproc)
     print(f"      unlabeled: {n}")
 

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_report", "case_scores", "find_image", "summary_table"]
+from .metrics import label_key
+from .segio import FILE_ENDINGS, read_images, read_segmentation
+
+__all__ = ["write_report", "case_scores", "find_image"]
 
 TABLE_METRICS = ("Dice", "IoU", "HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3")
 BOX_METRICS = ("Dice", "NSD", "HD95", "ASSD")
@@ -34,27 +37,14 @@ def case_scores(result: dict) -> list[tuple[str, float]]:
 
 def find_image(image_dir: str | os.PathLike | None, case: str) -> Path | None:
     """The first channel of ``case`` in ``image_dir`` (``CASE_0000<ending>`` or ``CASE<ending>``)."""
-    from .evaluate import LABEL_ENDINGS
-
     if image_dir is None:
         return None
     for stem in (f"{case}_0000", case):
-        for e in LABEL_ENDINGS:
+        for e in FILE_ENDINGS:
             f = Path(image_dir) / f"{stem}{e}"
             if f.is_file():
                 return f
     return None
-
-
-def summary_table(result: dict, metrics: tuple[str, ...] = ("Dice", "IoU", "HD95", "ASSD", "NSD")) -> str:
-    """Plain-text table of the means per class and the foreground mean, for the terminal."""
-    names = result["class_names"]
-    rows = [(names.get(_key(k), _key(k)), result["mean"][k]) for k in result["mean"]]
-    rows.append(("foreground mean", result["foreground_mean"]))
-    width = max(len(n) for n, _ in rows) + 2
-    head = "".ljust(width) + "".join(m.rjust(10) for m in metrics)
-    lines = [head] + [n.ljust(width) + "".join(f"{v[m]:10.4f}" for m in metrics) for n, v in rows]
-    return "\n".join(lines) + f"\n(NSD at {result['tolerance_mm']:g} mm; HD95 and ASSD in mm)"
 
 
 def _fmt(v) -> str:
@@ -101,8 +91,6 @@ def _boxplots(result: dict, png: Path) -> None:
 
 
 def _key(k) -> str:
-    from .evaluate import label_key
-
     return k if isinstance(k, str) else label_key(k)
 
 
@@ -111,15 +99,13 @@ def _slice(arr: np.ndarray, index: int | None) -> np.ndarray:
     return arr if arr.ndim == 2 else arr[index]
 
 
-def _overlay(case: dict, image_file: Path | None, title: str, png: Path) -> None:
-    from .evaluate import read_segmentation
-
+def _overlay(case: dict, image_file: Path | None, title: str, png: Path, reader_class=None) -> None:
     plt = _plt()
-    ref, spacing = read_segmentation(case["reference_file"])
-    pred, _ = read_segmentation(case["prediction_file"])
+    ref, spacing = read_segmentation(case["reference_file"], reader_class)
+    pred, _ = read_segmentation(case["prediction_file"], reader_class)
     img = None
     if image_file is not None:
-        img, _ = read_segmentation(image_file)
+        img = read_images(image_file, reader_class)[0][0] if reader_class else read_segmentation(image_file)[0]
         if img.shape != ref.shape:
             img = None
     sq = tuple(s for s, n in zip(spacing, ref.shape) if n > 1)
@@ -157,13 +143,15 @@ _CSS = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collap
         "td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}.note{color:#555;font-size:13px}")
 
 
-def write_report(result: dict, output_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> Path:
+def write_report(result: dict, output_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None,
+                 reader_class=None) -> Path:
     """Write ``report.html``, ``boxplots.png`` and ``overlay_best.png`` / ``overlay_worst.png``.
 
     Args:
         result: the summary returned by :func:`nnzoo.pipeline.evaluate.evaluate_folders`.
         output_dir: folder to write into.
         image_dir: images for the overlays; without it the overlays show the label maps only.
+        reader_class: nnU-Net reader of the files (default: by file ending).
 
     Returns:
         Path of ``report.html``.
@@ -200,7 +188,8 @@ def write_report(result: dict, output_dir: str | os.PathLike, image_dir: str | o
         parts.append("<h2>Best and worst case (mean foreground Dice)</h2>")
         for tag, (name, score) in picks:
             png = out / f"overlay_{tag}.png"
-            _overlay(by_name[name], find_image(image_dir, name), f"{tag}: {name} (Dice {score:.3f})", png)
+            _overlay(by_name[name], find_image(image_dir, name), f"{tag}: {name} (Dice {score:.3f})", png,
+                     reader_class)
             parts.append(f"<h3>{tag}: {html.escape(name)}, Dice {score:.3f}</h3>" + _embed(png, f"{tag} case"))
         if image_dir is None:
             parts.append("<p class='note'>No image folder given: overlays show the label maps only.</p>")

@@ -1,13 +1,12 @@
 """Preprocessing of unlabeled images (``imagesUnlabeled/``) with a dataset's existing nnU-Net plans.
 
-Unlabeled cases are preprocessed exactly like nnU-Net's labeled training cases (same reader,
-transpose, crop to nonzero, normalisation and resampling: nnU-Net's own preprocessor class from
-the plans, ``run_case(image_files, None, ...)``) but written to a folder of their own beside the
-labeled one, ``nnUNet_preprocessed/<dataset>/<data_identifier>_unlabeled/``. They never enter the
-labeled folder, hence never nnU-Net's splits or ``fold all``.
-
-Only the image (``<case>.b2nd``, blosc2 like nnU-Net's) and the properties (``<case>.pkl``, with
-``class_locations = {}``) are written: there is no ``_seg`` file for an unlabeled case.
+Unlabeled cases are preprocessed exactly like nnU-Net's labeled training cases, by nnU-Net's own
+preprocessor class from the plans (``run_case_save(output, image_files, None, ...)``: same
+reader, transpose, crop to nonzero, normalisation, resampling and file format) but written to a
+folder of their own beside the labeled one, ``nnUNet_preprocessed/<dataset>/<data_identifier>_unlabeled/``
+(:func:`~nnzoo.trainers.unlabeled_data.unlabeled_folder`). They never enter the labeled folder,
+hence never nnU-Net's splits or ``fold all``. Without a label file nnU-Net's ``_seg`` array is the
+image's nonzero mask (no label); training reads only the image (:mod:`nnzoo.trainers.unlabeled_data`).
 """
 
 from __future__ import annotations
@@ -17,26 +16,15 @@ import os
 import re
 from collections import defaultdict
 
-import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, write_pickle
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
+
+from nnzoo.trainers.nnunet_compat import preprocessed_case_files
+from nnzoo.trainers.unlabeled_data import unlabeled_folder
 
 __all__ = ["UNLABELED_IMAGES_DIR", "unlabeled_folder", "find_unlabeled_cases", "preprocess_unlabeled"]
 
 #: name of the raw dataset's folder of unlabeled images (same channel naming as imagesTr)
 UNLABELED_IMAGES_DIR = "imagesUnlabeled"
-
-
-def unlabeled_folder(preprocessed_dataset_folder_base: str, data_identifier: str) -> str:
-    """Folder of a configuration's preprocessed unlabeled cases.
-
-    Args:
-        preprocessed_dataset_folder_base: ``nnUNet_preprocessed/<dataset>``.
-        data_identifier: the configuration's ``data_identifier`` (e.g. ``nnUNetPlans_3d_fullres``).
-
-    Returns:
-        ``<preprocessed_dataset_folder_base>/<data_identifier>_unlabeled``.
-    """
-    return join(preprocessed_dataset_folder_base, f"{data_identifier}_unlabeled")
 
 
 def find_unlabeled_cases(images_dir: str, file_ending: str, num_channels: int) -> dict[str, list[str]]:
@@ -76,44 +64,35 @@ def find_unlabeled_cases(images_dir: str, file_ending: str, num_channels: int) -
 
 
 def _is_done(output_truncated: str) -> bool:
-    # the .pkl is written last: its presence marks a complete case
-    return isfile(output_truncated + ".b2nd") and isfile(output_truncated + ".pkl")
+    folder, case = os.path.split(output_truncated)
+    return all(os.path.isfile(f) for f in preprocessed_case_files(folder, case))  # the .pkl is written last
 
 
 def _preprocess_one(args: tuple) -> str:
     """Preprocess and save one unlabeled case (module-level so that spawn workers can run it)."""
     case, image_files, output_truncated, plans, configuration, dataset_json = args
-    import blosc2
-    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(plans)
     cm = plans_manager.get_configuration(configuration)
-    preprocessor = cm.preprocessor_class(verbose=False)
+    folder, name = os.path.split(output_truncated)
+    for f in preprocessed_case_files(folder, name):  # an interrupted earlier attempt: blosc2 does not overwrite
+        if os.path.isfile(f):
+            os.remove(f)
     try:
-        data, _, properties = preprocessor.run_case(image_files, None, plans_manager, cm, dataset_json)
+        cm.preprocessor_class(verbose=False).run_case_save(output_truncated, image_files, None, plans_manager, cm,
+                                                           dataset_json)
     except Exception as e:  # name the files: nnU-Net's readers often do not
         raise RuntimeError(f"could not read/preprocess unlabeled case {case!r} ({', '.join(image_files)}): "
                            f"{type(e).__name__}: {e}") from e
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    properties["class_locations"] = {}  # no label: nothing to oversample
-    blocks, chunks = comp_blosc2_params(data.shape, tuple(cm.patch_size), data.itemsize)
-    codec, clevel = blosc2.Codec.LZ4HC, 5  # what nnUNetDatasetBlosc2.save_case uses
-    filters = [nnUNetDatasetBlosc2._select_filter(data, blocks, chunks, codec, clevel)]
-    blosc2.set_nthreads(1)
-    if isfile(output_truncated + ".b2nd"):
-        os.remove(output_truncated + ".b2nd")
-    blosc2.asarray(data, urlpath=output_truncated + ".b2nd", chunks=chunks, blocks=blocks,
-                   cparams={"codec": codec, "filters": filters, "nthreads": 1, "clevel": clevel})
-    write_pickle(properties, output_truncated + ".pkl")
     return case
 
 
-def preprocess_unlabeled(dataset_name: str, plans_identifier: str, configurations: list[str],
+def preprocess_unlabeled(dataset_name: str, plans_identifier: str, *, configurations: list[str],
                          num_processes: int) -> dict[str, int]:
     """Preprocess ``nnUNet_raw/<dataset>/imagesUnlabeled`` with the dataset's plans.
 
-    Cases already preprocessed (``.b2nd`` and ``.pkl`` present) are skipped, so the call can be
+    Cases already preprocessed (all of nnU-Net's files present) are skipped, so the call can be
     repeated after adding images. Configurations missing from the plans are skipped with a
     message (as nnU-Net's ``preprocess_dataset`` does); configurations sharing a data identifier
     share the unlabeled folder too.

@@ -1,9 +1,10 @@
 """Input checks that turn bad data into one clear error naming the file and the problem.
 
-Every case is checked before nnU-Net touches it: files present and readable, not empty,
-finite intensities, the same geometry (size, spacing, origin, direction) across channels and
-label, and label values that dataset.json declares. Cases are read in threads (SimpleITK and
-numpy release the GIL).
+Every case is checked before nnU-Net touches it, with the reader nnU-Net will use for the dataset
+(:mod:`nnzoo.pipeline.segio`): files present and readable, not empty, finite intensities, the
+same geometry across channels and label (shape and spacing; origin and direction for ITK files,
+the affine for nibabel files), and label values that dataset.json declares. Cases are read in
+threads (the readers and numpy release the GIL).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import NnzooError
+from .segio import read_images, read_label, reader_for
 
-__all__ = ["Case", "read_image", "check_case", "check_cases", "declared_label_values", "MAX_LISTED"]
+__all__ = ["Case", "check_case", "check_cases", "declared_label_values", "MAX_LISTED"]
 
 MAX_LISTED = 20  # problems listed in one error message
 
@@ -30,45 +32,6 @@ class Case:
     label: str | None = None
 
 
-@dataclass
-class _Image:
-    array: np.ndarray
-    size: tuple[int, ...]
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-
-def read_image(path: str) -> _Image:
-    """Read an image with SimpleITK.
-
-    Raises:
-        NnzooError: missing, unreadable or empty file.
-    """
-    import SimpleITK as sitk
-
-    if not os.path.isfile(path):
-        raise NnzooError(f"{path}: file not found")
-    if os.path.getsize(path) == 0:
-        raise NnzooError(f"{path}: file is empty")
-    try:
-        img = sitk.ReadImage(path)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
-        raise NnzooError(f"{path}: cannot be read as an image ({first})") from None
-    size = tuple(img.GetSize())
-    if img.GetNumberOfPixels() == 0 or 0 in size:
-        raise NnzooError(f"{path}: image is empty (size {size})")
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        if path.lower().endswith((".png", ".bmp", ".tif", ".tiff")):
-            img = sitk.VectorIndexSelectionCast(img, 0)  # RGB(A) natural image: first channel, as nnU-Net's reader
-        else:
-            raise NnzooError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
-                             "store each channel in its own file (_0000, _0001, ...)")
-    return _Image(sitk.GetArrayFromImage(img), size, tuple(img.GetSpacing()), tuple(img.GetOrigin()),
-                  tuple(img.GetDirection()))
-
-
 def _raw_nifti_values(path: str) -> np.ndarray:
     """Stored voxel values of a NIfTI file (ITK's NIfTI reader turns NaN and Inf into 0)."""
     import nibabel as nib
@@ -76,60 +39,77 @@ def _raw_nifti_values(path: str) -> np.ndarray:
     return np.asanyarray(nib.load(path).dataobj)
 
 
-def _geometry_problems(ref_path: str, ref: _Image, path: str, img: _Image) -> list[str]:
-    what = []
-    if img.size != ref.size:
-        what.append(f"size {img.size} != {ref.size}")
-    else:
-        if not np.allclose(img.spacing, ref.spacing, rtol=1e-4, atol=1e-6):
-            what.append(f"spacing {_fmt(img.spacing)} != {_fmt(ref.spacing)}")
-        if not np.allclose(img.origin, ref.origin, atol=1e-3):
-            what.append(f"origin {_fmt(img.origin)} != {_fmt(ref.origin)}")
-        if not np.allclose(img.direction, ref.direction, atol=1e-3):
-            what.append(f"direction {_fmt(img.direction)} != {_fmt(ref.direction)}")
-    return [f"{path}: {w} of {os.path.basename(ref_path)}" for w in what]
-
-
 def _fmt(v) -> str:
-    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+    return "(" + ", ".join(f"{x:.4g}" for x in np.ravel(v)) + ")"
 
 
-def check_case(case: Case, allowed_labels: set[int] | None = None) -> tuple[list[str], set[int]]:
+def _geometry(props: dict) -> dict[str, np.ndarray]:
+    """The geometry a reader reports: spacing, plus origin/direction (ITK) or the affine (nibabel)."""
+    out = {"spacing": np.asarray(props["spacing"], float)}
+    sitk = props.get("sitk_stuff")
+    if sitk:
+        out["origin"] = np.asarray(sitk["origin"], float)
+        out["direction"] = np.asarray(sitk["direction"], float)
+    nib = props.get("nibabel_stuff")
+    if nib:
+        out["affine"] = np.asarray(nib["original_affine"], float)
+    return out
+
+
+_TOLERANCE = {"spacing": dict(rtol=1e-4, atol=1e-6), "origin": dict(atol=1e-3), "direction": dict(atol=1e-3),
+              "affine": dict(atol=1e-3)}
+
+
+def _geometry_problems(ref_path: str, ref: tuple, path: str, other: tuple) -> list[str]:
+    (ref_shape, ref_geo), (shape, geo) = ref, other
+    if shape != ref_shape:
+        return [f"{path}: shape {shape} != {ref_shape} of {os.path.basename(ref_path)}"]
+    return [f"{path}: {k} {_fmt(geo[k])} != {_fmt(ref_geo[k])} of {os.path.basename(ref_path)}"
+            for k in ref_geo if k in geo and not np.allclose(geo[k], ref_geo[k], **_TOLERANCE[k])]
+
+
+def check_case(case: Case, allowed_labels: set[int] | None = None, reader_class=None) -> tuple[list[str], set[int]]:
     """Check one case.
 
     Args:
         case: the case's files.
         allowed_labels: label values dataset.json declares (None: only require non-negative integers).
+        reader_class: nnU-Net reader/writer class (default: the one for the first file's ending).
 
     Returns:
         ``(problems, label values found)``; problems are messages that start with the file name.
     """
     problems: list[str] = []
     ref_path, ref = None, None
+    try:
+        reader_class = reader_class or reader_for(None, case.images[0])
+    except NnzooError as e:
+        return [str(e)], set()
     for path in case.images:
         try:
-            img = read_image(path)
+            data, props = read_images(path, reader_class)
         except NnzooError as e:
             problems.append(str(e))
             continue
-        if np.issubdtype(img.array.dtype, np.floating):
-            raw = _raw_nifti_values(path) if path.lower().endswith((".nii", ".nii.gz")) else img.array
+        if np.issubdtype(data.dtype, np.floating):
+            raw = _raw_nifti_values(path) if path.lower().endswith((".nii", ".nii.gz")) else data
             if not np.isfinite(raw).all():
                 problems.append(f"{path}: contains {int(np.isnan(raw).sum())} NaN and {int(np.isinf(raw).sum())} "
                                 "Inf voxels")
+        this = (tuple(data.shape[1:]), _geometry(props))
         if ref is None:
-            ref_path, ref = path, img
+            ref_path, ref = path, this
         else:
-            problems += _geometry_problems(ref_path, ref, path, img)
+            problems += _geometry_problems(ref_path, ref, path, this)
     values: set[int] = set()
     if case.label is not None:
         try:
-            lab = read_image(case.label)
+            seg, props = read_label(case.label, reader_class)
         except NnzooError as e:
             return problems + [str(e)], values
         if ref is not None:
-            problems += _geometry_problems(ref_path, ref, case.label, lab)
-        uniq = np.unique(lab.array)
+            problems += _geometry_problems(ref_path, ref, case.label, (tuple(seg.shape[1:]), _geometry(props)))
+        uniq = np.unique(seg)
         if np.issubdtype(uniq.dtype, np.floating) and not (np.isfinite(uniq).all() and np.all(uniq == np.round(uniq))):
             bad = [float(u) for u in uniq if not (np.isfinite(u) and u == round(u))][:5]
             problems.append(f"{case.label}: label values must be integers, found {bad}")
@@ -144,7 +124,7 @@ def check_case(case: Case, allowed_labels: set[int] | None = None) -> tuple[list
 
 
 def check_cases(cases: list[Case], allowed_labels: set[int] | None = None, num_workers: int | None = None,
-                what: str = "dataset") -> set[int]:
+                what: str = "dataset", reader_class=None) -> set[int]:
     """Check many cases in threads; raise one error listing every problem found.
 
     Args:
@@ -152,6 +132,7 @@ def check_cases(cases: list[Case], allowed_labels: set[int] | None = None, num_w
         allowed_labels: declared label values, or None.
         num_workers: threads (default: number of cores).
         what: what is checked, for the error message.
+        reader_class: nnU-Net reader/writer class for all cases (default: by file ending).
 
     Returns:
         All label values found.
@@ -163,11 +144,13 @@ def check_cases(cases: list[Case], allowed_labels: set[int] | None = None, num_w
         raise NnzooError(f"{what}: no cases to check")
     workers = max(1, num_workers or os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as ex:
-        results = list(ex.map(lambda c: check_case(c, allowed_labels), cases))
+        results = list(ex.map(lambda c: check_case(c, allowed_labels, reader_class), cases))
     problems = [p for r in results for p in r[0]]
+    if len(problems) == 1:
+        raise NnzooError(problems[0])
     if problems:
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise NnzooError(f"{what}: {len(problems)} problem(s) found:\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
+        more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise NnzooError(f"{what}: {len(problems)} problems: " + "; ".join(problems[:MAX_LISTED]) + more)
     return set().union(*(r[1] for r in results))
 
 

@@ -1,4 +1,14 @@
-"""Shared pieces for nnzoo's method planners."""
+"""Shared pieces for nnzoo's method planners.
+
+A method planner is nnU-Net's planner (``ExperimentPlanner`` or a ResEnc planner) plus:
+
+- :class:`MethodPlannerMixin`: its plans name as a class attribute (``PLANS_NAME``) and one
+  constructor with nnU-Net's signature;
+- :class:`SharedPreprocessingMixin`: ``2d`` and ``3d_fullres`` reuse the base plans' preprocessed data;
+- :class:`NetworkEstimateMixin`: the method network's memory, either only reported (default: the
+  patch and batch of nnU-Net's own planner, i.e. what the official code trains on) or used for
+  nnU-Net's patch/batch search (``FIT_MEMORY = True``: the ``...Fit`` planners for small GPUs).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["SharedPreprocessingMixin", "NetworkEstimateMixin", "estimate_network_feature_maps"]
+__all__ = ["MethodPlannerMixin", "SharedPreprocessingMixin", "NetworkEstimateMixin", "estimate_network_feature_maps",
+           "MEMORY_KEY"]
+
+#: plans key holding the method's memory needs per configuration (written by NetworkEstimateMixin)
+MEMORY_KEY = "nnzoo_memory"
 
 
 def estimate_network_feature_maps(network_class: type, patch_size: Sequence[int], input_channels: int,
@@ -40,22 +54,27 @@ def estimate_network_feature_maps(network_class: type, patch_size: Sequence[int]
     return np.int64(net.compute_conv_feature_map_size(list(patch_size)))
 
 
-class NetworkEstimateMixin:
-    """Replaces an nnU-Net planner's VRAM estimate by that of a method network.
+class MethodPlannerMixin:
+    """nnU-Net planner constructor with the plans name taken from ``PLANS_NAME``.
 
-    Subclasses implement :meth:`network_class` (imported lazily: planning does not need the
-    trainers until it estimates); patch and batch size are then chosen by nnU-Net's own search
-    against the same reference, so the plan fits the method's memory rather than the U-Net's.
+    The signature is nnU-Net's (nnU-Net's planning code passes these keywords); ``plans_name``
+    defaults to the class's ``PLANS_NAME`` and ``gpu_memory_target_in_gb`` to the base planner's
+    own default (8 GB, 24 GB for ResEnc-L).
+
+    Attributes:
+        PLANS_NAME: the plans this planner writes (``nnzoo train -tr <method>`` looks for them).
     """
 
-    @classmethod
-    def network_class(cls) -> type:
-        raise NotImplementedError
+    PLANS_NAME: str = "nnUNetPlans"
 
-    def static_estimate_VRAM_usage(self, patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
-                                   arch_kwargs_req_import):
-        return estimate_network_feature_maps(self.network_class(), patch_size, input_channels, output_channels,
-                                             arch_class_name, arch_kwargs, arch_kwargs_req_import)
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float | None = None,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
+                 overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
+                 suppress_transpose: bool = False) -> None:
+        memory = {} if gpu_memory_target_in_gb is None else {"gpu_memory_target_in_gb": gpu_memory_target_in_gb}
+        super().__init__(dataset_name_or_id, preprocessor_name=preprocessor_name,  # type: ignore[call-arg]
+                         plans_name=plans_name or self.PLANS_NAME, overwrite_target_spacing=overwrite_target_spacing,
+                         suppress_transpose=suppress_transpose, **memory)
 
 
 class SharedPreprocessingMixin:
@@ -74,10 +93,76 @@ class SharedPreprocessingMixin:
     """
 
     BASE_PLANS_NAME = "nnUNetPlans"
-
     SHARED_CONFIGURATIONS = ("2d", "3d_fullres")
 
     def generate_data_identifier(self, configuration_name: str) -> str:
         if configuration_name in self.SHARED_CONFIGURATIONS:
             return f"{self.BASE_PLANS_NAME}_{configuration_name}"
         return f"{self.plans_identifier}_{configuration_name}"
+
+
+class NetworkEstimateMixin:
+    """A method network's memory in an nnU-Net planner: reported with the official patch, or fitted.
+
+    Subclasses implement :meth:`network_class` (imported lazily) or override :meth:`method_estimate`.
+
+    - ``FIT_MEMORY = False`` (default): nnU-Net's own search, hence nnU-Net's patch and batch, the
+      ones the official code of the methods trains on (they are nnU-Net-based or use nnU-Net's
+      patch). The plans record, per configuration, how much more memory the method needs there
+      than the plain U-Net (``nnzoo_memory``: ``method_vs_unet`` and ``gpu_memory_target_gb`` =
+      the target scaled by that factor, which is what the official runs required of their GPU).
+    - ``FIT_MEMORY = True``: nnU-Net's search runs against the method's estimate, so patch and
+      batch shrink until the method fits ``gpu_memory_target_in_gb`` (for small GPUs).
+
+    Attributes:
+        PATCHES_PER_SAMPLE: patches that share the memory of one planned batch element (2 for a
+            semi-supervised method that adds one unlabeled patch per labeled patch).
+    """
+
+    FIT_MEMORY = False
+    PATCHES_PER_SAMPLE = 1
+
+    @classmethod
+    def network_class(cls) -> type:
+        raise NotImplementedError
+
+    def method_architecture(self, configuration: dict) -> dict | None:
+        """The ``architecture`` entry to write for a planned configuration (None: keep nnU-Net's U-Net)."""
+        return None
+
+    def method_estimate(self, patch_size, input_channels: int, output_channels: int, arch_class_name: str,
+                        arch_kwargs: dict, arch_kwargs_req_import) -> np.int64:
+        """The method's VRAM proxy for one planned batch element (nnU-Net's units)."""
+        return self.PATCHES_PER_SAMPLE * estimate_network_feature_maps(
+            self.network_class(), patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
+            arch_kwargs_req_import)
+
+    def static_estimate_VRAM_usage(self, patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
+                                   arch_kwargs_req_import):
+        if self.FIT_MEMORY:
+            return self.method_estimate(patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
+                                        arch_kwargs_req_import)
+        return super().static_estimate_VRAM_usage(patch_size, input_channels, output_channels,  # type: ignore[misc]
+                                                  arch_class_name, arch_kwargs, arch_kwargs_req_import)
+
+    def save_plans(self, plans: dict) -> None:
+        n_in = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
+        n_out = len(self.dataset_json["labels"])
+        notes = {}
+        for name, cfg in plans["configurations"].items():
+            arch = cfg.get("architecture")
+            if not arch or "patch_size" not in cfg:
+                continue
+            args = (cfg["patch_size"], n_in, n_out, arch["network_class_name"], arch["arch_kwargs"],
+                    arch["_kw_requires_import"])
+            unet = super().static_estimate_VRAM_usage(*args)  # type: ignore[misc]
+            ratio = float(self.method_estimate(*args)) / float(unet)
+            notes[name] = {"patch_size": list(cfg["patch_size"]), "batch_size": cfg["batch_size"],
+                           "method_vs_unet": round(ratio, 3),
+                           "gpu_memory_target_gb": round(self.UNet_vram_target_GB * (1 if self.FIT_MEMORY else ratio), 1)}
+            fitted = "fitted to" if self.FIT_MEMORY else "nnU-Net's patch; needs about"
+            print(f"  {name}: {type(self).__name__}: {fitted} {notes[name]['gpu_memory_target_gb']} GB "
+                  f"({ratio:.2f}x the plain U-Net's memory at this patch)")
+            cfg["architecture"] = self.method_architecture(cfg) or arch
+        plans[MEMORY_KEY] = notes
+        super().save_plans(plans)  # type: ignore[misc]

@@ -1,4 +1,9 @@
-"""Planners for BA-Net: nnU-Net's planners with a memory estimate that counts the boundary decoder."""
+"""Planners for BA-Net: nnU-Net's planners that account for the boundary decoder's memory.
+
+The default planners keep nnU-Net's patch and batch (the official BA-Net trains with nnU-Net's
+plans) and record the memory BA-Net needs there; the ``...Fit`` planners shrink patch and batch
+until BA-Net fits the GPU memory target.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,17 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
     nnUNetPlannerResEncM,
 )
 
-from .base import NetworkEstimateMixin, SharedPreprocessingMixin
+from .base import MethodPlannerMixin, NetworkEstimateMixin, SharedPreprocessingMixin
 from .registry import register_planner
 
-__all__ = ["nnUNetPlannerBoundaryAware", "nnUNetPlannerBoundaryAwareResEncM",
-           "nnUNetPlannerBoundaryAwareResEncL"]
+__all__ = ["nnUNetPlannerBoundaryAware", "nnUNetPlannerBoundaryAwareFit", "nnUNetPlannerBoundaryAwareResEncM",
+           "nnUNetPlannerBoundaryAwareResEncMFit", "nnUNetPlannerBoundaryAwareResEncL",
+           "nnUNetPlannerBoundaryAwareResEncLFit"]
 
 
-class _BoundaryAwareEstimate(NetworkEstimateMixin, SharedPreprocessingMixin):
-    """Replaces the planner's VRAM estimate with BA-Net's; shares the base plans' 2d/3d_fullres data.
-
-    The estimate counts both decoders, the boundary heads and the attention maps (see
-    ``BoundaryAwareDecoder.compute_conv_feature_map_size``). ``3d_lowres`` keeps its own data
-    identifier: its spacing is derived from the (smaller) BA-Net fullres patch and may differ from
-    the base plans' lowres spacing.
-    """
+class _BoundaryAware(MethodPlannerMixin, NetworkEstimateMixin, SharedPreprocessingMixin):
+    """BA-Net's memory (both decoders, boundary heads, attention maps; see
+    ``BoundaryAwareDecoder.compute_conv_feature_map_size``); shares the base plans' 2d/3d_fullres data."""
 
     @classmethod
     def network_class(cls) -> type:
@@ -32,40 +33,47 @@ class _BoundaryAwareEstimate(NetworkEstimateMixin, SharedPreprocessingMixin):
 
 
 @register_planner
-class nnUNetPlannerBoundaryAware(_BoundaryAwareEstimate, ExperimentPlanner):
-    """nnU-Net's default planner (plain U-Net) with patch/batch size budgeted for BA-Net's two decoders.
+class nnUNetPlannerBoundaryAware(_BoundaryAware, ExperimentPlanner):
+    """nnU-Net's default planner for ``nnUNetTrainerBoundaryAware``: nnU-Net's patch and batch, as the
+    official code; plans ``nnUNetPlans_BANet`` record BA-Net's memory there (about 1.8x the U-Net's)."""
 
-    For ``nnUNetTrainerBoundaryAware``. Plans are written as ``nnUNetPlans_BANet``; 2d and
-    3d_fullres reuse ``nnUNetPlans``' preprocessed data.
-    """
-
-    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetPlans_BANet",
-                 overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
-                 suppress_transpose: bool = False) -> None:
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    PLANS_NAME = "nnUNetPlans_BANet"
 
 
 @register_planner
-class nnUNetPlannerBoundaryAwareResEncM(_BoundaryAwareEstimate, nnUNetPlannerResEncM):
-    """nnU-Net's ResEnc-M planner (residual encoder, 8 GB) budgeted for BA-Net; plans ``nnUNetResEncUNetMPlans_BANet``."""
+class nnUNetPlannerBoundaryAwareFit(_BoundaryAware, ExperimentPlanner):
+    """nnU-Net's default planner with patch/batch shrunk until BA-Net's two decoders fit the GPU memory
+    target (plans ``nnUNetPlans_BANet``, for GPUs smaller than BA-Net needs at nnU-Net's patch)."""
 
-    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetResEncUNetMPlans_BANet",
-                 overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
-                 suppress_transpose: bool = False) -> None:
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    PLANS_NAME = "nnUNetPlans_BANet"
+    FIT_MEMORY = True
 
 
 @register_planner
-class nnUNetPlannerBoundaryAwareResEncL(_BoundaryAwareEstimate, nnUNetPlannerResEncL):
-    """nnU-Net's ResEnc-L planner (residual encoder, 24 GB) budgeted for BA-Net; plans ``nnUNetResEncUNetLPlans_BANet``."""
+class nnUNetPlannerBoundaryAwareResEncM(_BoundaryAware, nnUNetPlannerResEncM):
+    """nnU-Net's ResEnc-M planner (residual encoder, 8 GB) for BA-Net; plans ``nnUNetResEncUNetMPlans_BANet``."""
 
-    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 24,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetResEncUNetLPlans_BANet",
-                 overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
-                 suppress_transpose: bool = False) -> None:
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    PLANS_NAME = "nnUNetResEncUNetMPlans_BANet"
+
+
+@register_planner
+class nnUNetPlannerBoundaryAwareResEncMFit(_BoundaryAware, nnUNetPlannerResEncM):
+    """ResEnc-M planner with patch/batch shrunk until BA-Net fits the memory target."""
+
+    PLANS_NAME = "nnUNetResEncUNetMPlans_BANet"
+    FIT_MEMORY = True
+
+
+@register_planner
+class nnUNetPlannerBoundaryAwareResEncL(_BoundaryAware, nnUNetPlannerResEncL):
+    """nnU-Net's ResEnc-L planner (residual encoder, 24 GB) for BA-Net; plans ``nnUNetResEncUNetLPlans_BANet``."""
+
+    PLANS_NAME = "nnUNetResEncUNetLPlans_BANet"
+
+
+@register_planner
+class nnUNetPlannerBoundaryAwareResEncLFit(_BoundaryAware, nnUNetPlannerResEncL):
+    """ResEnc-L planner with patch/batch shrunk until BA-Net fits the memory target."""
+
+    PLANS_NAME = "nnUNetResEncUNetLPlans_BANet"
+    FIT_MEMORY = True

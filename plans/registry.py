@@ -7,8 +7,10 @@ planners (``ExperimentPlanner``, ``nnUNetPlannerResEncM``...), with a "did you m
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 
-__all__ = ["UnknownPlannerError", "register_planner", "list_planners", "get_planner_class"]
+__all__ = ["UnknownPlannerError", "register_planner", "list_planners", "get_planner_class", "plans_name_of"]
 
 _NOT_PLANNER_MODULES = {"registry", "base"}
 _REGISTRY: dict[str, type] = {}
@@ -36,12 +38,13 @@ def register_planner(cls: type) -> type:
 
 
 def _discover() -> None:
-    """Import every planner module of this package once, so that their decorators run."""
+    """Import every planner module of this package once (on the first lookup), so that their decorators run."""
     global _discovered
     if not _discovered:
-        from nnzoo.trainers.registry import import_package_modules
-
-        import_package_modules(__package__, _NOT_PLANNER_MODULES)
+        package = importlib.import_module(__package__)
+        for mod in pkgutil.iter_modules(package.__path__):
+            if not mod.name.startswith("_") and mod.name not in _NOT_PLANNER_MODULES:
+                importlib.import_module(f"{__package__}.{mod.name}")
         _discovered = True
 
 
@@ -74,3 +77,15 @@ def get_planner_class(name: str) -> type:
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownPlannerError(f"Unknown planner {name!r}.{hint} nnzoo planners: {', '.join(list_planners()) or 'none'}; "
                               f"nnU-Net planners: ExperimentPlanner, nnUNetPlannerResEnc(M|L|XL).")
+
+
+def plans_name_of(planner: str) -> str:
+    """The plans name an nnzoo planner writes (its ``PLANS_NAME`` class attribute).
+
+    Raises:
+        UnknownPlannerError: ``planner`` is not one of nnzoo's planners.
+    """
+    _discover()
+    if planner not in _REGISTRY:
+        raise UnknownPlannerError(f"{planner!r} is not an nnzoo planner (nnzoo planners: {', '.join(list_planners())})")
+    return _REGISTRY[planner].PLANS_NAME

@@ -4,33 +4,37 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-os.environ.setdefault("nnUNet_n_proc_DA", "0")
-os.environ.setdefault("nnUNet_def_n_proc", "2")
+from helpers import FOLDERS, nnunet_folders, prepare_dataset  # noqa: E402
 
-FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: fixtures that plan and preprocess a dataset through nnU-Net (tens of seconds each): their tests are ``slow``
+DATASET_FIXTURES = {"prepared_2d", "prepared_3d", "in_prepared", "dataset_root"}
 
 
-@contextmanager
-def nnunet_folders(base: Path):
-    """Point nnU-Net's three folders at ``base/<name>`` for the duration of the block."""
-    old = {k: os.environ.get(k) for k in FOLDERS}
+def pytest_collection_modifyitems(config, items):
+    """Mark every test on a planned and preprocessed dataset ``slow`` (``make test-fast`` deselects them)."""
+    for item in items:
+        if DATASET_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_counts():
+    """Augmentation in the test process (nnUNet_n_proc_DA=0) and two export/preprocessing workers."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("nnUNet_n_proc_DA", os.environ.get("nnUNet_n_proc_DA", "0"))
+        mp.setenv("nnUNet_def_n_proc", os.environ.get("nnUNet_def_n_proc", "2"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _own_nnunet_folders(monkeypatch, tmp_path):
+    """Every test starts with nnU-Net's three folders in its own tmp_path (restored afterwards)."""
     for k in FOLDERS:
-        os.environ[k] = str(base / k)
-        (base / k).mkdir(parents=True, exist_ok=True)
-    try:
-        yield base
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        monkeypatch.setenv(k, str(tmp_path / k))
 
 
 @pytest.fixture
@@ -40,37 +44,16 @@ def workdir(tmp_path):
         yield base
 
 
-def _prepare(base: Path, dim: int) -> dict:
-    from nnzoo.pipeline.cli import main
-    from nnzoo.pipeline.synthetic import write_synthetic_folders
-
-    if dim == 3:
-        src = write_synthetic_folders(base / "src", num_cases=6, shape=(16, 20, 24), num_classes=3,
-                                      num_unlabeled=2, spacing=(2.0, 1.0, 1.0), seed=3)
-        did, cfg = 501, "3d_fullres"
-    else:
-        src = write_synthetic_folders(base / "src", num_cases=6, shape=(32, 32), num_classes=3,
-                                      num_unlabeled=2, file_ending=".png", seed=4)
-        did, cfg = 502, "2d"
-    with nnunet_folders(base / "work"):
-        args = ["dataset", "create", "--images", str(src["images"]), "--labels", str(src["labels"]),
-                "--name", f"Toy{dim}d", "--id", str(did), "--channel", "img"]
-        args += ["--unlabeled", str(src["unlabeled"])]
-        assert main(args) == 0
-        assert main(["plan_and_preprocess", "-d", str(did), "-c", cfg, "-np", "2"]) == 0
-    return {"base": base / "work", "src": src, "id": did, "configuration": cfg}
-
-
 @pytest.fixture(scope="session")
 def prepared_3d(tmp_path_factory):
     """A planned and preprocessed 3D toy dataset (6 cases 16x20x24, 2 unlabeled), id 501."""
-    return _prepare(tmp_path_factory.mktemp("prep3d"), 3)
+    return prepare_dataset(tmp_path_factory.mktemp("prep3d"), 3)
 
 
 @pytest.fixture(scope="session")
 def prepared_2d(tmp_path_factory):
     """A planned and preprocessed 2D toy dataset (6 PNG cases 32x32, 2 unlabeled), id 502."""
-    return _prepare(tmp_path_factory.mktemp("prep2d"), 2)
+    return prepare_dataset(tmp_path_factory.mktemp("prep2d"), 2)
 
 
 @pytest.fixture

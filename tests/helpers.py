@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 DATA = Path(__file__).parent / "data"
+FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 TOY_MEDIAN = (128, 128, 128)  # the planner tests' toy dataset (tests/plans/conftest.py)
 TOY_N_CASES = 4
 
@@ -39,14 +42,13 @@ def tiny_dataset_json(labels: dict | None = None, **extra) -> dict:
 def make_trainer(trainer_class: type, tmp_path: Path, configuration: str = "3d_fullres",
                  plans: dict | None = None, dataset_json: dict | None = None, fold: int = 0,
                  initialize: bool = False):
-    """Instantiate a trainer on CPU with nnUNet_* folders under ``tmp_path`` (nothing is trained).
+    """Instantiate a trainer on CPU (nnUNet_* folders under ``tmp_path``, set by conftest; nothing is trained).
 
     With ``initialize``, network, optimizer and loss are built too (``trainer.initialize()``),
     without preprocessed data: nnU-Net infers the dataset format from the files in the
     preprocessed folder, so an empty marker file stands in for them.
     """
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[k] = str(tmp_path / k)
+    assert os.environ["nnUNet_preprocessed"] == str(tmp_path / "nnUNet_preprocessed"), "conftest sets the folders"
     plans = copy.deepcopy(plans if plans is not None else tiny_plans(configuration))
     plans["continue_training"] = False
     trainer = trainer_class(plans=plans, configuration=configuration, fold=fold,
@@ -58,3 +60,37 @@ def make_trainer(trainer_class: type, tmp_path: Path, configuration: str = "3d_f
         (folder / "marker.b2nd").touch()
         trainer.initialize()
     return trainer
+
+
+@contextmanager
+def nnunet_folders(base: Path):
+    """Point nnU-Net's three folders at ``base/<name>`` for the duration of the block."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k in FOLDERS:
+            mp.setenv(k, str(base / k))
+            (base / k).mkdir(parents=True, exist_ok=True)
+        yield base
+
+
+def prepare_dataset(base: Path, dim: int, dataset_id: int | None = None) -> dict:
+    """A planned and preprocessed toy dataset through the CLI (6 labeled cases, 2 unlabeled images).
+
+    3D: 16x20x24 NIfTI, spacing (2, 1, 1), id 501; 2D: 32x32 PNG, id 502 (or ``dataset_id``).
+    """
+    from nnzoo.pipeline.cli import main
+    from nnzoo.pipeline.synthetic import write_synthetic_folders
+
+    if dim == 3:
+        src = write_synthetic_folders(base / "src", num_cases=6, shape=(16, 20, 24), num_classes=3,
+                                      num_unlabeled=2, spacing=(2.0, 1.0, 1.0), seed=3)
+        did, cfg = dataset_id or 501, "3d_fullres"
+    else:
+        src = write_synthetic_folders(base / "src", num_cases=6, shape=(32, 32), num_classes=3,
+                                      num_unlabeled=2, file_ending=".png", seed=4)
+        did, cfg = dataset_id or 502, "2d"
+    with nnunet_folders(base / "work"):
+        args = ["dataset", "create", "--images", str(src["images"]), "--labels", str(src["labels"]),
+                "--name", f"Toy{dim}d", "--id", str(did), "--channel", "img", "--unlabeled", str(src["unlabeled"])]
+        assert main(args) == 0
+        assert main(["plan_and_preprocess", "-d", str(did), "-c", cfg, "-np", "2"]) == 0
+    return {"base": base / "work", "src": src, "id": did, "configuration": cfg}

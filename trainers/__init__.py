@@ -9,6 +9,7 @@ from __future__ import annotations
 from .registry import (
     TrainerInfo,
     UnknownTrainerError,
+    find_trainer_info,
     get_trainer_class,
     get_trainer_info,
     list_trainers,
@@ -19,6 +20,7 @@ from .registry import (
 __all__ = [
     "TrainerInfo",
     "UnknownTrainerError",
+    "find_trainer_info",
     "get_trainer_class",
     "get_trainer_info",
     "list_trainers",

@@ -1,15 +1,26 @@
-"""Base class of nnzoo's trainers: nnU-Net's trainer plus atomic checkpoints and logged hyperparameters."""
+"""Base of nnzoo's trainers: nnU-Net's trainer plus what ``nnzoo train`` adds to every trainer.
+
+- :class:`NnzooTrainerMixin`: atomic checkpoints, correct devices and DDP wrapping on every node
+  and on CPU (Gloo), rank 0 alone writing the model folder, logged hyperparameters, declared
+  label support. :func:`nnzoo_trainer_class` adds it (and the label budget) to any nnU-Net trainer.
+- :class:`NnzooTrainer`: the mixin on ``nnUNetTrainer``, base of every nnzoo method trainer; custom
+  steps run through nnU-Net's own ``train_step`` (:meth:`NnzooTrainer.nnunet_step`).
+- :class:`PlanNetworkMixin`: ``build_network_architecture`` for networks built around the plan's encoder.
+"""
 
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Callable
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
-__all__ = ["AtomicCheckpointMixin", "NnzooTrainer", "PlanNetworkMixin", "nnzoo_trainer_class", "method_hyperparameters"]
+from . import nnunet_compat as compat
+
+__all__ = ["AtomicCheckpointMixin", "NnzooTrainerMixin", "NnzooTrainer", "PlanNetworkMixin", "nnzoo_trainer_class",
+           "method_hyperparameters", "parse_hyperparameters", "label_support_problem"]
 
 _HPARAM_TYPES = (bool, int, float, str, tuple)
 
@@ -31,24 +42,6 @@ class AtomicCheckpointMixin:
         os.replace(tmp, filename)
 
 
-def nnzoo_trainer_class(trainer_class: type) -> type:
-    """``trainer_class`` with what ``nnzoo train`` adds to any trainer.
-
-    That is atomic checkpoints (:class:`AtomicCheckpointMixin`) and low-label runs
-    (:class:`~nnzoo.trainers.label_budget.LabelBudgetMixin`). nnzoo trainers have both and are
-    returned as they are; any other nnU-Net trainer gets a subclass of the same name (nnU-Net
-    derives result folders and the checkpoint's ``trainer_name`` from the class name, so models
-    stay interchangeable with stock ``nnUNetv2_train`` ones).
-    """
-    from .label_budget import LabelBudgetMixin
-
-    missing = tuple(m for m in (AtomicCheckpointMixin, LabelBudgetMixin) if not issubclass(trainer_class, m))
-    if not missing:
-        return trainer_class
-    return type(trainer_class.__name__, (*missing, trainer_class),
-                {"__doc__": trainer_class.__doc__, "__module__": trainer_class.__module__})
-
-
 def method_hyperparameters(trainer_class: type) -> dict:
     """Class attributes that nnzoo trainers declare as hyperparameters (upper-case names).
 
@@ -67,34 +60,154 @@ def method_hyperparameters(trainer_class: type) -> dict:
     return out
 
 
-class NnzooTrainer(AtomicCheckpointMixin, nnUNetTrainer):
-    """nnU-Net's trainer with atomic checkpoints; base of every nnzoo method trainer.
+def parse_hyperparameters(trainer_class: type, items: dict[str, str]) -> dict:
+    """Typed values for ``NAME=VALUE`` overrides of a trainer's UPPER_CASE hyperparameters.
 
-    Subclasses declare their hyperparameters as UPPER_CASE class attributes; they are printed
-    to the training log and added to the logger's config when training starts. Custom
-    ``train_step`` s use :meth:`batch_to_device`, :meth:`autocast` and :meth:`optimizer_step` so
-    that mixed precision, gradient clipping and the optimizer step stay nnU-Net's.
+    The type is the attribute's: bool (``true``/``false``/``1``/``0``), int, float, str, or a
+    tuple of numbers given comma-separated.
+
+    Raises:
+        KeyError: a name that is not one of the trainer's hyperparameters (the message lists them).
+        ValueError: a value that does not parse as the attribute's type.
+    """
+    known = method_hyperparameters(trainer_class)
+    out = {}
+    for name, text in items.items():
+        if name not in known:
+            raise KeyError(f"{name} is not a hyperparameter of {trainer_class.__name__} (they are: "
+                           f"{', '.join(sorted(known)) or 'none'})")
+        default = known[name]
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = text.lower() in ("true", "1")
+            elif isinstance(default, tuple):
+                value = tuple(type(default[0])(v) if default else float(v) for v in text.split(","))
+            else:
+                value = type(default)(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r}: expected a {type(default).__name__} like {default!r}") from None
+        out[name] = value
+    return out
+
+
+def label_support_problem(trainer_class: type, label_manager, cascaded: bool = False) -> str | None:
+    """Why ``trainer_class`` cannot train on these labels or this configuration, or None.
+
+    Reads the class's declared support (``supports_regions``, ``supports_ignore_label``,
+    ``supports_cascade``; nnU-Net's own trainers support everything).
+
+    Args:
+        trainer_class: a trainer class.
+        label_manager: nnU-Net's ``LabelManager`` of the dataset.
+        cascaded: the configuration is a cascade stage (uses the previous stage's segmentations).
+    """
+    unsupported = [what for what, ok, present in (
+        ("region-based training", getattr(trainer_class, "supports_regions", True), label_manager.has_regions),
+        ("the ignore label", getattr(trainer_class, "supports_ignore_label", True), label_manager.has_ignore_label),
+        ("cascaded configurations", getattr(trainer_class, "supports_cascade", True), cascaded)) if present and not ok]
+    if not unsupported:
+        return None
+    reason = getattr(trainer_class, "unsupported_labels_reason", "")
+    return f"{trainer_class.__name__} does not support {' and '.join(unsupported)}" + (f" ({reason})" if reason else "")
+
+
+class NnzooTrainerMixin(AtomicCheckpointMixin):
+    """What ``nnzoo train`` adds to any nnU-Net trainer (put before the trainer in the bases).
+
+    - atomic checkpoints (:class:`AtomicCheckpointMixin`);
+    - under DDP (a process group initialised by ``nnzoo train -num_gpus N`` or by torchrun): the
+      device is ``cuda:LOCAL_RANK`` (nnU-Net picks ``cuda:<global rank>``) or the requested CPU
+      (Gloo), the network is wrapped in DDP for that device, and only rank 0 writes into the model
+      folder (nnU-Net writes ``plans.json`` etc. on every rank);
+    - the method's UPPER_CASE hyperparameters printed to the training log when training starts;
+    - declared label support: a trainer that sets ``supports_regions``, ``supports_ignore_label``
+      or ``supports_cascade`` to False refuses such datasets or configurations in its constructor
+      (``nnzoo train`` checks the same with :func:`label_support_problem` before building it).
+
+    - a model folder with a suffix (``result_suffix``, e.g. ``_labeled4`` for a label budget:
+      ``<trainer>__<plans>__<configuration>_labeled4``), so that runs of the same trainer with
+      different label budgets keep their own models.
 
     Attributes:
-        supports_regions: False makes the constructor refuse region-based (sigmoid) plans.
-        supports_ignore_label: False makes the constructor refuse datasets with an ignore label.
+        result_suffix: appended to the model folder's name (empty: nnU-Net's name).
+        supports_regions: False: refuse region-based (sigmoid) plans.
+        supports_ignore_label: False: refuse datasets with an ignore label.
+        supports_cascade: False: refuse cascaded configurations (``3d_cascade_fullres``).
         unsupported_labels_reason: why, appended to the error message.
     """
 
+    result_suffix: str = ""
     supports_regions: bool = True
     supports_ignore_label: bool = True
+    supports_cascade: bool = True
     unsupported_labels_reason: str = ""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        unsupported = [what for what, ok, present in (
-            ("region-based training", self.supports_regions, self.label_manager.has_regions),
-            ("the ignore label", self.supports_ignore_label, self.label_manager.has_ignore_label)) if present and not ok]
-        if unsupported:
-            reason = f" ({self.unsupported_labels_reason})" if self.unsupported_labels_reason else ""
-            raise NotImplementedError(f"{type(self).__name__} does not support {' and '.join(unsupported)}{reason}; "
-                                      f"dataset {dataset_json.get('name', '')!r} uses it")
+        if self.result_suffix:
+            with compat.results_elsewhere():
+                super().__init__(plans, configuration, fold, dataset_json, device)
+            compat.retarget_output_folder(self, f"{type(self).__name__}__{self.plans_manager.plans_name}__"
+                                                f"{configuration}{self.result_suffix}")
+        else:
+            super().__init__(plans, configuration, fold, dataset_json, device)
+        problem = label_support_problem(type(self), self.label_manager, self.is_cascaded)
+        if problem:
+            raise NotImplementedError(f"{problem}; dataset {dataset_json.get('name', '')!r}, configuration "
+                                      f"{configuration!r}")
+        if self.is_ddp:
+            self.device = compat.ddp_device(device)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            else:
+                self.grad_scaler = None  # nnU-Net made one for the CUDA device it assumed
+
+    def initialize(self) -> None:
+        if not self.is_ddp:
+            return super().initialize()
+        with compat.ddp_wrapping(self.device):
+            return super().initialize()
+
+    def on_train_start(self) -> None:
+        with compat.writes_of_this_rank(self):
+            super().on_train_start()
+        hp = method_hyperparameters(type(self))
+        if hp:
+            self.print_to_log_file(f"{type(self).__name__} hyperparameters: {hp}")
+            self.logger.update_config({"method_hparams": hp})
+
+
+def nnzoo_trainer_class(trainer_class: type, result_suffix: str = "", hyperparameters: dict | None = None) -> type:
+    """``trainer_class`` with what ``nnzoo train`` adds to any trainer.
+
+    That is :class:`NnzooTrainerMixin` and low-label runs
+    (:class:`~nnzoo.trainers.label_budget.LabelBudgetMixin`), and a model-folder suffix. Classes
+    that have both mixins are returned as they are (without a suffix); any other case gets a
+    subclass of the same name (nnU-Net derives result folders and the checkpoint's
+    ``trainer_name`` from the class name, so models stay interchangeable with stock
+    ``nnUNetv2_train`` ones). ``hyperparameters`` replace UPPER_CASE class attributes (see
+    :func:`parse_hyperparameters`).
+    """
+    from .label_budget import LabelBudgetMixin
+
+    missing = tuple(m for m in (NnzooTrainerMixin, LabelBudgetMixin) if not issubclass(trainer_class, m))
+    if not missing and not result_suffix and not hyperparameters:
+        return trainer_class
+    attrs = {"__doc__": trainer_class.__doc__, "__module__": trainer_class.__module__, **(hyperparameters or {})}
+    if result_suffix:
+        attrs["result_suffix"] = result_suffix
+    return type(trainer_class.__name__, (*missing, trainer_class), attrs)
+
+
+class NnzooTrainer(NnzooTrainerMixin, nnUNetTrainer):
+    """nnU-Net's trainer with :class:`NnzooTrainerMixin`; base of every nnzoo method trainer.
+
+    Subclasses declare their hyperparameters as UPPER_CASE class attributes (logged when training
+    starts). A method with its own optimisation step runs it through :meth:`nnunet_step`, so that
+    mixed precision, gradient clipping and the optimizer step stay nnU-Net's.
+    """
 
     def batch_to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor]]:
         """``(data, target)`` of an nnU-Net batch on the training device (target: tensor or DS list)."""
@@ -104,47 +217,33 @@ class NnzooTrainer(AtomicCheckpointMixin, nnUNetTrainer):
             return data, [t.to(self.device, non_blocking=True) for t in target]
         return data, target.to(self.device, non_blocking=True)
 
-    def autocast(self):
-        """nnU-Net's mixed precision: autocast on CUDA, nothing elsewhere."""
-        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else nullcontext()
-
-    def optimizer_step(self, loss: torch.Tensor) -> None:
-        """Backward pass, gradient clipping (norm 12) and optimizer step as nnU-Net's ``train_step``
-        does them (with the AMP grad scaler on CUDA). Zero the gradients before the forward pass."""
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        hp = method_hyperparameters(type(self))
-        if hp:
-            self.print_to_log_file(f"{type(self).__name__} hyperparameters: {hp}")
-            self.logger.update_config({"method_hparams": hp})
+    def nnunet_step(self, data: torch.Tensor, target, forward: Callable, loss: Callable) -> dict:
+        """One step of nnU-Net's ``train_step`` with the method's ``forward(network, data)`` and
+        ``loss(outputs, target)`` (see :func:`~nnzoo.trainers.nnunet_compat.nnunet_train_step`)."""
+        return compat.nnunet_train_step(self, data, target, forward, loss)
 
 
 class PlanNetworkMixin:
     """``build_network_architecture`` for method networks built around the plan's encoder.
 
     Subclasses set ``network_class``, a network taking ``(encoder, num_classes,
-    n_conv_per_stage_decoder, deep_supervision, nonlin_first, **extra_network_kwargs())``; it is
+    n_conv_per_stage_decoder, deep_supervision, nonlin_first, **extra_network_kwargs(ndim))``; it is
     built by :func:`~nnzoo.trainers.networks.common.network_from_arch` from the configuration's
-    ``PlainConvUNet`` or ``ResidualEncoderUNet`` architecture (nnU-Net's predictor calls the same
-    class method, so checkpoints load into the same network).
+    ``PlainConvUNet`` or ``ResidualEncoderUNet`` architecture, with ``encoder_kwargs(ndim)``
+    replacing plan entries of the encoder (nnU-Net's predictor calls the same class method, so
+    checkpoints load into the same network).
     """
 
     network_class: type
 
     @classmethod
-    def extra_network_kwargs(cls) -> dict:
-        """Keyword arguments for ``network_class`` beyond the plan's (default none)."""
+    def extra_network_kwargs(cls, ndim: int) -> dict:
+        """Keyword arguments for ``network_class`` beyond the plan's, for 2D or 3D (default none)."""
+        return {}
+
+    @classmethod
+    def encoder_kwargs(cls, ndim: int) -> dict:
+        """Entries replacing the plan's ``arch_kwargs`` for the encoder, for 2D or 3D (default none)."""
         return {}
 
     @classmethod
@@ -167,8 +266,9 @@ class PlanNetworkMixin:
         """
         from .networks.common import network_from_arch
 
+        ndim = len(configuration_manager.patch_size)
         return network_from_arch(cls.network_class, configuration_manager.network_arch_class_name,
                                  configuration_manager.network_arch_init_kwargs,
                                  configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
                                  num_output_channels, deep_supervision=enable_deep_supervision,
-                                 **cls.extra_network_kwargs())
+                                 encoder_kwargs=cls.encoder_kwargs(ndim), **cls.extra_network_kwargs(ndim))

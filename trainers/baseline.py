@@ -12,4 +12,5 @@ register_trainer(
     paper="Isensee et al., nnU-Net: a self-configuring method for deep learning-based biomedical "
     "image segmentation, Nature Methods 18, 2021",
     dims=("2d", "3d"),
+    official_code="https://github.com/MIC-DKFZ/nnUNet",
 )

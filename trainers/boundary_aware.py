@@ -10,6 +10,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 
+from . import nnunet_compat as compat
 from .base import NnzooTrainer, PlanNetworkMixin
 from .networks.banet import BoundaryAwareUNet
 from .registry import register_trainer
@@ -112,6 +113,8 @@ def downsample_boundary(boundary: torch.Tensor, targets: list[torch.Tensor]) -> 
     "arXiv:2208.13774, 2022",
     dims=("2d", "3d"),
     planner="nnUNetPlannerBoundaryAware",
+    official_code="https://github.com/ShishuaiHu/BA-Net",
+    benchmark="bench_boundary_aware",
 )
 class nnUNetTrainerBoundaryAware(PlanNetworkMixin, NnzooTrainer):
     """BA-Net: boundary-aware U-Net trained with deep-supervised Dice+CE on segmentation and boundaries.
@@ -162,7 +165,7 @@ class nnUNetTrainerBoundaryAware(PlanNetworkMixin, NnzooTrainer):
                                "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
                               ignore_label=BOUNDARY_IGNORE if has_ignore else None,
                               dice_class=MemoryEfficientSoftDiceLoss)
-        if self._do_i_compile():
+        if compat.do_i_compile(self):
             loss.dc = torch.compile(loss.dc)
         if isinstance(seg_loss, DeepSupervisionWrapper):  # same scale weights as the segmentation loss
             loss = DeepSupervisionWrapper(loss, seg_loss.weight_factors)
@@ -196,7 +199,7 @@ class nnUNetTrainerBoundaryAware(PlanNetworkMixin, NnzooTrainer):
         return out if isinstance(target, (list, tuple)) else out[0]
 
     def train_step(self, batch: dict) -> dict:
-        """One optimisation step on segmentation + boundary loss.
+        """One optimisation step (nnU-Net's ``train_step``) on segmentation + boundary loss.
 
         Returns:
             ``loss`` (segmentation loss, as logged by the official code), ``boundary_loss`` and
@@ -204,24 +207,16 @@ class nnUNetTrainerBoundaryAware(PlanNetworkMixin, NnzooTrainer):
         """
         data, target = self.batch_to_device(batch)
         bdr_target = self.boundary_targets(target)
+        parts = {}
 
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            seg_out, bdr_out = self.network(data, return_boundary=True)
-            seg_l = self.loss(seg_out, target)
-            bdr_l = self.boundary_loss(bdr_out, bdr_target)
-            total = seg_l + self.BOUNDARY_LOSS_WEIGHT * bdr_l
-        self.optimizer_step(total)
-        return {"loss": seg_l.detach().cpu().numpy(), "boundary_loss": bdr_l.detach().cpu().numpy(),
-                "total_loss": total.detach().cpu().numpy()}
+        def loss(outputs, target):
+            seg_out, bdr_out = outputs
+            parts["loss"] = self.loss(seg_out, target)
+            parts["boundary_loss"] = self.boundary_loss(bdr_out, bdr_target)
+            return parts["loss"] + self.BOUNDARY_LOSS_WEIGHT * parts["boundary_loss"]
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if "BANet" not in self.plans_manager.plans_name:
-            self.print_to_log_file(
-                f"WARNING: plans {self.plans_manager.plans_name!r} were budgeted for the plain U-Net; BA-Net "
-                "stores about 1.8x its feature maps and may not fit the planned GPU memory. Plan with "
-                "nnUNetPlannerBoundaryAware (or its ResEnc variants) to budget for BA-Net.")
+        out = self.nnunet_step(data, target, lambda net, x: net(x, return_boundary=True), loss)
+        return {"total_loss": out["loss"], **{k: v.detach().cpu().numpy() for k, v in parts.items()}}
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)

@@ -1,9 +1,11 @@
 """Trainer registry: every method nnzoo offers is a registered nnU-Net trainer class.
 
 Modelled on timm's model registry: a decorator registers a class together with the facts a
-user needs to choose it (description, paper, dimensionality, whether it consumes unlabeled
-images, which planner budgets for it); :func:`list_trainers` lists them and
-:func:`get_trainer_class` resolves a name, with a "did you mean" error for typos.
+user needs to choose it (description, paper, official code, dimensionality, whether it consumes
+unlabeled images, which planner plans for it, which benchmark script measures it), declared once
+in that entry. :func:`list_trainers` lists them, :func:`get_trainer_class` resolves a name with a
+"did you mean" error for typos; ``nnzoo list-trainers``, the README's methods table, the
+benchmarks and the tests read the entries.
 
 Trainer modules are the ``.py`` files of the ``nnzoo.trainers`` package; they are imported
 the first time the registry is queried, so adding a trainer means adding one file.
@@ -25,10 +27,12 @@ __all__ = [
     "get_trainer_info",
     "get_trainer_class",
     "resolve_trainer_class",
+    "find_trainer_info",
 ]
 
 # modules of nnzoo.trainers that hold no trainer and are not imported by discovery
-_NOT_TRAINER_MODULES = {"registry", "base", "networks", "nnunet_ext", "losses", "semisup", "label_budget"}
+_NOT_TRAINER_MODULES = {"registry", "base", "networks", "nnunet_ext", "semisup", "label_budget", "nnunet_compat",
+                        "unlabeled_data"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,14 @@ class TrainerInfo:
         paper: citation of the method's paper.
         dims: configurations families the trainer supports, a subset of ``("2d", "3d")``.
         semi_supervised: True if the trainer consumes unlabeled images.
-        planner: name of the nnzoo planner that budgets memory for this trainer (None: nnU-Net's).
+        planner: name of the planner whose plans the trainer uses by default (None: nnU-Net's
+            ``ExperimentPlanner``, plans ``nnUNetPlans``); its plans name is that planner's
+            ``PLANS_NAME``.
+        official_code: where the method's official code is published.
+        benchmark: the script in ``benchmarks/`` that measures its training step.
+        quick_hparams: hyperparameter overrides (``--hparam``) that shorten a fixed once-per-run cost
+            of the method (not its training steps) for smoke tests and short benchmarks, which
+            report them; empty when the method has none.
     """
 
     name: str
@@ -52,7 +63,9 @@ class TrainerInfo:
     dims: tuple[str, ...] = ("2d", "3d")
     semi_supervised: bool = False
     planner: str | None = None
-    extra: dict = field(default_factory=dict)
+    official_code: str = ""
+    benchmark: str = "bench_train_step"
+    quick_hparams: dict = field(default_factory=dict)
 
 
 class UnknownTrainerError(KeyError):
@@ -74,6 +87,9 @@ def register_trainer(
     dims: tuple[str, ...] = ("2d", "3d"),
     semi_supervised: bool = False,
     planner: str | None = None,
+    official_code: str = "",
+    benchmark: str = "bench_train_step",
+    quick_hparams: dict | None = None,
 ) -> Callable[[type], type] | type:
     """Register a trainer class, as a decorator (``@register_trainer(...)``) or a plain call.
 
@@ -83,14 +99,18 @@ def register_trainer(
         paper: citation of the method's paper.
         dims: supported configuration families, subset of ``("2d", "3d")``.
         semi_supervised: whether the trainer uses unlabeled images.
-        planner: name of the nnzoo planner that budgets for this trainer.
+        planner: name of the planner whose plans the trainer uses by default (None: nnU-Net's).
+        official_code: URL of the official code.
+        benchmark: module name of its benchmark script in ``benchmarks/``.
+        quick_hparams: see :class:`TrainerInfo`; every key must be an UPPER_CASE attribute of the class.
 
     Returns:
         The class unchanged (decorator use) or the decorator.
 
     Raises:
         ValueError: a different class is already registered under the same name, or ``dims``
-            holds something other than "2d"/"3d".
+            holds something other than "2d"/"3d", or a ``quick_hparams`` key is not a hyperparameter
+            of the class.
     """
     bad = set(dims) - {"2d", "3d"}
     if bad:
@@ -101,6 +121,9 @@ def register_trainer(
         existing = _REGISTRY.get(name)
         if existing is not None and existing.cls is not klass:
             raise ValueError(f"a trainer named {name!r} is already registered ({existing.cls.__module__})")
+        unknown = [k for k in (quick_hparams or {}) if not (k.isupper() and hasattr(klass, k))]
+        if unknown:
+            raise ValueError(f"quick_hparams of {name}: {unknown} are not hyperparameters of the class")
         doc = (klass.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = TrainerInfo(
             name=name,
@@ -110,6 +133,9 @@ def register_trainer(
             dims=tuple(dims),
             semi_supervised=semi_supervised,
             planner=planner,
+            official_code=official_code,
+            benchmark=benchmark,
+            quick_hparams=dict(quick_hparams or {}),
         )
         return klass
 
@@ -118,23 +144,15 @@ def register_trainer(
     return _register
 
 
-def import_package_modules(package_name: str, skip: set[str]) -> None:
-    """Import every public module of a package (not ``_private`` ones, not those in ``skip``).
-
-    Registries use it to run their modules' registration decorators on first lookup rather than
-    at import time.
-    """
-    package = importlib.import_module(package_name)
-    for mod in pkgutil.iter_modules(package.__path__):
-        if not mod.name.startswith("_") and mod.name not in skip:
-            importlib.import_module(f"{package_name}.{mod.name}")
-
-
 def _discover() -> None:
-    """Import every trainer module of this package once, so that their decorators run."""
+    """Import every trainer module of this package once (on the first lookup, not at import), so
+    that their registration decorators run."""
     global _discovered
     if not _discovered:
-        import_package_modules(__package__, _NOT_TRAINER_MODULES)
+        package = importlib.import_module(__package__)
+        for mod in pkgutil.iter_modules(package.__path__):
+            if not mod.name.startswith("_") and mod.name not in _NOT_TRAINER_MODULES:
+                importlib.import_module(f"{__package__}.{mod.name}")
         _discovered = True
 
 
@@ -164,6 +182,12 @@ def get_trainer_info(name: str) -> TrainerInfo:
     if name not in _REGISTRY:
         raise _unknown(name)
     return _REGISTRY[name]
+
+
+def find_trainer_info(name: str) -> TrainerInfo | None:
+    """Registry entry of a trainer, or None for a name that is not registered (e.g. nnU-Net's own variants)."""
+    _discover()
+    return _REGISTRY.get(name)
 
 
 def get_trainer_class(name: str) -> type:

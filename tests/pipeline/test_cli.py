@@ -108,3 +108,16 @@ def test_evaluate_command(tmp_path, capsys):
     assert summary["mean"]["1"]["Dice"] == 0.75 and summary["mean"]["1"]["HD"] == 1.0  # 2 voxels x 0.5 mm
     assert main(["evaluate", "-ref", str(ref), "-pred", str(tmp_path / "nope"), "--labels",
                  str(tmp_path / "labels.json")]) == 2
+
+
+def test_readme_methods_table_is_the_registry(capsys):
+    """The README's table is exactly `nnzoo list-trainers --markdown` (regenerate it after adding a method)."""
+    from pathlib import Path
+
+    from nnzoo.pipeline.methods import README_MARK, methods_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert readme.count(README_MARK) == 2
+    assert readme.split(README_MARK)[1].strip() == methods_table()
+    assert main(["list-trainers", "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == methods_table()

@@ -32,9 +32,10 @@ def src(tmp_path):
 
 def _create(src, **kw):
     kw.setdefault("channels", ["MR"])
-    return create_dataset(src["images"], src["labels"], "Toy", 7, **kw)
+    return create_dataset(src["images"], src["labels"], name="Toy", dataset_id=7, **kw)
 
 
+@pytest.mark.slow
 def test_create_writes_valid_nnunet_raw_folder(workdir, src):
     target = _create(src, label_names={1: "outer"})
     dj = json.loads((target / "dataset.json").read_text())
@@ -58,7 +59,8 @@ def test_create_multichannel_and_unlabeled(workdir, tmp_path):
         stem = f.name[:-7]
         sitk.WriteImage(sitk.ReadImage(str(f)), str(src["unlabeled"] / f"{stem}_0001.nii.gz"))
         f.rename(src["unlabeled"] / f"{stem}_0000.nii.gz")
-    target = create_dataset(src["images"], src["labels"], "Multi", 8, ["T1", "T2"], unlabeled=src["unlabeled"])
+    target = create_dataset(src["images"], src["labels"], name="Multi", dataset_id=8, channels=["T1", "T2"],
+                            unlabeled=src["unlabeled"])
     assert len(list((target / "imagesTr").iterdir())) == 4
     assert sorted(p.name for p in (target / "imagesUnlabeled").iterdir()) == [
         "unl000_0000.nii.gz", "unl000_0001.nii.gz", "unl001_0000.nii.gz", "unl001_0001.nii.gz"]
@@ -73,7 +75,7 @@ def _expect(src, match, **kw):
 
 def test_size_mismatch(workdir, src):
     _write(np.zeros((8, 10, 11), np.uint8), src["labels"] / "case001.nii.gz")
-    _expect(src, r"case001\.nii\.gz: size \(11, 10, 8\) != \(12, 10, 8\)")
+    _expect(src, r"case001\.nii\.gz: shape \(8, 10, 11\) != \(8, 10, 12\)")
 
 
 def test_spacing_mismatch(workdir, src):
@@ -128,7 +130,7 @@ def test_label_values_not_declared(workdir, src):
     with pytest.raises(NnzooError, match=r"labelsTr/case00\d\.nii\.gz: label values \[2\] are not declared"):
         from nnzoo.pipeline.plan import plan_and_preprocess
 
-        plan_and_preprocess(7, ["3d_fullres"], preprocess=False)
+        plan_and_preprocess(7, configurations=["3d_fullres"], preprocess=False)
 
 
 def test_non_integer_labels(workdir, src):
@@ -161,7 +163,7 @@ def test_existing_dataset_id_is_not_touched(workdir, src):
     target = _create(src)
     before = sorted(p.name for p in target.rglob("*"))
     with pytest.raises(NnzooError, match="already used by Dataset007_Toy"):
-        create_dataset(src["images"], src["labels"], "Other", 7, ["MR"])
+        create_dataset(src["images"], src["labels"], name="Other", dataset_id=7, channels=["MR"])
     assert sorted(p.name for p in target.rglob("*")) == before
 
 

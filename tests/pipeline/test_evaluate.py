@@ -208,13 +208,14 @@ def test_evaluate_case_reads_spacing(folders):
     assert out["metrics"][2] == compute_pair_metrics(ref, pred, [2], out["spacing"])[2]
 
 
+@pytest.mark.slow
 def test_evaluate_folders_superset_of_nnunet(folders, tmp_path):
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder, load_summary_json
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     dirs, _ = folders
     ds = {"labels": {"background": 0, "organ": 1, "lesion": 2}}
-    res = evaluate_folders(dirs["ref"], dirs["pred"], ds, tolerance_mm=2.0, output_dir=tmp_path / "out",
+    res = evaluate_folders(dirs["ref"], dirs["pred"], labels=ds, tolerance_mm=2.0, output_dir=tmp_path / "out",
                            num_processes=2, image_dir=dirs["img"])
     assert res["cases_without_prediction"] == ["unpredicted"]
     compute_metrics_on_folder(str(dirs["ref"]), str(dirs["pred"]), str(tmp_path / "nn.json"), SimpleITKIO(),
@@ -249,25 +250,25 @@ def test_evaluate_folders_superset_of_nnunet(folders, tmp_path):
 
 
 def test_evaluate_folders_errors_and_no_output(folders, tmp_path):
-    from nnzoo.pipeline.report import summary_table
+    from nnzoo.pipeline.metrics import summary_table
 
     dirs, spacing = folders
-    res = evaluate_folders(dirs["ref"], dirs["pred"], [1, 2], num_processes=1)
+    res = evaluate_folders(dirs["ref"], dirs["pred"], labels=[1, 2], num_processes=1)
     assert res["files"] == {} and len(res["metric_per_case"]) == 4
     table = summary_table(res)
     assert "foreground mean" in table and f"{res['foreground_mean']['Dice']:.4f}" in table
     (tmp_path / "labels.json").write_text("[2]")
     for _ in range(2):  # writing into the prediction folder: the report's PNGs are not taken for cases
-        res = evaluate_folders(dirs["ref"], dirs["pred"], tmp_path / "labels.json", output_dir=dirs["pred"])
+        res = evaluate_folders(dirs["ref"], dirs["pred"], labels=tmp_path / "labels.json", output_dir=dirs["pred"])
         assert list(res["mean"]) == [2] and len(res["metric_per_case"]) == 4
     _write(np.zeros((3, 4, 5)), dirs["pred"] / "stranger.nii.gz", spacing)
     with pytest.raises(NnzooError, match="no reference"):
-        evaluate_folders(dirs["ref"], dirs["pred"], [1])
+        evaluate_folders(dirs["ref"], dirs["pred"], labels=[1])
     _write(np.zeros((3, 4, 5)), dirs["ref"] / "stranger.nii.gz", spacing[:2] + (1.0,))
     _write(np.zeros((3, 4, 6)), dirs["pred"] / "stranger.nii.gz", spacing)
     with pytest.raises(NnzooError, match="shape"):
-        evaluate_folders(dirs["ref"], dirs["pred"], [1])
+        evaluate_folders(dirs["ref"], dirs["pred"], labels=[1])
     with pytest.raises(NnzooError, match="not found"):
-        evaluate_folders(tmp_path / "nope", dirs["pred"], [1])
+        evaluate_folders(tmp_path / "nope", dirs["pred"], labels=[1])
     assert find_image(dirs["img"], "case1").name == "case1_0000.nii.gz"
     assert find_image(dirs["img"], "nope") is None and find_image(None, "case1") is None

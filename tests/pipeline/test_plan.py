@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nnzoo.pipeline.cli import main
@@ -41,7 +42,10 @@ def test_unlabeled_images_preprocessed_beside_not_into_labeled(in_prepared):
     unl = sorted(p.name for p in (pre / "nnUNetPlans_3d_fullres_unlabeled").glob("*.pkl"))
     assert labeled == [f"case{i:03d}.pkl" for i in range(6)]
     assert unl == ["unl000.pkl", "unl001.pkl"]
-    assert not list((pre / "nnUNetPlans_3d_fullres_unlabeled").glob("*_seg.b2nd"))
+    import blosc2
+
+    for f in (pre / "nnUNetPlans_3d_fullres_unlabeled").glob("*_seg.b2nd"):  # nnU-Net's nonzero mask, no label
+        assert set(np.unique(blosc2.open(urlpath=str(f), mode="r")[:])) <= {-1, 0}
     splits = json.loads((pre / "splits_final.json").read_text()) if (pre / "splits_final.json").is_file() else []
     assert all("unl" not in k for s in splits for k in s["train"] + s["val"])
 
@@ -70,6 +74,7 @@ def test_unknown_planner_suggests(workdir, tmp_path, capsys):
     assert "Did you mean 'nnUNetPlannerBoundaryAware'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_changed_plans_are_backed_up(workdir, tmp_path):
     from nnzoo.pipeline.plan import plan_and_preprocess
     from nnzoo.pipeline.synthetic import write_synthetic_folders
@@ -77,11 +82,11 @@ def test_changed_plans_are_backed_up(workdir, tmp_path):
     src = write_synthetic_folders(tmp_path / "s", num_cases=3, shape=(8, 10, 12))
     assert main(["dataset", "create", "--images", str(src["images"]), "--labels", str(src["labels"]), "--name",
                  "B", "--id", "10", "--channel", "x"]) == 0
-    plan_and_preprocess(10, ["3d_fullres"], preprocess=False)
+    plan_and_preprocess(10, configurations=["3d_fullres"], preprocess=False)
     f = Path(os.environ["nnUNet_preprocessed"]) / "Dataset010_B" / "nnUNetPlans.json"
     edited = json.loads(f.read_text())
     edited["configurations"]["3d_fullres"]["batch_size"] = 7  # a user's hand edit
     f.write_text(json.dumps(edited))
-    plan_and_preprocess(10, ["3d_fullres"], preprocess=False)
+    plan_and_preprocess(10, configurations=["3d_fullres"], preprocess=False)
     backups = list(f.parent.glob("nnUNetPlans.json.bak-*"))
     assert len(backups) == 1 and json.loads(backups[0].read_text())["configurations"]["3d_fullres"]["batch_size"] == 7

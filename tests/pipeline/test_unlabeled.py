@@ -48,15 +48,15 @@ def test_preprocesses_into_own_folder_like_nnunet(dataset):
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    written = preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres", "2d", "3d_lowres"], 1)
+    written = preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres", "2d", "3d_lowres"], num_processes=1)
     assert written == {"3d_fullres": 3, "2d": 3, "3d_lowres": 0}  # 3d_lowres is not in the plans
     out = dataset["pp"] / "nnUNetPlans_3d_fullres_unlabeled"
     assert str(out) == unlabeled_folder(str(dataset["pp"]), "nnUNetPlans_3d_fullres")
-    assert sorted(os.listdir(out)) == sorted(f"unl{i:03d}{e}" for i in range(3) for e in (".b2nd", ".pkl"))
+    assert sorted(os.listdir(out)) == sorted(f"unl{i:03d}{e}" for i in range(3) for e in (".b2nd", "_seg.b2nd", ".pkl"))
     assert sorted(os.listdir(dataset["labeled"])) == ["case000.b2nd"]  # labeled folder untouched
     assert (dataset["pp"] / "nnUNetPlans_2d_unlabeled" / "unl000.b2nd").is_file()
     data, props = _load(out, "unl001")
-    assert props["class_locations"] == {}
+    assert "class_locations" not in props  # nnU-Net's own output for a case without a label file
     # identical to nnU-Net's own preprocessing of the same image
     pm = PlansManager(tiny_plans())
     ref, _, _ = DefaultPreprocessor(verbose=False).run_case(
@@ -65,30 +65,31 @@ def test_preprocesses_into_own_folder_like_nnunet(dataset):
 
 
 def test_skips_done_cases_and_redoes_incomplete_ones(dataset):
-    preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres"], 1)
-    assert preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres"], 1) == {"3d_fullres": 0}
+    preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres"], num_processes=1)
+    assert preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres"], num_processes=1) == {"3d_fullres": 0}
     out = dataset["pp"] / "nnUNetPlans_3d_fullres_unlabeled"
     os.remove(out / "unl002.pkl")  # interrupted while writing unl002
-    assert preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres"], 1) == {"3d_fullres": 1}
+    assert preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres"], num_processes=1) == {"3d_fullres": 1}
     assert (out / "unl002.pkl").is_file()
 
 
+@pytest.mark.slow
 def test_worker_processes(dataset):
-    assert preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres"], 2) == {"3d_fullres": 3}
+    assert preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres"], num_processes=2) == {"3d_fullres": 3}
     data, props = _load(dataset["pp"] / "nnUNetPlans_3d_fullres_unlabeled", "unl000")
-    assert data.ndim == 4 and np.isfinite(data).all() and props["class_locations"] == {}
+    assert data.ndim == 4 and np.isfinite(data).all() and "class_locations" not in props
 
 
 def test_unreadable_case_is_named(dataset):
     (dataset["raw"] / "broken_0000.nii.gz").write_bytes(b"not an image")
     with pytest.raises(RuntimeError, match="broken_0000.nii.gz"):
-        preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres"], 1)
+        preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres"], num_processes=1)
 
 
 def test_naming_errors(dataset, tmp_path):
     (dataset["raw"] / "oops.nii.gz").write_bytes(b"")
     with pytest.raises(ValueError, match="oops.nii.gz"):
-        preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres"], 1)
+        preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres"], num_processes=1)
     folder = tmp_path / "two"
     folder.mkdir()
     (folder / "a_0000.nii.gz").write_bytes(b"")
@@ -102,7 +103,7 @@ def test_no_unlabeled_folder_and_missing_plans(dataset, tmp_path):
     for f in dataset["raw"].iterdir():
         f.unlink()
     dataset["raw"].rmdir()
-    assert preprocess_unlabeled(DATASET, "nnUNetPlans", ["3d_fullres"], 1) == {"3d_fullres": 0}
+    assert preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["3d_fullres"], num_processes=1) == {"3d_fullres": 0}
     dataset["raw"].mkdir()
     with pytest.raises(FileNotFoundError, match="OtherPlans.json"):
-        preprocess_unlabeled(DATASET, "OtherPlans", ["3d_fullres"], 1)
+        preprocess_unlabeled(DATASET, "OtherPlans", configurations=["3d_fullres"], num_processes=1)

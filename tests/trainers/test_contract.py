@@ -72,3 +72,29 @@ def test_trainer_contract(name, dim, tmp_path):
     with torch.no_grad():
         y = net(x)
     assert isinstance(y, torch.Tensor) and tuple(y.shape) == (2, num_heads, *PATCH[dim])
+
+
+SEMI = [(info.name, dim) for info in list_trainers() if info.semi_supervised for dim in info.dims]
+
+
+@pytest.mark.parametrize("name,dim", SEMI, ids=[f"{n}-{d}" for n, d in SEMI])
+def test_semi_supervised_step_uses_every_labeled_patch_of_the_baseline_batch(name, dim, tmp_path):
+    """In its semi-supervised stage a trainer's step still learns from all ``B`` labeled patches of
+    nnU-Net's batch (each one moves the loss), plus unlabeled ones: never a smaller labeled share."""
+    info = next(i for i in list_trainers() if i.name == name)
+    plans, cfg = _plans(dim)
+    plans["configurations"][cfg]["batch_size"] = 3
+    torch.manual_seed(0)
+    trainer = make_trainer(info.cls, tmp_path, cfg, plans=plans, initialize=True)
+    assert trainer.batch_size == 3 and trainer.unlabeled_batch_size >= trainer.batch_size
+    trainer.prepare_train_step_benchmark(torch.randn(trainer.unlabeled_batch_size, 1, *PATCH[dim]))
+    label = torch.randint(0, 3, (3, 1, *[s // 4 for s in PATCH[dim]])).float()
+    label = torch.nn.functional.interpolate(label, size=PATCH[dim], mode="nearest")
+    targets = [torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(PATCH[dim], sc)],
+                                               mode="nearest-exact") for sc in trainer._get_deep_supervision_scales()]
+    data = torch.randn(3, 1, *PATCH[dim], requires_grad=True)
+    out = trainer.train_step({"data": data, "target": targets})
+    assert np.isfinite(out["loss"])
+    assert data.grad is not None
+    per_patch = data.grad.flatten(1).abs().sum(1)
+    assert (per_patch > 0).all(), f"labeled patches without influence on the step: {per_patch.tolist()}"

@@ -1,4 +1,4 @@
-"""CoTr network and nnUNetTrainerCoTr at the Python level (tiny widths, CPU)."""
+"""nnUNetTrainerCoTr at the Python level (tiny widths, CPU); the network itself: tests/trainers/networks/test_cotr.py."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ from helpers import make_trainer, tiny_dataset_json, tiny_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnzoo.trainers.cotr import nnUNetTrainerCoTr, strides_for_configuration
-from nnzoo.trainers.networks.cotr import CoTr, cotr_strides, deep_supervision_scales, total_stride
+from nnzoo.trainers.networks.cotr import COTR_ARCH, cotr_plan_architecture, deep_supervision_scales
 from nnzoo.trainers.registry import get_trainer_info
-
-TINY = {"stem_channels": 4, "stage_channels": (8, 16, 16), "blocks_per_stage": (1, 2, 1), "stem_kernel_size": 3,
-        "d_model": 16, "n_heads": 2, "n_points": 2, "n_layers": 1, "ffn_dim": 32, "dropout": 0.1}
 
 
 class TinyCoTrTrainer(nnUNetTrainerCoTr):
@@ -36,25 +33,8 @@ def _deep_plans(configuration: str) -> dict:
     return plans
 
 
-def _net(ndim: int, ds: bool = True) -> CoTr:
-    strides = cotr_strides([[1] * ndim] + [[2] * ndim] * 5, ndim)
-    return CoTr(1, 3, torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d, strides, deep_supervision=ds, **TINY)
 
 
-def test_paper_strides_and_plan_derived_strides():
-    paper = [(1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)]
-    assert cotr_strides([[1, 1, 1]] + [[2, 2, 2]] * 5, 3) == paper  # isotropic 128^3-like plan
-    assert cotr_strides([[1, 1, 1]] + [[2, 2, 2]] * 3 + [[1, 2, 2]] * 2, 3) == paper  # 48x192x192, spacing 1
-    # anisotropic (thick slices): the first axis is pooled where nnU-Net pools it
-    aniso = cotr_strides([[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]], 3)
-    assert aniso == [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
-    assert cotr_strides([[1, 1]] + [[2, 2]] * 6, 2) == [(2, 2)] * 4
-    # an axis the plan halves late keeps stride 1 where the plan does
-    st = cotr_strides([[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2], [2, 2, 2], [1, 2, 2]], 3)
-    assert st == [(1, 2, 2), (2, 2, 2), (1, 2, 2), (2, 2, 2)] and total_stride(st) == (4, 16, 16)
-    # short plans (tiny test plans): missing levels get stride 1, the stem's first-axis halving moves on
-    st = cotr_strides([[1, 1, 1], [2, 2, 2], [2, 2, 2]], 3)
-    assert st == [(1, 2, 2), (2, 2, 2), (2, 1, 1), (1, 1, 1)] and total_stride(st) == (4, 4, 4)
 
 
 def test_cotr_plans_strides_are_used_as_stored():
@@ -66,32 +46,10 @@ def test_cotr_plans_strides_are_used_as_stored():
     assert strides_for_configuration(cm) == [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
 
 
-@pytest.mark.parametrize("ndim,patch", [(3, (16, 32, 48)), (2, (32, 48))])
-def test_network_shapes_with_and_without_deep_supervision(ndim, patch):
-    torch.manual_seed(0)
-    net = _net(ndim)
-    x = torch.randn(2, 1, *patch)
-    outs = net(x)
-    scales = net.deep_supervision_scales()
-    assert isinstance(outs, list) and len(outs) == len(scales) == 4
-    for o, s in zip(outs, scales):
-        assert tuple(o.shape) == (2, 3, *[round(p * f) for p, f in zip(patch, s)])
-    assert scales[-1] == ([0.25, 0.125, 0.125] if ndim == 3 else [0.125, 0.125])
-    net.decoder.deep_supervision = False
-    net.eval()
-    with torch.no_grad():
-        out = net(x)
-    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 3, *patch)
 
 
-def test_state_dict_keys_identical_with_and_without_deep_supervision():
-    assert list(_net(3, True).state_dict()) == list(_net(3, False).state_dict())
 
 
-def test_detrans_skips_replace_the_two_deepest_levels():
-    net = _net(3)
-    skips = net.encoder(torch.randn(1, 1, 16, 32, 32))
-    assert [tuple(s.shape[1:]) for s in skips] == [(4, 16, 16, 16), (8, 8, 8, 8), (16, 4, 4, 4), (16, 2, 2, 2)]
 
 
 def test_paper_configuration_parameter_count():
@@ -153,3 +111,19 @@ def test_train_step_on_cpu(tmp_path, configuration):
     with torch.no_grad():
         pred = trainer.network(batch["data"])
     assert isinstance(pred, torch.Tensor) and tuple(pred.shape) == (2, 3, *patch)
+
+
+def test_network_is_built_from_what_the_planner_wrote():
+    """On a CoTr plan the plan's widths win over the class attributes (trainer and predictor build the same)."""
+    plans = tiny_plans("3d_fullres", patch_size=(16, 32, 32))
+    tiny = {**COTR_ARCH, "stem_channels": 4, "stage_channels": [8, 12, 12], "blocks_per_stage": [1, 1, 1],
+            "stem_kernel_size": 3, "d_model": 12, "n_heads": 2, "n_points": 1, "n_layers": 1, "ffn_dim": 8}
+    plans["configurations"]["3d_fullres"]["architecture"] = cotr_plan_architecture([[1, 1, 1]] + [[2, 2, 2]] * 4, 3,
+                                                                                   tiny)
+    pm = PlansManager(plans)
+    net = nnUNetTrainerCoTr.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 3, False)
+    assert net.encoder.output_channels == [4, 8, 12, 12] and net.encoder.detrans.d_model == 12
+    assert nnUNetTrainerCoTr.STAGE_CHANNELS == (192, 384, 384)  # the class attributes were not used
+    net.eval()
+    with torch.no_grad():
+        assert tuple(net(torch.randn(1, 1, 16, 32, 32)).shape) == (1, 3, 16, 32, 32)

@@ -146,3 +146,7 @@ def test_mixed_into_nnunet_trainer(tmp_path):
     t2.labeled_budget = 0.3
     labeled, val = t2.do_split()
     assert len(labeled) == 3 and len(val) == 10
+
+
+
+

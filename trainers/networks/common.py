@@ -30,7 +30,10 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_co
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
+    ConvDropoutNormReLU,
+    StackedConvBlocks,
+)
 from dynamic_network_architectures.initialization.weight_init import (
     InitWeights_He,
     init_last_bn_before_add_to_0,
@@ -39,7 +42,7 @@ from torch import nn
 
 __all__ = ["UPSAMPLING_MODES", "resolve_arch_kwargs", "encoder_from_plan", "initialize_network", "network_from_arch",
            "convs_per_decoder_stage", "decoder_stage_blocks", "decoder_stage_sizes", "EncoderDecoderNet",
-           "Upsampling", "UNetStyleDecoder"]
+           "Upsampling", "UNetStyleDecoder", "dropout_module", "set_encoder_dropout"]
 
 #: upsampling variants of :class:`Upsampling`
 UPSAMPLING_MODES = ("transpconv", "linear", "nearest")
@@ -105,7 +108,8 @@ def initialize_network(network: nn.Module, residual: bool) -> nn.Module:
 
 def network_from_arch(network_class: type[nn.Module], arch_class_name: str, arch_kwargs: dict,
                       kw_requires_import: Sequence[str], input_channels: int, num_classes: int,
-                      deep_supervision: bool = True, allow_init: bool = True, **network_kwargs) -> nn.Module:
+                      deep_supervision: bool = True, allow_init: bool = True, encoder_kwargs: dict | None = None,
+                      **network_kwargs) -> nn.Module:
     """A method network around the encoder of a plan's ``architecture`` entry.
 
     Args:
@@ -118,6 +122,7 @@ def network_from_arch(network_class: type[nn.Module], arch_class_name: str, arch
         num_classes: segmentation output channels (classes or regions).
         deep_supervision: initial deep-supervision flag.
         allow_init: apply :func:`initialize_network` (off for ``meta``-device memory estimates).
+        encoder_kwargs: entries replacing the plan's ``arch_kwargs`` for the encoder (e.g. ``dropout_op``).
         network_kwargs: further arguments of ``network_class``.
 
     Returns:
@@ -126,7 +131,9 @@ def network_from_arch(network_class: type[nn.Module], arch_class_name: str, arch
     Raises:
         ValueError: unsupported plan network class.
     """
-    encoder, residual = encoder_from_plan(arch_class_name, arch_kwargs, input_channels, kw_requires_import)
+    kw = {**arch_kwargs, **(encoder_kwargs or {})}
+    encoder, residual = encoder_from_plan(arch_class_name, kw, input_channels,
+                                          [k for k in kw_requires_import if k not in (encoder_kwargs or {})])
     nonlin_first = bool(arch_kwargs.get("nonlin_first", False)) and not residual  # residual blocks: norm first
     net = network_class(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
                         nonlin_first, **network_kwargs)
@@ -232,12 +239,22 @@ class Upsampling(nn.Module):
         return F.interpolate(x, size=size, mode=self.interpolation, align_corners=True)
 
 
+def dropout_module(conv_op: type, p: float, channelwise: bool = False) -> nn.Module:
+    """``nn.Dropout`` (or ``Dropout2d``/``Dropout3d`` for ``channelwise``) with probability ``p``;
+    ``nn.Identity`` for ``p == 0``. Dropout modules hold no parameters: state dicts do not depend on them."""
+    if p <= 0:
+        return nn.Identity()
+    if not channelwise:
+        return nn.Dropout(p)
+    return nn.Dropout3d(p) if conv_op is nn.Conv3d else nn.Dropout2d(p)
+
+
 class UNetStyleDecoder(nn.Module):
     """nnU-Net-shaped decoder with selectable upsampling; reads its settings from the encoder.
 
     Stage ``s`` (coarse to fine): ``x = stages[s](cat(upsamplings[s](x), skip))``, head
     ``seg_layers[s](x)``. Every head is always built (state dicts do not depend on
-    ``deep_supervision``). The encoder is referenced, not registered as a submodule.
+    ``deep_supervision`` or on the dropouts). The encoder is referenced, not registered as a submodule.
 
     Args:
         encoder: a dynamic_network_architectures encoder with ``return_skips=True``.
@@ -246,6 +263,8 @@ class UNetStyleDecoder(nn.Module):
         deep_supervision: return one output per stage (highest resolution first) instead of one tensor.
         nonlin_first: conv -> nonlin -> norm instead of conv -> norm -> nonlin.
         upsampling: one of :data:`UPSAMPLING_MODES`.
+        input_dropout: applied to the bottleneck features this decoder starts from (default none).
+        output_dropout: applied to the full-resolution features before the last head (default none).
 
     Attributes:
         deep_supervision: nnU-Net's ``set_deep_supervision_enabled`` toggles this flag.
@@ -255,9 +274,12 @@ class UNetStyleDecoder(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
-                 deep_supervision: bool, nonlin_first: bool = False, upsampling: str = "transpconv") -> None:
+                 deep_supervision: bool, nonlin_first: bool = False, upsampling: str = "transpconv",
+                 input_dropout: nn.Module | None = None, output_dropout: nn.Module | None = None) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
+        self.input_dropout = input_dropout or nn.Identity()
+        self.output_dropout = output_dropout or nn.Identity()
         self.num_classes = num_classes
         self.upsampling = upsampling
         object.__setattr__(self, "_encoder", encoder)  # not a submodule
@@ -272,24 +294,29 @@ class UNetStyleDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.seg_layers = nn.ModuleList(heads)
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, skips: Sequence[torch.Tensor],
+                deep_supervision: bool | None = None) -> torch.Tensor | list[torch.Tensor]:
         """
         Args:
             skips: encoder outputs, highest resolution first, bottleneck last.
+            deep_supervision: override of ``self.deep_supervision`` for this call.
 
         Returns:
             A list of logits (highest resolution first) with deep supervision, else one tensor at
             full resolution.
         """
-        x = skips[-1]
+        ds = self.deep_supervision if deep_supervision is None else deep_supervision
+        x = self.input_dropout(skips[-1])
         n = len(self.stages)
         out: list[torch.Tensor] = []
         for s in range(n):
             skip = skips[-(s + 2)]
             x = self.stages[s](torch.cat((self.upsamplings[s](x, skip.shape[2:]), skip), 1))
-            if self.deep_supervision or s == n - 1:
+            if s == n - 1:
+                out.append(self.seg_layers[s](self.output_dropout(x)))
+            elif ds:
                 out.append(self.seg_layers[s](x))
-        return out[::-1] if self.deep_supervision else out[0]
+        return out[::-1] if ds else out[0]
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Feature-map elements this decoder stores for one sample (nnU-Net's VRAM proxy).
@@ -315,3 +342,39 @@ class UNetStyleDecoder(nn.Module):
             if self.deep_supervision or s == n - 1:
                 total += np.prod([self.num_classes, *size], dtype=np.int64)
         return total
+
+
+def _dropout_after_conv(conv: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of :func:`set_encoder_dropout`: the conv's output through its ``encoder_dropout``."""
+    return conv.encoder_dropout(output)
+
+
+def set_encoder_dropout(encoder: nn.Module, probabilities: Sequence[float]) -> None:
+    """Dropout after every convolution block of encoder stage ``s`` with ``probabilities[s]`` (the last
+    value for deeper stages), at the position nnU-Net's ``ConvDropoutNormReLU`` gives it
+    (conv -> dropout -> norm).
+
+    The dropout is a parameter-free ``nn.Dropout`` attached to each block's ``conv`` with a forward
+    hook, so state dicts keep the plan network's keys (checkpoints and ``-pretrained_weights``
+    interchange) and it follows ``train()``/``eval()``. Works on plain-conv and residual encoders.
+
+    Args:
+        encoder: a dynamic_network_architectures encoder (``stages`` of ``ConvDropoutNormReLU`` blocks).
+        probabilities: dropout probability per stage, shallowest first.
+
+    Raises:
+        ValueError: no probabilities, or the encoder has no convolution blocks.
+    """
+    if not probabilities:
+        raise ValueError("encoder dropout needs at least one probability")
+    found = False
+    for s, stage in enumerate(encoder.stages):
+        p = float(probabilities[min(s, len(probabilities) - 1)])
+        for block in stage.modules():
+            if isinstance(block, ConvDropoutNormReLU) and p > 0:
+                if not hasattr(block.conv, "encoder_dropout"):
+                    block.conv.register_forward_hook(_dropout_after_conv)
+                block.conv.encoder_dropout = nn.Dropout(p)
+                found = True
+    if not found and any(float(p) > 0 for p in probabilities):
+        raise ValueError("the encoder has no ConvDropoutNormReLU blocks to add dropout to")

@@ -15,8 +15,14 @@ from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention, reference_points
 
-__all__ = ["CoTr", "CoTrEncoder", "CoTrDecoder", "DeTrans", "cotr_strides", "total_stride", "deep_supervision_scales",
-           "sine_position_encoding", "estimate_train_memory_elements"]
+__all__ = ["COTR_ARCH", "COTR_CLASS_NAME", "CoTr", "CoTrEncoder", "CoTrDecoder", "DeTrans", "cotr_strides",
+           "total_stride", "deep_supervision_scales", "sine_position_encoding", "estimate_train_memory_elements",
+           "cotr_plan_architecture"]
+
+#: the paper's architecture (official ``ResTranUnet``): widths, depths and DeTrans settings
+COTR_ARCH = {"stem_channels": 64, "stage_channels": (192, 384, 384), "blocks_per_stage": (3, 3, 2),
+             "stem_kernel_size": 7, "d_model": 384, "n_heads": 6, "n_points": 4, "n_layers": 6, "ffn_dim": 1536,
+             "dropout": 0.1, "axis_order": "grid"}
 
 
 def cotr_strides(plan_strides: Sequence[Sequence[int]], ndim: int, n_down: int = 4) -> list[tuple[int, ...]]:
@@ -55,7 +61,7 @@ def cotr_strides(plan_strides: Sequence[Sequence[int]], ndim: int, n_down: int =
 
 def total_stride(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
     """Per-axis product of ``strides``: what the patch size must be divisible by."""
-    return tuple(int(v) for v in torch.tensor([list(s) for s in strides]).prod(0).tolist())
+    return tuple(math.prod(int(s[a]) for s in strides) for a in range(len(strides[0])))
 
 
 def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -112,9 +118,9 @@ class _EncoderLayer(nn.Module):
     """Post-norm Transformer encoder layer with deformable self-attention and a GELU FFN."""
 
     def __init__(self, d_model: int, n_heads: int, n_points: int, n_levels: int, ffn_dim: int, dropout: float,
-                 ndim: int) -> None:
+                 ndim: int, axis_order: str = "grid") -> None:
         super().__init__()
-        self.self_attn = MultiScaleDeformableAttention(d_model, n_levels, n_heads, n_points, ndim)
+        self.self_attn = MultiScaleDeformableAttention(d_model, n_levels, n_heads, n_points, ndim, axis_order)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, ffn_dim)
@@ -145,14 +151,18 @@ class DeTrans(nn.Module):
         ffn_dim: hidden width of the feed-forward network.
         dropout: dropout rate in the layers.
         ndim: 2 or 3.
+        axis_order: order of reference points and offsets (see
+            :func:`~nnzoo.trainers.networks.deformable_attention.reference_points`).
     """
 
     def __init__(self, d_model: int = 384, n_levels: int = 2, n_heads: int = 6, n_points: int = 4,
-                 n_layers: int = 6, ffn_dim: int = 1536, dropout: float = 0.1, ndim: int = 3) -> None:
+                 n_layers: int = 6, ffn_dim: int = 1536, dropout: float = 0.1, ndim: int = 3,
+                 axis_order: str = "grid") -> None:
         super().__init__()
         self.d_model = d_model
-        self.layers = nn.ModuleList([_EncoderLayer(d_model, n_heads, n_points, n_levels, ffn_dim, dropout, ndim)
-                                     for _ in range(n_layers)])
+        self.axis_order = axis_order
+        self.layers = nn.ModuleList([_EncoderLayer(d_model, n_heads, n_points, n_levels, ffn_dim, dropout, ndim,
+                                                   axis_order) for _ in range(n_layers)])
         self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
         for layer in self.layers:
             for lin in (layer.linear1, layer.linear2):
@@ -165,7 +175,7 @@ class DeTrans(nn.Module):
         src = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)
         pos = torch.cat([sine_position_encoding(s, self.d_model, f.device) + self.level_embed[i]
                          for i, (s, f) in enumerate(zip(shapes, feats))], 0)[None].to(src.dtype)
-        ref = reference_points(shapes, src.device)
+        ref = reference_points(shapes, src.device, axis_order=self.axis_order)
         for layer in self.layers:
             src = layer(src, pos, ref, shapes)
         outs, start = [], 0
@@ -227,7 +237,7 @@ class CoTrEncoder(nn.Module):
         stage_channels: width of each residual stage; the last two must equal ``d_model``.
         blocks_per_stage: residual blocks per stage.
         stem_kernel_size: stem kernel size.
-        d_model, n_heads, n_points, n_layers, ffn_dim, dropout: DeTrans settings.
+        d_model, n_heads, n_points, n_layers, ffn_dim, dropout, axis_order: DeTrans settings.
         norm_op, norm_op_kwargs, nonlin, nonlin_kwargs: normalisation and activation (default:
             instance norm with affine parameters, LeakyReLU(0.01)).
 
@@ -239,8 +249,8 @@ class CoTrEncoder(nn.Module):
                  stem_channels: int = 64, stage_channels: Sequence[int] = (192, 384, 384),
                  blocks_per_stage: Sequence[int] = (3, 3, 2), stem_kernel_size: int = 7, d_model: int = 384,
                  n_heads: int = 6, n_points: int = 4, n_layers: int = 6, ffn_dim: int = 1536, dropout: float = 0.1,
-                 norm_op: type | None = None, norm_op_kwargs: dict | None = None, nonlin: type | None = None,
-                 nonlin_kwargs: dict | None = None) -> None:
+                 axis_order: str = "grid", norm_op: type | None = None, norm_op_kwargs: dict | None = None,
+                 nonlin: type | None = None, nonlin_kwargs: dict | None = None) -> None:
         super().__init__()
         self.ndim = 3 if conv_op is nn.Conv3d else 2
         if len(stage_channels) < 2 or len(blocks_per_stage) != len(stage_channels):
@@ -265,7 +275,7 @@ class CoTrEncoder(nn.Module):
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.ModuleList(stages)
-        self.detrans = DeTrans(d_model, 2, n_heads, n_points, n_layers, ffn_dim, dropout, self.ndim)
+        self.detrans = DeTrans(d_model, 2, n_heads, n_points, n_layers, ffn_dim, dropout, self.ndim, axis_order)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips = [self.stem(x)]
@@ -330,12 +340,11 @@ class CoTr(nn.Module):
     Deviations from the official code:
         - deformable attention sampling points are in ``grid_sample`` order, so the reference point
           is the query's own voxel (the official code mixes (d, w, h) and (x, y, z));
-        - pure-PyTorch sampling always (no CUDA extension), computed in float32 under autocast;
+          ``axis_order="official"`` reproduces the official order for comparison;
+        - sampling locations are formed and sampled in float32 also under autocast;
         - no padding mask / valid ratios (patches are never padded inside the network);
         - 2D variant through ``conv_op=nn.Conv2d`` and strides derived from the plan
           (:func:`cotr_strides`) instead of hard-coded ones; any number of input channels;
-        - token split between the two Transformer levels computed from the shapes (the official
-          code hard-codes it for a 48x192x192 patch);
         - no weight standardisation option; instance norm + LeakyReLU(0.01) by default.
 
     Args:
@@ -371,7 +380,7 @@ def estimate_train_memory_elements(patch_size: Sequence[int], strides: Sequence[
                                    stage_channels: Sequence[int] = (192, 384, 384),
                                    blocks_per_stage: Sequence[int] = (3, 3, 2), d_model: int = 384,
                                    n_heads: int = 6, n_points: int = 4, n_layers: int = 6, ffn_dim: int = 1536,
-                                   **_) -> int:
+                                   **_: object) -> int:
     """Training activation memory of one sample, in nnU-Net's units (conv feature-map elements).
 
     nnU-Net's planner counts the output elements of every convolution (each stands for the conv,
@@ -412,3 +421,40 @@ def estimate_train_memory_elements(patch_size: Sequence[int], strides: Sequence[
     per_token = (8 * d_model + 3 * ffn_dim + n_heads * n_levels * n_points * (3 * ndim + 2)
                  + 2 * d_model * n_levels * n_points)
     return int(conv + n_layers * tokens * per_token // 2)
+
+
+COTR_CLASS_NAME = f"{CoTr.__module__}.{CoTr.__name__}"
+
+
+def cotr_plan_architecture(unet_strides: Sequence[Sequence[int]], ndim: int, arch: dict | None = None) -> dict:
+    """The ``architecture`` entry of a plan that describes a CoTr network.
+
+    nnU-Net's ``get_network_from_plans`` builds :class:`CoTr` from it (``network_class_name`` is
+    :data:`COTR_CLASS_NAME`, the keywords are CoTr's), so trainer and predictor build the network
+    the plan describes.
+
+    Args:
+        unet_strides: the pooling strides of the U-Net nnU-Net planned for the same patch; CoTr's
+            strides are derived from them (:func:`cotr_strides`).
+        ndim: 2 or 3.
+        arch: CoTr's widths and DeTrans settings (default :data:`COTR_ARCH`).
+
+    Returns:
+        ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}``.
+    """
+    arch = dict(COTR_ARCH if arch is None else arch)
+    strides = cotr_strides(unet_strides, ndim, 1 + len(arch["stage_channels"]))
+    dim = f"{ndim}d"
+    return {
+        "network_class_name": COTR_CLASS_NAME,
+        "arch_kwargs": {
+            "conv_op": f"torch.nn.modules.conv.Conv{dim}",
+            "strides": [list(s) for s in strides],
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()},
+            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}",
+            "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"negative_slope": 1e-2, "inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "nonlin"],
+    }

@@ -110,3 +110,47 @@ def test_rejects_bad_configuration():
         MultiScaleDeformableAttention(10, 1, n_heads=3)
     with pytest.raises(ValueError):
         deformable_sample(torch.zeros(1, 5, 1, 2), [(2, 2)], torch.zeros(1, 5, 1, 1, 1, 2), torch.zeros(1, 5, 1, 1, 1))
+
+
+def test_official_axis_order_reproduces_the_official_reference_points():
+    """Official CoTr: reference points stacked (d/D, w/W, h/H) and offsets normalised by (D, W, H)."""
+    from nnzoo.trainers.networks.deformable_attention import offset_normaliser
+
+    shape = (2, 3, 4)
+    off = reference_points([shape], axis_order="official").reshape(*shape, 3)
+    grid = reference_points([shape], axis_order="grid").reshape(*shape, 3)
+    d, h, w = 1, 2, 3
+    assert off[d, h, w].tolist() == pytest.approx([(d + .5) / 2, (w + .5) / 4, (h + .5) / 3])
+    assert grid[d, h, w].tolist() == pytest.approx([(w + .5) / 4, (h + .5) / 3, (d + .5) / 2])
+    assert offset_normaliser([shape], axis_order="official").tolist() == [[2.0, 4.0, 3.0]]
+    assert offset_normaliser([shape]).tolist() == [[4.0, 3.0, 2.0]]
+    # 2D: both orders are Deformable DETR's (x, y)
+    assert torch.equal(reference_points([(3, 5)], axis_order="official"), reference_points([(3, 5)]))
+    # with the official order a zero-offset query does not sample its own voxel on a non-cubic level
+    attn = MultiScaleDeformableAttention(4, 1, n_heads=1, n_points=1, ndim=3, axis_order="official")
+    with torch.no_grad():
+        attn.sampling_offsets.bias.zero_()
+    x = torch.randn(1, 24, 4)
+    out = attn(x, reference_points([shape], axis_order="official"), x, [shape])
+    ident = MultiScaleDeformableAttention(4, 1, n_heads=1, n_points=1, ndim=3)
+    ident.load_state_dict(attn.state_dict())
+    assert not torch.allclose(out, ident(x, reference_points([shape]), x, [shape]))
+
+
+def test_sampling_locations_are_float32_under_autocast(monkeypatch):
+    from nnzoo.trainers.networks import deformable_attention as da
+
+    seen = {}
+    real = da.deformable_sample
+
+    def spy(value, shapes, locations, weights):
+        seen["dtype"] = locations.dtype
+        return real(value, shapes, locations, weights)
+
+    monkeypatch.setattr(da, "deformable_sample", spy)
+    attn = MultiScaleDeformableAttention(8, 1, n_heads=2, n_points=2, ndim=3)
+    shape = (6, 40, 40)
+    x = torch.randn(1, 6 * 40 * 40, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x, reference_points([shape]), x, [shape])
+    assert seen["dtype"] == torch.float32

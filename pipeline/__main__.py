@@ -1,0 +1,7 @@
+"""``python -m nnzoo.pipeline ...`` (e.g. under ``torchrun -m nnzoo.pipeline train ...``): the ``nnzoo`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
