@@ -1,15 +1,21 @@
-"""``predict``: sliding-window prediction of a folder of images with a trained model.
+"""``predict``: sliding-window prediction of a folder of images with a trained model (or a cascade).
 
 Uses nnU-Net's ``nnUNetPredictor`` through ``manual_initialization``, after loading the
 checkpoints with ``weights_only=True`` (see :mod:`nnzoo.pipeline.checkpoint`). Works for models
-trained by nnzoo and by stock ``nnUNetv2_train``. Outputs keep the input's geometry (nnU-Net
-restores size, spacing, origin and direction on export).
+trained by nnzoo and by stock ``nnUNetv2_train``, found under ``nnUNet_results`` (``-d -c -tr -p
+[--labeled N]``) or in any model folder (``-m``, e.g. an unzipped export). Outputs keep the
+input's geometry. nnzoo adds: input checks before the model loads, ``--continue`` (complete
+outputs are kept, half-written ones redone), ``-num_parts/-part_id`` sharding with nnU-Net's rule,
+and a cascade (``3d_cascade_fullres``) that predicts its ``3d_lowres`` stage first when
+``-prev_stage_predictions`` is not given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .dataset import resolve_dataset_name, scan_image_folder
@@ -17,7 +23,23 @@ from .errors import NnzooError
 from .experiment import default_plans_name, model_folder, trainer_for
 from .validate import Case, check_cases
 
-__all__ = ["predict", "find_folds", "load_model"]
+__all__ = ["predict", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
+
+
+@dataclass
+class ModelRef:
+    """A trained model folder and what prediction needs of it."""
+
+    folder: Path
+    folds: list[int | str]
+    checkpoint: str
+    configuration: str
+    plans: dict
+    dataset_json: dict
+
+    @property
+    def file_ending(self) -> str:
+        return self.dataset_json["file_ending"]
 
 
 def find_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[int | str]:
@@ -29,6 +51,8 @@ def find_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[i
     if folds:
         out: list[int | str] = []
         for f in folds:
+            if str(f) != "all" and not str(f).isdigit():
+                raise NnzooError(f"-f: folds are integers or 'all', got {f!r}")
             f = "all" if str(f) == "all" else int(f)
             if not (folder / f"fold_{f}" / checkpoint).is_file():
                 raise NnzooError(f"{folder / f'fold_{f}' / checkpoint}: not found (fold {f} not trained, or "
@@ -45,25 +69,63 @@ def find_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[i
     return found
 
 
-def _check_reader(folder: Path, ending: str) -> None:
-    """The model's image reader (from its plans) must read the input files.
+def resolve_model(*, model_dir: str | Path | None = None, dataset: str | int | None = None,
+                  configuration: str | None = None, trainer: str = "nnUNetTrainer", plans: str | None = None,
+                  labeled: int | float | None = None, folds: list[str] | None = None,
+                  checkpoint: str = "checkpoint_final.pth") -> ModelRef:
+    """The model folder given by ``-m`` or by dataset, configuration, trainer, plans and label budget.
+
+    Raises:
+        NnzooError: unknown dataset or trainer, no such model folder, missing plans/dataset.json, folds.
+    """
+    if model_dir is not None:
+        folder = Path(model_dir).resolve()
+        if not folder.is_dir():
+            raise NnzooError(f"-m {model_dir}: model folder not found")
+    else:
+        if dataset is None or configuration is None:
+            raise NnzooError("give a model folder (-m) or the dataset (-d) and configuration (-c)")
+        name = resolve_dataset_name(dataset)
+        folder = model_folder(name, trainer, plans or default_plans_name(trainer), configuration, labeled)
+        if not folder.is_dir():
+            trainer_for(trainer)  # unknown trainer name: the did-you-mean error
+            have = sorted(p.name for p in folder.parent.glob("*__*__*")) if folder.parent.is_dir() else []
+            raise NnzooError(f"{folder}: no trained model" + (f"; models of {name}: {', '.join(have)}" if have else ""))
+    for f in ("plans.json", "dataset.json"):
+        if not (folder / f).is_file():
+            raise NnzooError(f"{folder / f}: not found; {folder} is not an nnU-Net model folder")
+    use_folds = find_folds(folder, folds, checkpoint)
+    from .checkpoint import load_checkpoint_safely
+
+    first = load_checkpoint_safely(folder / f"fold_{use_folds[0]}" / checkpoint)
+    config = first["init_args"]["configuration"]
+    if configuration is not None and configuration != config:
+        raise NnzooError(f"-c {configuration}: the model in {folder} was trained for configuration {config!r}")
+    return ModelRef(folder, use_folds, checkpoint, config, json.loads((folder / "plans.json").read_text()),
+                    json.loads((folder / "dataset.json").read_text()))
+
+
+def _check_reader(model: ModelRef, ending: str):
+    """The model's image reader (from its plans), checked against the input files' type.
 
     Raises:
         NnzooError: the input file type is not one the model's reader supports.
     """
     from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
 
-    name = json.loads((folder / "plans.json").read_text())["image_reader_writer"]
-    supported = list(recursive_find_reader_writer_by_name(name).supported_file_endings)
+    name = model.plans["image_reader_writer"]
+    reader = recursive_find_reader_writer_by_name(name)
+    supported = list(reader.supported_file_endings)
     if ".nii.gz" in supported:  # readers of .nii.gz read uncompressed .nii just as well
         supported.append(".nii")
     if ending.lower() not in supported:
         raise NnzooError(f"input images are {ending} files, but this model reads images with {name} "
                          f"({', '.join(supported)}); convert the inputs")
+    return reader
 
 
-def load_model(folder: Path, folds: list[int | str], checkpoint: str):
-    """Network, managers and per-fold weights of a trained model folder.
+def load_model(model: ModelRef):
+    """Network, managers and per-fold weights of a model.
 
     Returns:
         ``(network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name, mirror_axes)``,
@@ -77,98 +139,198 @@ def load_model(folder: Path, folds: list[int | str], checkpoint: str):
 
     from .checkpoint import load_checkpoint_safely
 
-    dataset_json = json.loads((folder / "dataset.json").read_text())
-    plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
-    ckpts = [load_checkpoint_safely(folder / f"fold_{f}" / checkpoint) for f in folds]
+    plans_manager = PlansManager(model.plans)
+    ckpts = [load_checkpoint_safely(model.folder / f"fold_{f}" / model.checkpoint) for f in model.folds]
     names = {c["trainer_name"] for c in ckpts}
     if len(names) > 1:
-        raise NnzooError(f"{folder}: folds were trained by different trainers {sorted(names)}")
-    first = ckpts[0]
-    trainer_name = first["trainer_name"]
-    configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
+        raise NnzooError(f"{model.folder}: folds were trained by different trainers {sorted(names)}")
+    trainer_name = ckpts[0]["trainer_name"]
+    configuration_manager = plans_manager.get_configuration(model.configuration)
     trainer_cls = trainer_for(trainer_name)
-    num_in = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    num_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    num_in = determine_num_input_channels(plans_manager, configuration_manager, model.dataset_json)
+    num_out = plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads
     network = trainer_cls.build_network_architecture(plans_manager, configuration_manager, num_in, num_out,
                                                      enable_deep_supervision=False)
     parameters = [c["network_weights"] for c in ckpts]
     network.load_state_dict(parameters[0])
-    return (network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name,
-            first.get("inference_allowed_mirroring_axes"))
+    return (network, plans_manager, configuration_manager, parameters, model.dataset_json, trainer_name,
+            ckpts[0].get("inference_allowed_mirroring_axes"))
 
 
-def predict(input_dir: str | Path, output_dir: str | Path, dataset: str | int, configuration: str,
-            trainer: str = "nnUNetTrainer", plans: str | None = None, folds: list[str] | None = None,
-            checkpoint: str = "checkpoint_final.pth", device: str = "auto", disable_tta: bool = False,
-            save_probabilities: bool = False, overwrite: bool = False, step_size: float = 0.5,
+def complete_outputs(targets: dict[str, Path], reader_class, with_probabilities: bool) -> tuple[set[str], list[Path]]:
+    """Cases whose outputs are complete, and the half-written outputs found (which the caller redoes).
+
+    A segmentation is complete when nnU-Net's reader reads it whole; with probabilities its
+    ``.npz`` and ``.pkl`` must be there and the ``.npz`` must load.
+    """
+    import numpy as np
+
+    done, broken = set(), []
+    for case, target in targets.items():
+        files = [target]
+        if with_probabilities:
+            stem = str(target)[: -len(target.name)] + case
+            files += [Path(stem + ".npz"), Path(stem + ".pkl")]
+        if not target.exists():
+            broken += [f for f in files[1:] if f.exists()]
+            continue
+        try:
+            reader_class().read_seg(str(target))
+            if with_probabilities:
+                np.load(files[1])["probabilities"]
+                if not files[2].is_file():
+                    raise OSError("missing properties")
+            done.add(case)
+        except Exception:  # noqa: BLE001 - any read failure means: not complete
+            broken += [f for f in files if f.exists()]
+    return done, broken
+
+
+def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path, *, device, disable_tta: bool,
+                  save_probabilities: bool, step_size: float, num_processes: int,
+                  prev_stage_predictions: Path | None = None) -> None:
+    """Predict ``{case: channel files}`` with nnU-Net's predictor into ``output_dir`` (files ``<case><ending>``)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=True)
+    predictor.manual_initialization(*load_model(model))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted(cases)
+    inputs = [cases[c] for c in names]
+    with tempfile.TemporaryDirectory(prefix="nnzoo-cascade-inputs-") as links:
+        if prev_stage_predictions is not None:
+            # nnU-Net finds a case's previous-stage segmentation by cutting "_XXXX<ending>" off the name
+            # of its first input file; nnzoo's inputs may be named "<case><ending>", so the inputs are
+            # linked under nnU-Net's channel names for this call
+            ending = model.file_ending
+            inputs = []
+            for c in names:
+                inputs.append([])
+                for i, f in enumerate(cases[c]):
+                    link = Path(links) / f"{c}_{i:04d}{ending}"
+                    link.symlink_to(Path(f).resolve())
+                    inputs[-1].append(str(link))
+        predictor.predict_from_files(inputs, [str(output_dir / c) for c in names],
+                                     save_probabilities=save_probabilities, overwrite=True,
+                                     num_processes_preprocessing=num_processes,
+                                     num_processes_segmentation_export=num_processes,
+                                     folder_with_segs_from_prev_stage=str(prev_stage_predictions)
+                                     if prev_stage_predictions else None)
+
+
+def _previous_stage(model: ModelRef) -> str | None:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return PlansManager(model.plans).get_configuration(model.configuration).previous_stage_name
+
+
+def predict(input_dir: str | Path, output_dir: str | Path, *, dataset: str | int | None = None,
+            configuration: str | None = None, trainer: str = "nnUNetTrainer", plans: str | None = None,
+            labeled: int | float | str | None = None, model_dir: str | Path | None = None,
+            folds: list[str] | None = None, checkpoint: str = "checkpoint_final.pth", device: str = "auto",
+            disable_tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
+            continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
+            prev_stage_predictions: str | Path | None = None, step_size: float = 0.5,
             num_processes: int | None = None) -> list[Path]:
-    """Predict every case of a folder.
+    """Predict every case of a folder (or this part of it).
 
     Args:
         input_dir: images, ``case.ext`` (one channel) or ``case_XXXX.ext`` as in nnU-Net.
         output_dir: where ``case<file_ending>`` segmentations are written; not the input folder.
-        dataset: dataset id or name the model was trained on.
-        configuration: e.g. ``3d_fullres``.
+        dataset: dataset id or name the model was trained on (not needed with ``model_dir``).
+        configuration: e.g. ``3d_fullres`` (not needed with ``model_dir``); ``3d_cascade_fullres``
+            runs the ``3d_lowres`` stage first unless ``prev_stage_predictions`` are given.
         trainer: trainer name of the model folder.
         plans: plans name (default: the trainer's planner's plans, else ``nnUNetPlans``).
+        labeled: the label budget the model was trained with (its folder's ``_labeled<N>``).
+        model_dir: a model folder anywhere (``plans.json``, ``dataset.json``, ``fold_*/``), e.g. an unzipped export.
         folds: folds to ensemble (default: every fold with the checkpoint).
         checkpoint: checkpoint file name.
         device: ``auto``, ``cpu``, ``cuda``.
         disable_tta: no mirroring test-time augmentation.
-        save_probabilities: also write ``case.npz`` with class probabilities.
+        save_probabilities: also write ``case.npz``/``case.pkl`` with class probabilities.
         overwrite: replace existing predictions in ``output_dir``.
+        continue_prediction: keep complete predictions in ``output_dir`` and predict the rest
+            (half-written files are redone).
+        num_parts: split the (sorted) cases into this many parts, as nnU-Net's ``-num_parts``.
+        part_id: the part this call predicts (``cases[part_id::num_parts]``).
+        prev_stage_predictions: folder of the previous stage's segmentations for a cascade.
         step_size: sliding-window step as a fraction of the patch size.
         num_processes: processes for preprocessing and export (default: cores, at most 4).
 
     Returns:
-        The written segmentation files.
+        The segmentation files of this part (predicted now or kept).
 
     Raises:
         NnzooError: unknown dataset/model/fold, output folder is the input folder, existing
-            predictions without ``overwrite``, or bad input images.
+            predictions without ``overwrite``/``continue_prediction``, bad input images, bad parts,
+            a cascade whose previous stage is missing.
     """
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from .env import resolve_device, setup_folders
+    from .train import parse_labeled
 
-    from .env import resolve_device
-
+    setup_folders(quiet=True)
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if output_dir == input_dir:
         raise NnzooError(f"output folder {output_dir} is the input folder; choose another one")
-    name = resolve_dataset_name(dataset)
-    plans = plans or default_plans_name(trainer)
-    folder = model_folder(name, trainer, plans, configuration)
-    if not folder.is_dir():
-        trainer_for(trainer)  # unknown trainer name: the did-you-mean error
-        have = sorted(p.name for p in folder.parent.glob("*__*__*")) if folder.parent.is_dir() else []
-        raise NnzooError(f"{folder}: no trained model" + (f"; models of {name}: {', '.join(have)}" if have else ""))
-    use_folds = find_folds(folder, folds, checkpoint)
-    dataset_json = json.loads((folder / "dataset.json").read_text())
-    n_ch = len(dataset_json["channel_names"])
-    cases, in_ending = scan_image_folder(input_dir, n_ch, "input")
-    _check_reader(folder, in_ending)
-    ending = dataset_json["file_ending"]
-    check_cases([Case(c, f) for c, f in cases.items()], None, num_processes, what=f"input folder {input_dir}")
-    targets = [output_dir / f"{c}{ending}" for c in cases]
-    clash = [str(t) for t in targets if t.exists()]
-    if clash and not overwrite:
-        raise NnzooError(f"{len(clash)} prediction(s) already exist in {output_dir} (e.g. {clash[0]}); use "
-                         "--overwrite to replace them or choose another output folder")
-
+    if not 0 <= part_id < num_parts:
+        raise NnzooError(f"-part_id {part_id}: must be between 0 and -num_parts - 1 ({num_parts - 1})")
+    if overwrite and continue_prediction:
+        raise NnzooError("--overwrite and --continue cannot be combined")
+    model = resolve_model(model_dir=model_dir, dataset=dataset, configuration=configuration, trainer=trainer,
+                          plans=plans, labeled=parse_labeled(labeled), folds=folds, checkpoint=checkpoint)
+    cases, in_ending = scan_image_folder(input_dir, len(model.dataset_json["channel_names"]), "input")
+    reader = _check_reader(model, in_ending)
+    cases = {c: cases[c] for c in sorted(cases)[part_id::num_parts]}  # nnU-Net's sharding rule
+    check_cases([Case(c, f) for c, f in cases.items()], None, num_processes, what=f"input folder {input_dir}",
+                reader_class=reader)
+    targets = {c: output_dir / f"{c}{model.file_ending}" for c in cases}
+    todo = dict(cases)
+    if continue_prediction:
+        done, broken = complete_outputs(targets, reader, save_probabilities)
+        for f in broken:
+            f.unlink()
+        todo = {c: f for c, f in cases.items() if c not in done}
+        print(f"nnzoo: --continue: {len(done)} complete prediction(s) kept" +
+              (f", {len(broken)} half-written file(s) redone" if broken else ""))
+    elif not overwrite:
+        clash = [str(t) for t in targets.values() if t.exists()]
+        if clash:
+            raise NnzooError(f"{len(clash)} prediction(s) already exist in {output_dir} (e.g. {clash[0]}); use "
+                             "--continue to keep them and predict the rest, --overwrite to replace them, or choose "
+                             "another output folder")
+    prev = _previous_stage(model)
+    if prev_stage_predictions is not None:
+        if prev is None:
+            raise NnzooError(f"-prev_stage_predictions: configuration {model.configuration} is not a cascade stage")
+        lacking = [c for c in todo if not (Path(prev_stage_predictions) / f"{c}{model.file_ending}").is_file()]
+        if lacking:
+            raise NnzooError(f"-prev_stage_predictions {prev_stage_predictions}: no {prev} segmentation for "
+                             f"{len(lacking)} case(s), e.g. {lacking[0]}{model.file_ending}")
+    elif prev is not None:
+        prev_model = resolve_model(model_dir=model.folder.parent / model.folder.name.replace(
+            f"__{model.configuration}", f"__{prev}", 1), folds=[str(f) for f in model.folds], checkpoint=checkpoint)
     dev = resolve_device(device)
-    model = load_model(folder, use_folds, checkpoint)
     nproc = max(1, num_processes or min(4, os.cpu_count() or 1))
-    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
-                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=True)
-    predictor.manual_initialization(*model)
-    print(f"nnzoo: predicting {len(cases)} case(s) with {trainer} {configuration} folds {use_folds} on {dev}"
+    part = f" (part {part_id + 1} of {num_parts})" if num_parts > 1 else ""
+    print(f"nnzoo: predicting {len(todo)} case(s){part} with {model.folder.name} folds {model.folds} on {dev}"
           f"{' (no TTA)' if disable_tta else ''} -> {output_dir}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    predictor.predict_from_files([cases[c] for c in cases], [str(output_dir / c) for c in cases],
-                                 save_probabilities=save_probabilities, overwrite=True,
-                                 num_processes_preprocessing=nproc, num_processes_segmentation_export=nproc)
-    missing = [str(t) for t in targets if not t.is_file()]
+    if todo:
+        kwargs = dict(device=dev, disable_tta=disable_tta, step_size=step_size, num_processes=nproc)
+        if prev is not None and prev_stage_predictions is None:
+            with tempfile.TemporaryDirectory(prefix="nnzoo-prev-stage-") as tmp:
+                print(f"nnzoo: cascade: predicting the {prev} stage first ({prev_model.folder.name})")
+                predict_cases(prev_model, todo, Path(tmp), save_probabilities=False, **kwargs)
+                predict_cases(model, todo, output_dir, save_probabilities=save_probabilities,
+                              prev_stage_predictions=Path(tmp), **kwargs)
+        else:
+            predict_cases(model, todo, output_dir, save_probabilities=save_probabilities,
+                          prev_stage_predictions=Path(prev_stage_predictions) if prev_stage_predictions else None,
+                          **kwargs)
+    missing = [str(t) for t in targets.values() if not t.is_file()]
     if missing:
         raise NnzooError(f"prediction did not write {', '.join(missing[:5])}")
-    print(f"nnzoo: wrote {len(targets)} segmentation(s) to {output_dir}")
-    return targets
+    print(f"nnzoo: {len(targets)} segmentation(s) in {output_dir}")
+    return list(targets.values())

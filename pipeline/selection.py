@@ -1,0 +1,325 @@
+"""Choosing among the zoo: ``find-best`` over every trained model, and prediction with the chosen one or ensemble.
+
+``find_best`` does what ``nnUNetv2_find_best_configuration`` does, over every trained
+``<trainer>__<plans>__<configuration>[_labeled<N>]`` of a dataset (so per-method plans and label
+budgets are no obstacle): it collects each model's cross-validation predictions with nnU-Net's
+``accumulate_cv_results``, scores them with ``nnzoo evaluate`` (Dice, HD95 or NSD; mean over the
+foreground and per class), ensembles the best ones with nnU-Net's softmax averaging
+(``ensemble_crossvalidations``), determines nnU-Net's postprocessing for the winner
+(``determine_postprocessing``) and writes ``find_best.json``, ``find_best.md`` and
+``inference_instructions.txt``. ``predict_ensemble`` (``nnzoo predict --from-best DIR`` or
+``--ensemble``) predicts with every member (probabilities), ensembles with nnU-Net's
+``ensemble_folders`` and applies the postprocessing with ``apply_postprocessing_to_folder``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .errors import NnzooError
+
+__all__ = ["METRICS", "find_models", "check_complete", "check_compatible", "find_best", "predict_ensemble",
+           "RESULT_FILE"]
+
+#: metric name -> (key in nnzoo's summary, higher is better)
+METRICS = {"dice": ("Dice", True), "hd95": ("HD95", False), "nsd": ("NSD", True)}
+RESULT_FILE = "find_best.json"
+_BUDGET_RE = re.compile(r"^(?P<configuration>.+?)(?:_labeled(?P<labeled>[0-9.]+))?$")
+
+
+def _folds_string(folds) -> str:
+    return "_".join(str(f) for f in folds)
+
+
+def find_models(dataset_name: str, configurations: list[str] | None = None,
+                trainers: list[str] | None = None) -> list[dict]:
+    """Trained model folders of a dataset: ``{"folder", "trainer", "plans", "configuration", "labeled"}``."""
+    root = Path(os.environ["nnUNet_results"]) / dataset_name
+    out = []
+    for folder in sorted(root.glob("*__*__*")) if root.is_dir() else []:
+        parts = folder.name.split("__")
+        if not folder.is_dir() or len(parts) != 3 or not (folder / "plans.json").is_file():
+            continue
+        info = {"folder": str(folder), "trainer": parts[0], "plans": parts[1], **_BUDGET_RE.match(parts[2]).groupdict()}
+        if configurations and info["configuration"] not in configurations:
+            continue
+        if trainers and info["trainer"] not in trainers:
+            continue
+        out.append(info)
+    return out
+
+
+def check_complete(folder: str | Path, folds, preprocessed_base: Path) -> str | None:
+    """Why a model's cross-validation is incomplete (None: complete, with ``.npz`` for ensembling)."""
+    folder = Path(folder)
+    splits_file = preprocessed_base / "splits_final.json"
+    splits = json.loads(splits_file.read_text()) if splits_file.is_file() else None
+    ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
+    for f in folds:
+        fold = folder / f"fold_{f}"
+        if not (fold / "checkpoint_final.pth").is_file():
+            return f"fold {f} is not trained (no checkpoint_final.pth)"
+        val = fold / "validation"
+        cases = splits[int(f)]["val"] if splits is not None and int(f) < len(splits) else None
+        if not val.is_dir() or cases is None:
+            return f"fold {f} has no validation predictions (train without --no-val)"
+        missing = [c for c in cases if not (val / f"{c}{ending}").is_file()]
+        if missing:
+            return f"fold {f}: validation lacks {len(missing)} case(s), e.g. {missing[0]}"
+        if any(not (val / f"{c}.npz").is_file() for c in cases):
+            return (f"fold {f}: validation has no .npz probabilities (run `nnzoo train ... {f} --val --npz` with the "
+                    "model's flags)")
+    return None
+
+
+def check_compatible(folders: list[str | Path]) -> None:
+    """Models can be ensembled: same labels/regions, file type, reader, and the same dataset geometry.
+
+    Raises:
+        NnzooError: naming the first difference and the two models.
+    """
+    def facts(folder: Path) -> dict:
+        dj = json.loads((folder / "dataset.json").read_text())
+        plans = json.loads((folder / "plans.json").read_text())
+        return {"labels": dj["labels"], "regions_class_order": dj.get("regions_class_order"),
+                "file_ending": dj["file_ending"], "image_reader_writer": plans["image_reader_writer"],
+                "transpose_forward": plans["transpose_forward"],
+                "spacing": plans["original_median_spacing_after_transp"]}
+
+    ref = facts(Path(folders[0]))
+    for other in folders[1:]:
+        here = facts(Path(other))
+        for key in ref:
+            if here[key] != ref[key]:
+                what = "label sets" if key in ("labels", "regions_class_order") else key.replace("_", " ")
+                raise NnzooError(f"models {Path(folders[0]).name} and {Path(other).name} cannot be ensembled: different "
+                                 f"{what} ({ref[key]} vs {here[key]})")
+
+
+def _score(result: dict, metric: str) -> tuple[float, dict]:
+    key = METRICS[metric][0]
+    per_class = {result["class_names"].get(str(k), str(k)): float(v[key]) for k, v in result["mean"].items()}
+    return float(result["foreground_mean"][key]), per_class
+
+
+def _evaluate(pred: Path, gt: Path, dataset_json: dict, nproc: int) -> dict:
+    from .evaluate import evaluate_folders, save_summary_json
+
+    res = evaluate_folders(gt, pred, labels=dataset_json, num_processes=nproc, report=False)
+    save_summary_json(res, pred / "nnzoo_summary.json")
+    return res
+
+
+def find_best(dataset: str | int, *, configurations: list[str] | None = None, trainers: list[str] | None = None,
+              metric: str = "dice", ensemble_size: int = 2, folds=(0, 1, 2, 3, 4),
+              output_dir: str | Path | None = None, num_processes: int | None = None) -> dict:
+    """Rank every trained model with complete cross-validation, try ensembles, choose, determine postprocessing.
+
+    Args:
+        dataset: dataset id or name.
+        configurations: only these configurations (default: all).
+        trainers: only these trainers (default: all).
+        metric: ``dice``, ``hd95`` or ``nsd`` (mean over the foreground classes of the cross-validation).
+        ensemble_size: largest ensemble tried (1: none); ensembles are formed from the best models.
+        folds: the cross-validation folds.
+        output_dir: where the results go (default ``nnUNet_results/<dataset>/nnzoo_find_best``).
+        num_processes: processes for evaluation, ensembling and postprocessing.
+
+    Returns:
+        The content of ``find_best.json``.
+
+    Raises:
+        NnzooError: unknown metric or dataset, no model with complete cross-validation,
+            incompatible ensemble members.
+    """
+    from nnunetv2.ensembling.ensemble import ensemble_crossvalidations
+    from nnunetv2.evaluation.accumulate_cv_results import accumulate_cv_results
+    from nnunetv2.postprocessing.remove_connected_components import determine_postprocessing
+
+    from .dataset import resolve_dataset_name
+    from .env import setup_folders
+
+    if metric not in METRICS:
+        raise NnzooError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
+    if ensemble_size < 1:
+        raise NnzooError(f"--ensemble-size must be at least 1, got {ensemble_size}")
+    setup_folders(quiet=True)
+    name = resolve_dataset_name(dataset)
+    nproc = max(1, num_processes or min(4, os.cpu_count() or 1))
+    pre = Path(os.environ["nnUNet_preprocessed"]) / name
+    gt = pre / "gt_segmentations"
+    out = Path(output_dir) if output_dir else Path(os.environ["nnUNet_results"]) / name / "nnzoo_find_best"
+    models = find_models(name, configurations, trainers)
+    incomplete, complete = [], []
+    for m in models:
+        why = check_complete(m["folder"], folds, pre)
+        (incomplete if why else complete).append({**m, "incomplete": why} if why else m)
+    for m in incomplete:
+        print(f"find-best: skipping {Path(m['folder']).name}: {m['incomplete']}")
+    if not complete:
+        raise NnzooError(f"{name}: no model with complete {len(folds)}-fold cross-validation and .npz validation "
+                         f"(found {len(models)} model folder(s)" + (f"; e.g. {Path(incomplete[0]['folder']).name}: "
+                                                                    f"{incomplete[0]['incomplete']}" if incomplete else "")
+                         + "); train every fold with --npz")
+    key, higher = METRICS[metric]
+    dataset_json = json.loads((Path(complete[0]["folder"]) / "dataset.json").read_text())
+    for i, m in enumerate(complete, 1):
+        print(f"find-best [{i}/{len(complete)}] {Path(m['folder']).name}: collecting and scoring the cross-validation")
+        merged = Path(m["folder"]) / f"crossval_results_folds_{_folds_string(folds)}"
+        accumulate_cv_results(m["folder"], str(merged), list(folds), nproc, True)
+        m["source"] = str(merged)
+        m["members"] = [m["folder"]]
+        m["score"], m["per_class"] = _score(_evaluate(merged, gt, dataset_json, nproc), metric)
+    ranked = sorted(complete, key=lambda m: m["score"], reverse=higher)
+    pool = ranked[:max(ensemble_size, 3)] if ensemble_size > 1 else []
+    combos = [c for k in range(2, ensemble_size + 1) for c in itertools.combinations(pool, k)]
+    ensembles = []
+    for i, combo in enumerate(combos, 1):
+        folders = [m["folder"] for m in combo]
+        try:
+            check_compatible(folders)
+        except NnzooError as e:
+            print(f"find-best: {e}; skipped")
+            continue
+        ident = "ensemble___" + "___".join(Path(f).name for f in folders) + f"___{_folds_string(folds)}"
+        target = Path(os.environ["nnUNet_results"]) / name / "ensembles" / ident
+        print(f"find-best: ensemble {i}/{len(combos)} ({' + '.join(Path(f).name for f in folders)}): softmax "
+              "averaging of the validation probabilities")
+        ensemble_crossvalidations(folders, str(target), list(folds), nproc, overwrite=True)
+        score, per_class = _score(_evaluate(target, gt, dataset_json, nproc), metric)
+        ensembles.append({"folder": str(target), "members": folders, "source": str(target), "score": score,
+                          "per_class": per_class})
+    candidates = sorted(ranked + ensembles, key=lambda m: m["score"], reverse=higher)  # stable: singles first on ties
+    best = candidates[0]
+    print(f"find-best: best {metric} {best['score']:.4f}: {' + '.join(Path(f).name for f in best['members'])}; "
+          "determining postprocessing (nnU-Net's)")
+    plans_file = str(Path(best["members"][0]) / "plans.json")
+    determine_postprocessing(best["source"], str(gt), plans_file, str(Path(best["members"][0]) / "dataset.json"),
+                             nproc, keep_postprocessed_files=True)
+    post_score, _ = _score(_evaluate(Path(best["source"]) / "postprocessed", gt, dataset_json, nproc), metric)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("postprocessing.pkl", "postprocessing.json"):
+        shutil.copy(Path(best["source"]) / f, out / f)
+    shutil.copy(plans_file, out / "plans.json")
+    shutil.copy(Path(best["members"][0]) / "dataset.json", out / "dataset.json")
+    result = {"dataset": name, "metric": metric, "higher_is_better": higher, "folds": list(folds),
+              "models": [{k: v for k, v in m.items() if k != "source"} for m in ranked],
+              "incomplete": incomplete, "ensembles": ensembles,
+              "best": {"members": best["members"], "folds": list(folds), "score_before_postprocessing": best["score"],
+                       "score_after_postprocessing": post_score, "postprocessing_file": str(out / "postprocessing.pkl"),
+                       "plans_file": str(out / "plans.json")}}
+    (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
+    (out / "find_best.md").write_text(_markdown(result, key))
+    (out / "inference_instructions.txt").write_text(_instructions(result, out))
+    print((out / "find_best.md").read_text())
+    print((out / "inference_instructions.txt").read_text())
+    return result
+
+
+def _markdown(result: dict, key: str) -> str:
+    rows = result["models"] + result["ensembles"]
+    classes = list(rows[0]["per_class"]) if rows else []
+    lines = [f"Cross-validation ({len(result['folds'])} folds) of {result['dataset']}, {key} "
+             f"({'higher' if result['higher_is_better'] else 'lower'} is better):", "",
+             "| model | " + " | ".join(classes) + f" | mean {key} |", "|---|" + "---|" * (len(classes) + 1)]
+    for r in sorted(rows, key=lambda r: r["score"], reverse=result["higher_is_better"]):
+        label = " + ".join(Path(f).name for f in r["members"])
+        lines.append(f"| {label} | " + " | ".join(f"{r['per_class'][c]:.4f}" for c in classes) + f" | {r['score']:.4f} |")
+    b = result["best"]
+    lines += ["", f"Best: {' + '.join(Path(f).name for f in b['members'])}: {b['score_before_postprocessing']:.4f} "
+              f"({b['score_after_postprocessing']:.4f} with nnU-Net's postprocessing)"]
+    for m in result["incomplete"]:
+        lines.append(f"Not ranked: {Path(m['folder']).name}: {m['incomplete']}")
+    return "\n".join(lines) + "\n"
+
+
+def _instructions(result: dict, out: Path) -> str:
+    b = result["best"]
+    folds = " ".join(str(f) for f in b["folds"])
+    lines = ["Predict with the chosen model or ensemble and its postprocessing:", "",
+             f"nnzoo predict --from-best {out} -i INPUT_FOLDER -o OUTPUT_FOLDER", "",
+             "or, step by step with nnU-Net's own commands:", ""]
+    members = []
+    for i, folder in enumerate(b["members"], 1):
+        target = f"OUTPUT_FOLDER_MODEL_{i}" if len(b["members"]) > 1 else "OUTPUT_FOLDER_RAW"
+        members.append(target)
+        lines.append(f"nnzoo predict -m {folder} -f {folds} -i INPUT_FOLDER -o {target}"
+                     + (" --save-probabilities" if len(b["members"]) > 1 else ""))
+    merged = members[0]
+    if len(members) > 1:
+        merged = "OUTPUT_FOLDER_ENSEMBLE"
+        lines.append(f"nnUNetv2_ensemble -i {' '.join(members)} -o {merged}")
+    lines.append(f"nnUNetv2_apply_postprocessing -i {merged} -o OUTPUT_FOLDER -pp_pkl_file {b['postprocessing_file']} "
+                 f"-plans_json {b['plans_file']}")
+    return "\n".join(lines) + "\n"
+
+
+def predict_ensemble(input_dir: str | Path, output_dir: str | Path, *, from_best: str | Path | None = None,
+                     model_dirs: list[str] | None = None, folds: list[str] | None = None,
+                     checkpoint: str = "checkpoint_final.pth", device: str = "auto", disable_tta: bool = False,
+                     overwrite: bool = False, continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
+                     step_size: float = 0.5, num_processes: int | None = None) -> list[Path]:
+    """``nnzoo predict --from-best DIR`` / ``--ensemble FOLDERS``: members' probabilities, averaged, postprocessed.
+
+    Each member predicts with ``save_probabilities`` into ``<output_dir>/.nnzoo_members/<i>`` (kept
+    until the end, so ``continue_prediction`` resumes a member); nnU-Net's ``ensemble_folders``
+    averages them (a single member's segmentation is used as it is) and nnU-Net's
+    ``apply_postprocessing_to_folder`` applies the postprocessing ``find-best`` determined.
+
+    Raises:
+        NnzooError: no ``find_best.json`` in ``from_best``, incompatible members, or any error of ``predict``.
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+    from nnunetv2.ensembling.ensemble import ensemble_folders
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing_to_folder
+
+    from .predict import predict
+
+    pp = None
+    if from_best is not None:
+        f = Path(from_best) / RESULT_FILE
+        if not f.is_file():
+            raise NnzooError(f"--from-best {from_best}: no {RESULT_FILE} (the output folder of `nnzoo find-best`)")
+        best = json.loads(f.read_text())["best"]
+        model_dirs, folds = best["members"], [str(x) for x in best["folds"]] if folds is None else folds
+        pp = load_pickle(best["postprocessing_file"])
+    check_compatible(model_dirs)
+    output_dir = Path(output_dir).resolve()
+    work = output_dir / ".nnzoo_members"
+    common = dict(folds=folds, checkpoint=checkpoint, device=device, disable_tta=disable_tta,
+                  num_parts=num_parts, part_id=part_id, step_size=step_size, num_processes=num_processes)
+    if not overwrite and not continue_prediction and output_dir.is_dir() and any(
+            p.is_file() and not p.name.startswith(".") for p in output_dir.iterdir()):
+        raise NnzooError(f"{output_dir} is not empty; use --continue, --overwrite or another output folder")
+    members = []
+    for i, folder in enumerate(model_dirs):
+        target = work / str(i)
+        print(f"nnzoo: ensemble member {i + 1}/{len(model_dirs)}: {Path(folder).name}")
+        predict(input_dir, target, model_dir=folder, save_probabilities=len(model_dirs) > 1,
+                continue_prediction=continue_prediction or target.is_dir(), **common)
+        members.append(str(target))
+    dataset_json = json.loads((Path(model_dirs[0]) / "dataset.json").read_text())
+    plans = json.loads((Path(model_dirs[0]) / "plans.json").read_text())
+    nproc = max(1, num_processes or min(4, os.cpu_count() or 1))
+    merged = work / "merged"
+    if len(members) > 1:
+        print(f"nnzoo: averaging the probabilities of {len(members)} models (nnU-Net's ensemble_folders)")
+        ensemble_folders(members, str(merged), False, nproc, dataset_json, plans)
+    else:
+        merged = Path(members[0])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if pp is not None:
+        print("nnzoo: applying find-best's postprocessing (nnU-Net's apply_postprocessing_to_folder)")
+        apply_postprocessing_to_folder(str(merged), str(output_dir), pp[0], pp[1], plans, dataset_json, nproc)
+    else:
+        for f in merged.glob(f"*{dataset_json['file_ending']}"):
+            shutil.copy(f, output_dir / f.name)
+    written = sorted(output_dir.glob(f"*{dataset_json['file_ending']}"))
+    shutil.rmtree(work)
+    print(f"nnzoo: {len(written)} segmentation(s) in {output_dir}")
+    return written
