@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import nnunet_compat as compat
 from .registry import register_trainer
 from .semisup import EMATeacher, SemiSupervisedTrainer
 
 __all__ = ["nnUNetTrainerBCP", "bcp_mask", "mix", "resize_nearest", "largest_component_per_class",
-           "masked_dice_ce", "bcp_region_loss"]
+           "single_component_counts", "masked_dice_ce", "bcp_region_loss", "STAGE1_KEY"]
+
+#: checkpoint key of the best stage-1 weights (and optimizer state) and of the connectivity statistics
+STAGE1_KEY = "nnzoo_bcp_stage1"
 
 
 def bcp_mask(spatial_shape: tuple[int, ...], ratio: float = 2 / 3, device: torch.device | str = "cpu",
@@ -47,51 +54,64 @@ def resize_nearest(x: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Ten
     return F.interpolate(x.float(), size=tuple(spatial_shape), mode="nearest-exact").to(x.dtype)
 
 
-def largest_component_per_class(seg: np.ndarray) -> np.ndarray:
-    """Keep, in every sample, only the largest connected component of each foreground class.
+def largest_component_per_class(seg: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+    """Keep, in every sample, only the largest connected component of each of ``classes``.
 
     Args:
         seg: integer label maps ``(N, *spatial)`` (2D images or 3D volumes); 0 is background.
+        classes: the classes to filter (default: every foreground class present); other classes
+            keep all their components.
 
     Returns:
         Same shape and dtype; voxels of removed components become background (0), as in the
-        official code. Connectivity is full (8 in 2D, 26 in 3D, as skimage's default).
+        official code. Connectivity is full (8 in 2D, 26 in 3D, as skimage's default), computed
+        with acvl_utils' ``remove_all_but_largest_component``.
     """
-    import cc3d
+    from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
 
-    out = np.zeros_like(seg)
+    out = seg.copy()
     for i, s in enumerate(seg):
-        s = np.ascontiguousarray(s)
-        if not s.any():
-            continue
-        labels, n = cc3d.connected_components(s.astype(np.uint16, copy=False),
-                                              connectivity=8 if s.ndim == 2 else 26, return_N=True)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        comp_class = np.zeros(n + 1, dtype=np.int64)
-        comp_class[labels.ravel()] = s.ravel()
-        comp_class = comp_class[1:]
-        order = np.lexsort((sizes, comp_class))  # by class, then size: last of each class = largest
-        sorted_class = comp_class[order]
-        last = np.r_[sorted_class[1:] != sorted_class[:-1], True]
-        keep = np.zeros(n + 1, dtype=bool)
-        keep[order[last] + 1] = True
-        out[i] = np.where(keep[labels], s, 0)
+        for c in (np.unique(s[s > 0]) if classes is None else classes):
+            mask = s == c
+            if mask.any():
+                out[i][mask & ~remove_all_but_largest_component(mask)] = 0
     return out
 
 
+def single_component_counts(target: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class: ``[patches where it is one connected component, patches where it occurs]``.
+
+    Args:
+        target: label maps ``(N, 1, *spatial)`` or ``(N, *spatial)``.
+        num_classes: classes including background.
+    """
+    import cc3d
+
+    target = target[:, 0] if target.ndim > 2 and target.shape[1] == 1 else target
+    counts = np.zeros((num_classes, 2), np.int64)
+    for s in target:
+        s = np.ascontiguousarray(s.astype(np.uint16))
+        for c in np.unique(s[s > 0]):
+            n = cc3d.connected_components(s == c, connectivity=8 if s.ndim == 2 else 26, return_N=True)[1]
+            counts[int(c)] += (n == 1, 1)
+    return counts
+
+
 def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None,
-                   smooth: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+                   smooth: float = 1e-5, ddp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft Dice loss and cross-entropy restricted to a region.
 
     Dice is computed per class, background included, over the region of the whole batch (batch
-    Dice), then averaged over classes; CE is averaged over the region's voxels. An empty region
-    gives zero for both.
+    Dice), then averaged over classes; under DDP (``ddp``) its sums are gathered over all ranks
+    first, as nnU-Net's batch Dice does, so the Dice is that of the global batch. CE is averaged
+    over the region's voxels (per rank, as nnU-Net's CE). An empty region gives zero for both.
 
     Args:
         logits: ``(N, C, *spatial)``.
         target: integer labels ``(N, 1, *spatial)`` or ``(N, *spatial)``.
         region: ``(N or 1, 1, *spatial)`` 0/1 mask (None: everywhere).
         smooth: Dice smoothing term.
+        ddp: reduce the Dice sums over the process group (with gradients, nnU-Net's ``AllGatherGrad``).
 
     Returns:
         ``(dice_loss, ce_loss)``, scalars.
@@ -108,6 +128,10 @@ def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, region: torch.Ten
     axes = [0, *range(2, logits.ndim)]
     inter = (probs * onehot * region).sum(axes)
     denom = ((probs + onehot) * region).sum(axes)
+    if ddp:
+        from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+
+        inter, denom = AllGatherGrad.apply(inter).sum(0), AllGatherGrad.apply(denom).sum(0)
     dice_loss = 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
     ce = F.cross_entropy(logits, target, reduction="none")
     ce_loss = (ce * region[:, 0]).sum() / (region.sum() + 1e-8)
@@ -115,7 +139,7 @@ def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, region: torch.Ten
 
 
 def bcp_region_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight_ones: float,
-                    weight_zeros: float) -> torch.Tensor:
+                    weight_zeros: float, ddp: bool = False) -> torch.Tensor:
     """BCP's loss of one mixed batch: ``(w1 (Dice+CE)[M=1] + w0 (Dice+CE)[M=0]) / 2``.
 
     Args:
@@ -124,9 +148,10 @@ def bcp_region_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         mask: copy-paste mask M ``(1, 1, *spatial)``.
         weight_ones: weight of the region where M = 1.
         weight_zeros: weight of the region where M = 0 (the box).
+        ddp: see :func:`masked_dice_ce`.
     """
-    d1, c1 = masked_dice_ce(logits, target, mask)
-    d0, c0 = masked_dice_ce(logits, target, 1.0 - mask)
+    d1, c1 = masked_dice_ce(logits, target, mask, ddp=ddp)
+    d0, c0 = masked_dice_ce(logits, target, 1.0 - mask, ddp=ddp)
     return (weight_ones * (d1 + c1) + weight_zeros * (d0 + c0)) / 2
 
 
@@ -136,16 +161,22 @@ def bcp_region_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tens
           "Segmentation, CVPR 2023",
     dims=("2d", "3d"),
     semi_supervised=True,
+    official_code="https://github.com/DeepMed-Lab-ECNU/BCP",
 )
 class nnUNetTrainerBCP(SemiSupervisedTrainer):
     """BCP (Bai et al., "Bidirectional Copy-Paste for Semi-Supervised Medical Image Segmentation",
     CVPR 2023; official code github.com/DeepMed-Lab-ECNU/BCP) on nnU-Net.
 
     Stage 1 (first ``PRETRAIN_FRACTION`` of the epochs, labeled data only): pairs of labeled
-    patches are mixed, ``a * M + b * (1 - M)``, labels likewise, loss (Dice + CE) / 2. Stage 2:
-    the teacher, initialised from the student at the stage switch, is the EMA of the student
-    (``EMA_DECAY``); its argmax on the unlabeled patches, reduced to the largest connected
-    component per class (per volume in 3D, per image in 2D), gives pseudo-labels. With labeled
+    patches are mixed, ``a * M + b * (1 - M)``, labels likewise, loss (Dice + CE) / 2. As in the
+    official code, stage 2 starts student and teacher from the best stage-1 model (network and
+    optimizer state), "best" by nnU-Net's own criterion for ``checkpoint_best`` (the EMA of the
+    validation pseudo-Dice; official: the validation Dice every 200 iterations). The teacher is
+    then the EMA of the student (``EMA_DECAY``); its argmax on the unlabeled patches, reduced to the
+    largest connected component per class (per volume in 3D, per image in 2D), gives
+    pseudo-labels; the reduction applies to the classes that are one connected object in at least
+    ``LCC_MIN_SINGLE_FRACTION`` of the labeled patches they occur in (counted during stage 1), as the
+    official datasets' structures are, and not to fragmented classes, which it would mostly delete. With labeled
     halves ``l_a, l_b`` and unlabeled halves ``u_a, u_b`` of the batches the student sees
     ``X1 = u_a M + l_a (1 - M)`` and ``X2 = l_b M + u_b (1 - M)``; targets are mixed alike, and
     each mixed batch's loss is (Dice + CE) / 2 per region (Dice background included, each region
@@ -160,11 +191,14 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
 
     Deviations from the official code:
         - one training run with nnU-Net's poly learning-rate schedule across both stages (official:
-          separate runs, the learning rate restarts for self-training); stage 2 starts from the
-          last stage-1 weights, not from the best stage-1 validation checkpoint;
+          separate runs, the learning rate restarts for self-training); the best stage-1 model is
+          chosen by nnU-Net's EMA pseudo-Dice on its validation batches;
+        - the largest-component filter skips classes that are not one object in the labeled
+          patches (official: every class; ``LCC_MIN_SINGLE_FRACTION = 0`` restores that);
         - nnU-Net's network, augmentation, patch sampling and batch size; each batch is split in
-          halves a/b (a batch of one is paired with itself); X1 and X2 go through the student in
-          one concatenated forward pass (identical to two passes with nnU-Net's instance norm);
+          halves a/b (an odd batch shares its middle patch, a batch of one is paired with
+          itself); X1 and X2 go through the student in one concatenated forward pass (identical to
+          two passes with nnU-Net's instance norm);
         - the box position is uniform over all positions that fit (official: ``randint(0, size - box)``,
           never touching the far border); one mask per batch as in the official code;
         - Dice is nnU-Net's form (non-squared denominators, smooth 1e-5, batch Dice) for every
@@ -179,10 +213,12 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
     EMA_DECAY = 0.99
     UNLABELED_WEIGHT = 0.5
     MASK_RATIO = 2 / 3
+    LCC_MIN_SINGLE_FRACTION = 0.9
     supports_regions = False
     supports_ignore_label = False
     unsupported_labels_reason = "copy-paste of region or partially annotated labels is undefined"
-
+    stage1_best: dict | None = None
+    component_counts: np.ndarray | None = None
 
     # ---------------------------------------------------------------- schedule
     @property
@@ -196,8 +232,42 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         if self.in_stage2() and self.teacher is None:
-            self.teacher = EMATeacher(self.network)
-            self.print_to_log_file(f"BCP stage 2 from epoch {self.current_epoch}: teacher initialised from the student")
+            self.start_stage2()
+
+    def start_stage2(self) -> None:
+        """Student (and its optimizer state) from the best stage-1 model, teacher = student."""
+        if self.stage1_best is not None:
+            compat.unwrap_network(self.network).load_state_dict(self.stage1_best["network"])
+            self.optimizer.load_state_dict(self.stage1_best["optimizer"])
+            origin = f"the best stage-1 model (epoch {self.stage1_best['epoch']}, EMA pseudo Dice " \
+                     f"{self.stage1_best['ema']:.4f})"
+        else:
+            origin = "the student (no stage-1 epoch was validated)"
+        if self.is_ddp:  # every rank counted its own patches: decide on the counts of all of them
+            import torch.distributed as dist
+
+            n = self.label_manager.num_segmentation_heads
+            counts = torch.as_tensor(self.component_counts if self.component_counts is not None
+                                     else np.zeros((n, 2), np.int64), device=self.device)
+            dist.all_reduce(counts)
+            self.component_counts = counts.cpu().numpy()
+        self.teacher = EMATeacher(self.network)
+        self.print_to_log_file(f"BCP stage 2 from epoch {self.current_epoch}: student and teacher from {origin}; "
+                               f"largest-component filter on classes {self.lcc_classes()}")
+
+    def on_epoch_end(self) -> None:
+        epoch, ema = self.current_epoch, self.logger.get_value("ema_fg_dice", step=-1)
+        if epoch < self.stage2_start_epoch and (self.stage1_best is None or ema > self.stage1_best["ema"]):
+            state = {k: v.detach().cpu().clone() for k, v in compat.unwrap_network(self.network).state_dict().items()}
+            self.stage1_best = {"network": state, "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                                "ema": float(ema), "epoch": epoch}
+        super().on_epoch_end()
+
+    def lcc_classes(self) -> list[int]:
+        """Classes whose pseudo-labels are reduced to their largest component (see ``LCC_MIN_SINGLE_FRACTION``)."""
+        n = self.label_manager.num_segmentation_heads
+        counts = self.component_counts if self.component_counts is not None else np.zeros((n, 2), np.int64)
+        return [c for c in range(1, n) if counts[c, 1] == 0 or counts[c, 0] >= self.LCC_MIN_SINGLE_FRACTION * counts[c, 1]]
 
     def _ds_weights(self, n: int) -> list[float]:
         if n == 1:
@@ -209,33 +279,33 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
     # ---------------------------------------------------------------- steps
     @staticmethod
     def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x.shape[0] // 2
-        if h == 0:
-            return x, x
-        return x[:h], x[h:2 * h]
+        """Halves ``a, b`` of ``ceil(n / 2)`` samples each: an odd batch shares its middle sample (every
+        sample is used), a batch of one is paired with itself."""
+        n = x.shape[0]
+        h = (n + 1) // 2
+        return x[:h], x[n - h:]
 
-    def stage1_loss(self, data: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        """Loss of a labeled-only step: mixed labeled pairs, (Dice + CE) / 2 per output."""
-        img_a, img_b = self._halves(data)
-        mask = bcp_mask(tuple(data.shape[2:]), self.MASK_RATIO, data.device)
-        outputs = self.network(mix(img_a, img_b, mask))
+    def stage1_loss(self, outputs, targets: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Loss of a labeled-only step: the mixed labeled pairs, (Dice + CE) / 2 per output."""
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         loss = 0.0
         for w, out, tgt in zip(self._ds_weights(len(outputs)), outputs, targets):
             y_a, y_b = self._halves(tgt)
             m = resize_nearest(mask, tuple(out.shape[2:]))
-            dice, ce = masked_dice_ce(out, mix(y_a, y_b, m))
+            dice, ce = masked_dice_ce(out, mix(y_a, y_b, m), ddp=self.is_ddp)
             loss = loss + w * (dice + ce) / 2
         return loss
 
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """Teacher argmax, largest connected component per class; ``(N, 1, *spatial)`` long."""
+        """Teacher argmax, largest connected component per one-object class; ``(N, 1, *spatial)`` long."""
         seg = self.teacher.predict(images).argmax(1).to(torch.int16).cpu().numpy()
-        return torch.from_numpy(largest_component_per_class(seg)).to(images.device).long()[:, None]
+        return torch.from_numpy(largest_component_per_class(seg, self.lcc_classes())).to(images.device).long()[:, None]
 
-    def stage2_loss(self, data: torch.Tensor, targets: list[torch.Tensor], unlabeled: torch.Tensor) -> torch.Tensor:
-        """Loss of a bidirectional copy-paste step (teacher pseudo-labels on ``unlabeled``)."""
+    def stage2_inputs(self, data: torch.Tensor, unlabeled: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixed images ``cat(X1, X2)`` of a bidirectional copy-paste step and the teacher's pseudo-labels
+        ``(p_a, p_b)`` of the unlabeled halves."""
         l_a, l_b = self._halves(data)
         u_a, u_b = self._halves(unlabeled)
         h = l_a.shape[0]
@@ -243,12 +313,13 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
             idx = torch.arange(2 * h, device=unlabeled.device) % unlabeled.shape[0]
             u_a, u_b = unlabeled[idx[:h]], unlabeled[idx[h:]]
         plab = self.pseudo_labels(torch.cat((u_a, u_b)))
-        p_a, p_b = plab[:h], plab[h:]
-        mask = bcp_mask(tuple(data.shape[2:]), self.MASK_RATIO, data.device)
-        x1 = mix(u_a, l_a, mask)
-        x2 = mix(l_b, u_b, mask)
-        outputs = self.network(torch.cat((x1, x2)))
+        return torch.cat((mix(u_a, l_a, mask), mix(l_b, u_b, mask))), plab[:h], plab[h:]
+
+    def stage2_loss(self, outputs, targets: list[torch.Tensor], mask: torch.Tensor, p_a: torch.Tensor,
+                    p_b: torch.Tensor) -> torch.Tensor:
+        """Loss of a bidirectional copy-paste step (``outputs`` of the student on ``cat(X1, X2)``)."""
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        h = p_a.shape[0]
         alpha = self.UNLABELED_WEIGHT
         loss = 0.0
         for w, out, tgt in zip(self._ds_weights(len(outputs)), outputs, targets):
@@ -257,21 +328,47 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
             y_a, y_b = self._halves(tgt)
             y1 = mix(resize_nearest(p_a, shape), y_a, m)  # pseudo-labels where M = 1
             y2 = mix(y_b, resize_nearest(p_b, shape), m)  # ground truth where M = 1
-            loss = loss + w * (bcp_region_loss(out[:h], y1, m, alpha, 1.0)
-                               + bcp_region_loss(out[h:], y2, m, 1.0, alpha))
+            loss = loss + w * (bcp_region_loss(out[:h], y1, m, alpha, 1.0, self.is_ddp)
+                               + bcp_region_loss(out[h:], y2, m, 1.0, alpha, self.is_ddp))
         return loss
 
     def train_step(self, batch: dict) -> dict:
         data, target = self.batch_to_device(batch)
         targets = target if isinstance(target, list) else [target]
-        stage2 = self.in_stage2()
-        if stage2 and self.teacher is None:
-            self.teacher = EMATeacher(self.network)
-        unlabeled = self.next_unlabeled_batch() if stage2 else None
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = self.stage2_loss(data, targets, unlabeled) if stage2 else self.stage1_loss(data, targets)
-        self.optimizer_step(loss)
-        if stage2:
-            self.teacher.update(self.network, self.EMA_DECAY)
-        return {"loss": loss.detach().cpu().numpy()}
+        mask = bcp_mask(tuple(data.shape[2:]), self.MASK_RATIO, data.device)
+        if not self.in_stage2():
+            full = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
+            counts = single_component_counts(np.asarray(full.cpu()), self.label_manager.num_segmentation_heads)
+            self.component_counts = counts if self.component_counts is None else self.component_counts + counts
+            img_a, img_b = self._halves(data)
+            return self.nnunet_step(mix(img_a, img_b, mask), targets, lambda net, x: net(x),
+                                    lambda out, t: self.stage1_loss(out, t, mask))
+        if self.teacher is None:
+            self.start_stage2()
+        unlabeled = self.next_unlabeled_batch()
+        pseudo = {}
+
+        def forward(net, _):
+            mixed, pseudo["a"], pseudo["b"] = self.stage2_inputs(data, unlabeled.to(data.dtype), mask)
+            return net(mixed)
+
+        out = self.nnunet_step(data, targets, forward,
+                               lambda out, t: self.stage2_loss(out, t, mask, pseudo["a"], pseudo["b"]))
+        self.teacher.update(self.network, self.EMA_DECAY)
+        return out
+
+    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
+        """Unlabeled batches and stage 2 (teacher and copy-paste), so that ``train_step`` runs at its real cost."""
+        super().prepare_train_step_benchmark(unlabeled)
+        self.current_epoch = self.stage2_start_epoch
+
+    # ---------------------------------------------------------------- checkpoints
+    def _extra_checkpoint_state(self) -> dict:
+        stage1 = {"best": self.stage1_best, "component_counts": self.component_counts}
+        return {**super()._extra_checkpoint_state(), STAGE1_KEY: stage1}
+
+    def _restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        super()._restore_extra_checkpoint_state(checkpoint)
+        stage1 = checkpoint.get(STAGE1_KEY) or {}
+        self.stage1_best = stage1.get("best")
+        self.component_counts = stage1.get("component_counts")

@@ -12,47 +12,40 @@ from torch import nn
 from .base import PlanNetworkMixin
 from .networks.mcnet import MCNet
 from .registry import register_trainer
-from .semisup import SemiSupervisedTrainer
+from .semisup import SemiSupervisedTrainer, sigmoid_rampup
 
 __all__ = ["nnUNetTrainerMCNet", "sharpen", "mutual_consistency_loss", "sigmoid_rampup"]
 
 
-def sigmoid_rampup(current: float, length: float) -> float:
-    """Sigmoid-shaped ramp ``exp(-5 (1 - t)^2)``, ``t = clip(current / length, 0, 1)`` (Laine & Aila 2017).
+def sharpen(p: torch.Tensor, temperature: float = 0.1, over_classes: bool = False) -> torch.Tensor:
+    """MC-Net+'s sharpening of probabilities ``(b, c, ...)``.
+
+    ``over_classes=False`` (the official code): every channel on its own,
+    ``s(p) = p^(1/T) / (p^(1/T) + (1 - p)^(1/T))``. With more than two mutually exclusive classes
+    this pushes every class whose probability is below 0.5 towards 0, including the most probable
+    one when no class reaches 0.5 (e.g. ``(0.4, 0.35, 0.25)`` becomes almost all zeros), so the
+    pseudo-label no longer sums to one. ``over_classes=True``: ``s(p)_c = p_c^(1/T) / sum_k p_k^(1/T)``,
+    which equals the official formula for two classes (where ``p_0 = 1 - p_1``) and keeps the
+    argmax and a distribution for more. Computed in float32 (``p^(1/T)`` underflows in half precision).
 
     Args:
-        current: progress, in the units of ``length``.
-        length: ramp length; 0 means no ramp (always 1).
-
-    Returns:
-        A weight in ``[exp(-5), 1]`` (1 once ``current >= length``).
-    """
-    if length <= 0:
-        return 1.0
-    t = float(np.clip(current / length, 0.0, 1.0))
-    return float(np.exp(-5.0 * (1.0 - t) ** 2))
-
-
-def sharpen(p: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """MC-Net+'s sharpening ``s(p) = p^(1/T) / (p^(1/T) + (1 - p)^(1/T))``, element-wise.
-
-    Every channel is sharpened on its own (no renormalisation across classes, as in the official
-    code). Computed in float32 (``p^(1/T)`` underflows in half precision).
-
-    Args:
-        p: probabilities in ``[0, 1]``.
+        p: probabilities in ``[0, 1]`` (softmax over channel 1 for ``over_classes``).
         temperature: ``T`` (0.1 in the paper); smaller is sharper, 1 is the identity.
+        over_classes: renormalise over the channel axis instead of per channel.
 
     Returns:
         Sharpened probabilities, same shape, float32, differentiable.
     """
     p = p.float()
     e = 1.0 / temperature
+    if over_classes:  # in log space: p^(1/T) underflows for small p
+        return torch.softmax(torch.log(p.clamp_min(1e-12)) * e, 1)
     a = p ** e
     return a / (a + (1.0 - p) ** e)
 
 
-def mutual_consistency_loss(probs: Sequence[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
+def mutual_consistency_loss(probs: Sequence[torch.Tensor], temperature: float = 0.1,
+                            over_classes: bool = False) -> torch.Tensor:
     """MC-Net+'s mutual consistency ``sum_{i != j} MSE(p_i, s(p_j))``.
 
     Each MSE is the mean over all elements (batch, channels, voxels). Neither side is detached:
@@ -62,12 +55,13 @@ def mutual_consistency_loss(probs: Sequence[torch.Tensor], temperature: float = 
     Args:
         probs: the decoders' probabilities, each ``(b, c, *spatial)`` and of the same shape.
         temperature: sharpening temperature.
+        over_classes: see :func:`sharpen`.
 
     Returns:
         Scalar loss (float32).
     """
     probs = [p.float() for p in probs]
-    sharp = [sharpen(p, temperature) for p in probs]
+    sharp = [sharpen(p, temperature, over_classes) for p in probs]
     loss = probs[0].new_zeros(())
     for i, p in enumerate(probs):
         for j, s in enumerate(sharp):
@@ -84,6 +78,7 @@ def mutual_consistency_loss(probs: Sequence[torch.Tensor], temperature: float = 
     dims=("2d", "3d"),
     semi_supervised=True,
     planner="nnUNetPlannerMCNet",
+    official_code="https://github.com/ycwu1997/MC-Net",
 )
 class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
     """MC-Net+ (Wu et al., "Mutual Consistency Learning for Semi-supervised Medical Image
@@ -92,19 +87,22 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
 
     Network (:class:`~nnzoo.trainers.networks.mcnet.MCNet`): the plan's encoder (plain or
     residual) shared by three nnU-Net-shaped decoders that differ only in upsampling: transposed
-    convolution (decoder 0), 1x1 conv + (bi/tri)linear, 1x1 conv + nearest. As in the official
-    code the planned batch of ``B`` patches is half labeled, half unlabeled
-    (``UNLABELED_FRACTION = 0.5``, see :meth:`~nnzoo.trainers.semisup.SemiSupervisedTrainer.batch_split`;
-    ``B = 2`` gives one of each): each step runs one forward pass over the labeled patches
-    (the last of nnU-Net's batch, which hold its foreground-oversampled ones) concatenated with
-    the unlabeled patches; with nnU-Net's instance norm this equals separate passes. Loss::
+    convolution (decoder 0), 1x1 conv + (bi/tri)linear, 1x1 conv + nearest; with the official
+    dropout: 3D ``Dropout3d(BOTTLENECK_DROPOUT_3D)`` on the shared bottleneck features and
+    ``Dropout3d(DECODER_DROPOUT_3D)`` on each decoder's last features, 2D element-wise dropout in
+    the encoder with ``ENCODER_DROPOUT_2D`` per stage (0.05 ... 0.5), active in training only. As
+    in the official code (3D: 2 labeled + 2 unlabeled) each step takes nnU-Net's full labeled
+    batch of ``B`` patches plus ``B`` unlabeled patches, in one forward pass (with nnU-Net's
+    instance norm this equals separate passes). Loss::
 
         lambda * sum_d L_sup(decoder d on labeled images)
           + w * sigmoid_rampup(epoch, RAMPUP_FRACTION * num_epochs) * sum_{i != j} MSE(p_i, s(p_j))
 
     with ``p_d`` the softmax (sigmoid for region plans) probabilities of decoder ``d`` at full
-    resolution on all images (labeled and unlabeled), ``s`` the sharpening with
-    ``TEMPERATURE``, ``L_sup`` nnU-Net's deep-supervised loss (Dice + ``CE_WEIGHT`` x CE) and
+    resolution on all images (labeled and unlabeled), ``s`` the sharpening with ``TEMPERATURE``
+    (per channel as the official code for two classes and regions; for more than two classes
+    renormalised over the classes, see :func:`sharpen`), ``L_sup`` nnU-Net's deep-supervised loss
+    (Dice + ``CE_WEIGHT`` x CE) and
     ``lambda``, ``w`` and the ramp the official values: 3D ``SUPERVISED_WEIGHT_3D`` = 0.5,
     ``CONSISTENCY_WEIGHT_3D`` = 1, 2D ``SUPERVISED_WEIGHT_2D`` = 1, ``CONSISTENCY_WEIGHT_2D`` = 0.1.
 
@@ -125,8 +123,14 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
     Deviations from the official code:
         - backbone: the plan's encoder with nnU-Net-shaped decoders (skip concatenation,
           conv-norm-nonlin blocks, deep supervision) instead of V-Net (3D, additive skips,
-          batch norm, dropout) / the small 2D U-Net; nnU-Net's augmentation, patch sampling, poly
+          batch norm) / the small 2D U-Net; nnU-Net's augmentation, patch sampling, poly
           learning rate and epochs;
+        - 2D encoder dropout sits after every convolution of a stage (nnU-Net's
+          ``ConvDropoutNormReLU`` position: conv -> dropout -> norm) instead of once between the
+          stage's two convolutions; stages beyond the fifth take the last probability (0.5);
+        - sharpening with more than two classes is renormalised over the classes (the official
+          per-channel form pushes every class below 0.5 towards 0, also the winning one when no
+          class reaches 0.5); ``SHARPEN_PER_CHANNEL = True`` restores the official form;
         - upsampling of the interpolating decoders: 1x1 convolution then interpolation (the
           official 2D form; official 3D: interpolation then 3x3x3 conv + norm + ReLU); the
           decoders are built in the order transposed conv / linear / nearest, so decoder 0,
@@ -136,10 +140,10 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
           official loss is Dice only (set ``CE_WEIGHT = 0``; nnU-Net's Dice form, background
           excluded, batch Dice per plan);
         - ramp-up measured in epochs of nnU-Net's schedule (fractions above);
-        - batch: nnU-Net's planned batch size, split in halves as the official code does (official
-          3D: 2 labeled + 2 unlabeled; nnU-Net's usual 3D batch of 2 gives 1 + 1). A subclass with
-          ``UNLABELED_FRACTION = None`` takes a full labeled plus a full unlabeled batch per step
-          (twice the memory and time; plan for it).
+        - batch: nnU-Net's planned batch size of labeled patches plus as many unlabeled ones
+          (official 2D: 12 + 12 of a batch of 24; 3D: 2 + 2); the default planner keeps nnU-Net's
+          patch and reports the memory needed, ``nnUNetPlannerMCNetFit`` shrinks patch and batch
+          to fit a smaller GPU.
     """
 
     TEMPERATURE = 0.1
@@ -150,9 +154,25 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
     SUPERVISED_WEIGHT_3D = 0.5
     SUPERVISED_WEIGHT_2D = 1.0
     CE_WEIGHT = 1.0
-    UNLABELED_FRACTION = 0.5
+    BOTTLENECK_DROPOUT_3D = 0.5
+    DECODER_DROPOUT_3D = 0.5
+    ENCODER_DROPOUT_2D = (0.05, 0.1, 0.2, 0.3, 0.5)
+    SHARPEN_PER_CHANNEL = False
     network_class = MCNet
     _last_consistency_weight = 0.0
+
+    @classmethod
+    def extra_network_kwargs(cls, ndim: int) -> dict:
+        """The official dropout: channel dropout at the 3D bottleneck and decoder outputs, encoder dropout in 2D."""
+        if ndim == 3:
+            return {"bottleneck_dropout": cls.BOTTLENECK_DROPOUT_3D, "decoder_dropout": cls.DECODER_DROPOUT_3D}
+        return {"encoder_dropout": tuple(cls.ENCODER_DROPOUT_2D)}
+
+    @property
+    def sharpen_over_classes(self) -> bool:
+        """Renormalised sharpening: more than two mutually exclusive classes, unless ``SHARPEN_PER_CHANNEL``."""
+        return (not self.SHARPEN_PER_CHANNEL and not self.label_manager.has_regions
+                and self.label_manager.num_segmentation_heads > 2)
 
     # ---------------------------------------------------------------- loss
     def _build_loss(self) -> nn.Module:
@@ -209,32 +229,27 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
                 supervised = supervised + self.loss(out[:n_labeled], target)
                 full = out
             probs.append(self.probabilities(full))
-        consistency = mutual_consistency_loss(probs, self.TEMPERATURE)
+        consistency = mutual_consistency_loss(probs, self.TEMPERATURE, self.sharpen_over_classes)
         total = self.supervised_weight * supervised + consistency_weight * consistency
         return total, supervised, consistency
 
     def train_step(self, batch: dict) -> dict:
-        data, target = self.labeled_part(batch)
+        data, target = self.batch_to_device(batch)
         unlabeled = self.next_unlabeled_batch()
         weight = self.consistency_weight()
         self._last_consistency_weight = weight
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            outputs = self.network(torch.cat((data, unlabeled.to(data.dtype))), all_decoders=True)
-            total, supervised, consistency = self.compute_loss(outputs, target, data.shape[0], weight)
-        self.optimizer_step(total)
-        return {"loss": total.detach().cpu().numpy(), "supervised_loss": supervised.detach().cpu().numpy(),
-                "consistency_loss": consistency.detach().cpu().numpy()}
+        parts = {}
+
+        def loss(outputs, target):
+            total, parts["supervised_loss"], parts["consistency_loss"] = self.compute_loss(
+                outputs, target, data.shape[0], weight)
+            return total
+
+        out = self.nnunet_step(torch.cat((data, unlabeled.to(data.dtype))), target,
+                               lambda net, x: net(x, all_decoders=True), loss)
+        return {**out, **{k: v.detach().cpu().numpy() for k, v in parts.items()}}
 
     # ---------------------------------------------------------------- logging
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if "MCNet" not in self.plans_manager.plans_name:
-            self.print_to_log_file(
-                f"WARNING: plans {self.plans_manager.plans_name!r} were budgeted for the plain U-Net; MC-Net+ "
-                "trains three decoders on every patch and may not fit the planned GPU memory. "
-                "Plan with nnUNetPlannerMCNet to budget for it.")
-
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         if self.local_rank == 0 and train_outputs and "consistency_loss" in train_outputs[0]:

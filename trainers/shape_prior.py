@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +30,8 @@ CRITIC_KEY = "nnzoo_shape_critic"
           "Semi-Supervised Ultrasound Image Segmentation, MICCAI 2024",
     dims=("2d", "3d"),
     semi_supervised=True,
+    official_code="https://github.com/WUTCM-Lab/Shape-Prior-Semi-Seg",
+    quick_hparams={"CRITIC_EPOCHS": 1},  # the official 10001 critic epochs take hours on a CPU
 )
 class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
     """Prior-aware pseudo-labeling (Chen et al., "Striving for Simplicity: Simple Yet Effective
@@ -76,10 +78,14 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
           memory at the plan's budget (official: a full labeled and a full unlabeled batch);
         - D_l is evaluated once on unlabeled patches without gradient for the pseudo-labels (the
           official forward also runs D_l a second time, unused); D_p is not run on labeled patches;
-        - critic pre-training is short and runs inside training: ``min(CRITIC_STEPS, epochs x
-          iterations)`` critic updates on batches of ``CRITIC_BATCH_SIZE`` drawn from a pool of
-          ``CRITIC_POOL_BATCHES`` labeled-loader batches (official: a separate 10001-epoch run on
-          whole images resized to 64²); warm-up of ``CRITIC_WARMUP_G_STEPS`` (official 25);
+        - critic pre-training runs inside training, on a pool of ``CRITIC_POOL_BATCHES``
+          labeled-loader batches (nnU-Net's augmented patches, including empty ones; official: a
+          separate run on whole images resized to 64²): ``CRITIC_EPOCHS`` (official 10001) passes
+          over the pool in batches of ``CRITIC_BATCH_SIZE``; ``CRITIC_HELD_OUT`` of the pool is kept
+          out of training to measure how well the critic tells real from corrupted masks (AUC,
+          logged; a warning below ``CRITIC_MIN_AUC``). On a CPU the official budget takes hours
+          (about 0.2-0.7 s per critic update at 64²): shorten it with ``--hparam CRITIC_EPOCHS=N``
+          and check the logged AUC;
           the generator ends in a softmax/sigmoid (official: tanh, fakes in [-1, 1] while masks
           lie in [0, 1]); real masks are nnU-Net's augmented patches, including empty ones;
         - 3D uses a 3D critic of width ``CRITIC_FEATURES_3D`` on 32³ masks; multi-class uses one
@@ -90,27 +96,29 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
     SUPERVISED_WEIGHT = 2.0
     SHAPE_WEIGHT = 0.1
     DROPOUT = 0.3
-    UNLABELED_FRACTION = 0.5
     CRITIC_SIZE_2D = 64
     CRITIC_SIZE_3D = 32
     CRITIC_FEATURES_2D = 64
     CRITIC_FEATURES_3D = 32
     CRITIC_LATENT = 100
-    CRITIC_STEPS = 2500
+    CRITIC_EPOCHS = 10001
     CRITIC_BATCH_SIZE = 16
     CRITIC_POOL_BATCHES = 32
+    CRITIC_HELD_OUT = 0.2
+    CRITIC_MIN_AUC = 0.75
     CRITIC_LR = 5e-5
     CRITIC_CLIP = 0.01
     CRITIC_ITERS_PER_G = 5
-    CRITIC_WARMUP_G_STEPS = 5
+    CRITIC_WARMUP_G_STEPS = 25
     CRITIC_WARMUP_ITERS = 100
     network_class = TwinDecoderUNet
     supports_ignore_label = False
     unsupported_labels_reason = "a shape prior cannot be learned from partially annotated masks"
     critic: ShapeCritic | None = None
+    critic_auc: float = float("nan")
 
     @classmethod
-    def extra_network_kwargs(cls) -> dict:
+    def extra_network_kwargs(cls, ndim: int) -> dict:
         """D_p's bottleneck dropout (``DROPOUT``)."""
         return {"dropout": cls.DROPOUT}
 
@@ -150,9 +158,29 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
         """A fresh (untrained) critic for this configuration, on the training device."""
         return ShapeCritic(*self._critic_args()).to(self.device)
 
-    def critic_steps(self) -> int:
-        """Critic updates of the pre-training: ``CRITIC_STEPS``, at most one per segmenter step."""
-        return max(1, min(self.CRITIC_STEPS, self.num_epochs * self.num_iterations_per_epoch))
+    def critic_steps(self, n_masks: int) -> int:
+        """Critic updates of the pre-training: ``CRITIC_EPOCHS`` passes over ``n_masks`` masks in batches of
+        ``CRITIC_BATCH_SIZE`` (the official run: 10001 epochs over the labeled masks)."""
+        return max(1, self.CRITIC_EPOCHS * math.ceil(n_masks / self.CRITIC_BATCH_SIZE))
+
+    def critic_separation(self, critic: ShapeCritic, real: torch.Tensor, seed: int = 0) -> float:
+        """AUC of the critic telling real masks from corrupted copies of them (lower score = more real).
+
+        Corruptions: 15 % of the voxels flipped, or the mask replaced by thresholded smooth noise
+        (blobs of the same size). 0.5 = chance (ties count half), 1 = every real mask scores below every
+        corrupted one.
+        """
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        real = real.float().cpu()
+        flipped = torch.where(torch.rand(real.shape, generator=g) < 0.15, 1 - real, real)
+        coarse = torch.rand((real.shape[0], real.shape[1], *[4] * (real.ndim - 2)), generator=g)
+        blobs = (resize_to_critic(coarse, real.shape[-1]) > 0.6).float()
+        with torch.no_grad():
+            s_real = critic(real.to(self.device)).cpu()
+            s_bad = torch.cat([critic(x.to(self.device)).cpu() for x in (flipped, blobs)])
+        below = (s_real[:, None] < s_bad[None, :]).float().mean()
+        ties = (s_real[:, None] == s_bad[None, :]).float().mean()
+        return float(below + 0.5 * ties)
 
     def collect_real_masks(self, n_batches: int) -> torch.Tensor:
         """Critic-sized masks of ``n_batches`` batches of the labeled training loader."""
@@ -165,38 +193,55 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
 
     def pretrain_critic(self, real: torch.Tensor | None = None) -> ShapeCritic:
         """Train the shape critic with a WGAN on labeled masks (``real``: a pool of critic-sized masks,
-        default: collected from the labeled loader), freeze it and set ``self.critic``."""
+        default: collected from the labeled loader), freeze it and set ``self.critic``.
+
+        Under DDP it is trained once, on rank 0, and broadcast to the other ranks."""
+        import torch.distributed as dist
+
         t0 = time.time()
-        steps = self.critic_steps()
-        if real is None:
-            real = self.collect_real_masks(min(self.CRITIC_POOL_BATCHES, steps))
-        real = real.to(self.device)
         dim, channels, size, features = self._critic_args()
         critic = ShapeCritic(dim, channels, size, features).to(self.device)
-        generator = ShapeGenerator(dim, channels, size, features, self.CRITIC_LATENT,
-                                   exclusive=not self.label_manager.has_regions).to(self.device)
+        stats, n_real, auc = None, 0, float("nan")
+        if not self.is_ddp or dist.get_rank() == 0:
+            if real is None:
+                real = self.collect_real_masks(self.CRITIC_POOL_BATCHES)
+            real = real.to(self.device)
+            n_held = max(1, int(round(real.shape[0] * self.CRITIC_HELD_OUT))) if real.shape[0] > 1 else 0
+            train, held = real[n_held:], real[:n_held]
+            n_real = train.shape[0]
+            generator = ShapeGenerator(dim, channels, size, features, self.CRITIC_LATENT,
+                                       exclusive=not self.label_manager.has_regions).to(self.device)
 
-        def sample_real(n: int) -> torch.Tensor:
-            return real[torch.randint(0, real.shape[0], (n,), device=real.device)]
+            def sample_real(n: int) -> torch.Tensor:
+                return train[torch.randint(0, train.shape[0], (n,), device=train.device)]
 
-        stats = train_wgan_critic(critic, generator, sample_real, steps, self.CRITIC_BATCH_SIZE, self.CRITIC_LR,
-                                  self.CRITIC_CLIP, self.CRITIC_ITERS_PER_G, self.CRITIC_WARMUP_G_STEPS,
-                                  self.CRITIC_WARMUP_ITERS)
+            stats = train_wgan_critic(critic, generator, sample_real, self.critic_steps(n_real), self.CRITIC_BATCH_SIZE,
+                                      self.CRITIC_LR, self.CRITIC_CLIP, self.CRITIC_ITERS_PER_G,
+                                      self.CRITIC_WARMUP_G_STEPS, self.CRITIC_WARMUP_ITERS)
+            if n_held:
+                auc = self.critic_separation(critic, held)
         if self.is_ddp:
-            import torch.distributed as dist
-
             for t in critic.state_dict().values():
                 dist.broadcast(t, src=0)
+            critic.requires_grad_(False).eval()
         self.critic = critic
-        self.print_to_log_file(
-            f"Shape critic: {stats['critic_steps']} critic / {stats['generator_steps']} generator updates on "
-            f"{real.shape[0]} labeled masks of {size}^{dim} ({channels} channels) in {time.time() - t0:.1f} s; "
-            f"W estimate {stats['wasserstein']:.4f}")
+        if stats is not None:
+            self.critic_auc = auc
+            self.print_to_log_file(
+                f"Shape critic: {stats['critic_steps']} critic / {stats['generator_steps']} generator updates on "
+                f"{n_real} labeled masks of {size}^{dim} ({channels} channels) in {time.time() - t0:.1f} s; "
+                f"W estimate {stats['wasserstein']:.4f}; real vs corrupted held-out masks: AUC {auc:.3f}"
+                + (" (rank 0, broadcast to all ranks)" if self.is_ddp else ""))
+            if auc < self.CRITIC_MIN_AUC:
+                self.print_to_log_file(f"WARNING: the shape critic barely tells real from corrupted masks (AUC "
+                                       f"{auc:.3f} < {self.CRITIC_MIN_AUC}); its shape term adds little. Train it "
+                                       "longer (--hparam CRITIC_EPOCHS=...).")
         return critic
 
-    def prepare_benchmark(self) -> None:
-        """Give a trainer built without data an (untrained, frozen) critic so that ``train_step`` runs
-        at its real cost (used by ``benchmarks/run_all.py``)."""
+    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
+        """Unlabeled batches, and an (untrained, frozen) critic for a trainer built without data, so that
+        ``train_step`` runs at its real cost."""
+        super().prepare_train_step_benchmark(unlabeled)
         if self.critic is None:
             self.critic = self.build_critic().requires_grad_(False).eval()
 
@@ -218,11 +263,16 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
             return self.loss(outputs, targets)
         return self.loss(outputs[0] if isinstance(outputs, (list, tuple)) else outputs, targets[0])
 
-    def compute_loss(self, data_l: torch.Tensor, targets_l: list[torch.Tensor],
-                     unlabeled: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Total loss of one step and its parts (``sup``, ``pseudo``, ``shape``, detached floats)."""
-        n_l = data_l.shape[0]
-        lab, pseudo_logits, dp = self.network(torch.cat((data_l, unlabeled)), n_labeled=n_l)
+    def compute_loss(self, outputs: tuple, targets_l: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Total loss of one step and its parts (``sup``, ``pseudo``, ``shape``, detached floats).
+
+        Args:
+            outputs: the training pass ``network(cat(labeled, unlabeled), n_labeled=n)``: D_l's
+                outputs on the labeled images, D_l's full-resolution logits on the unlabeled ones
+                (no gradient) and D_p's outputs on the unlabeled ones at every scale.
+            targets_l: nnU-Net's targets of the labeled images (deep-supervision list).
+        """
+        lab, pseudo_logits, dp = outputs
         l_s = self._loss(lab, targets_l)
         pseudo = self.pseudo_labels(pseudo_logits)
         pseudo_targets = [pseudo] + [F.interpolate(pseudo, size=o.shape[2:], mode="nearest-exact") for o in dp[1:]]
@@ -234,14 +284,12 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
     def train_step(self, batch: dict) -> dict:
         if self.critic is None:
             raise RuntimeError("the shape critic is not trained: call pretrain_critic() (on_train_start does)")
-        data, target = self.labeled_part(batch)
+        data, target = self.batch_to_device(batch)
         targets = target if isinstance(target, list) else [target]
         unlabeled = self.next_unlabeled_batch()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss, _ = self.compute_loss(data, targets, unlabeled)
-        self.optimizer_step(loss)
-        return {"loss": np.array(loss.detach().cpu().numpy())}
+        n_l = data.shape[0]
+        return self.nnunet_step(torch.cat((data, unlabeled.to(data.dtype))), targets,
+                                lambda net, x: net(x, n_labeled=n_l), lambda out, t: self.compute_loss(out, t)[0])
 
     # ---------------------------------------------------------------- checkpoints
     def _extra_checkpoint_state(self) -> dict:

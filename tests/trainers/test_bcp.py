@@ -186,7 +186,9 @@ def test_stage2_step_every_parameter_gets_a_gradient_and_teacher_follows(tmp_pat
     data, targets = _batch(t, configuration)
     unlabeled = torch.randn_like(data)
     t.optimizer.zero_grad()
-    loss = t.stage2_loss(data, targets, unlabeled)
+    mask = bcp_mask(tuple(data.shape[2:]), t.MASK_RATIO)
+    mixed, p_a, p_b = t.stage2_inputs(data, unlabeled, mask)
+    loss = t.stage2_loss(t.network(mixed), targets, mask, p_a, p_b)
     loss.backward()
     missing = [n for n, p in t.network.named_parameters() if p.grad is None]
     assert missing == []  # DDP needs every parameter in the graph
@@ -212,7 +214,9 @@ def test_stage1_step_uses_labeled_data_only(tmp_path):
     assert np.isfinite(out["loss"]) and t.teacher is None
     # a batch of one is mixed with itself
     t.optimizer.zero_grad()
-    t.stage1_loss(data[:1], [x[:1] for x in targets]).backward()
+    mask = bcp_mask(tuple(data.shape[2:]), t.MASK_RATIO)
+    a, b = t._halves(data[:1])
+    t.stage1_loss(t.network(mix(a, b, mask)), [x[:1] for x in targets], mask).backward()
     assert all(p.grad is not None for p in t.network.parameters())
 
 
@@ -265,25 +269,18 @@ def _build_dataset(root):
     plan_experiment_dataset(DATASET_ID)
     preprocess_dataset(DATASET_ID, configurations=("2d", "3d_fullres"), num_processes=(1,), verbose=False,
                        show_progress_bar=False)
-    written = preprocess_unlabeled(DATASET, "nnUNetPlans", ["2d", "3d_fullres"], 1)
+    written = preprocess_unlabeled(DATASET, "nnUNetPlans", configurations=["2d", "3d_fullres"], num_processes=1)
     assert written == {"2d": 2, "3d_fullres": 2}
 
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("bcp_data")
-    old = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA")}
-    for k in old:
-        os.environ[k] = str(root / k)
-    os.environ["nnUNet_n_proc_DA"] = "1"  # nnU-Net's planner sets torch's thread count from it
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            mp.setenv(k, str(root / k))
+        mp.setenv("nnUNet_n_proc_DA", "1")  # nnU-Net's planner sets torch's thread count from it
         _build_dataset(root)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return root
 
 
@@ -337,3 +334,90 @@ def test_training_never_reads_unlabeled_label_files(dataset_root, monkeypatch, c
     for a, b in zip(t.teacher.state_dict().values(), t2.teacher.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert t2.do_split()[0] == labeled and t2.unlabeled_train_keys == unlabeled
+
+
+# ----------------------------------------------------------------------------- stage 2 start and the LCC filter
+def test_single_component_counts_on_hand_made_patches():
+    from nnzoo.trainers.bcp import single_component_counts
+
+    t = np.zeros((3, 1, 8, 8), np.int16)
+    t[0, 0, :2, :2] = 1              # class 1: one object
+    t[0, 0, 5:, 5:] = 2
+    t[0, 0, 0, 7] = 2                # class 2: two objects
+    t[1, 0, 3:5, 3:5] = 1            # class 1: one object; class 2 absent
+    t[2, 0, 0, 0] = 1
+    t[2, 0, 1, 1] = 1                # diagonal neighbours: one object (8-connectivity)
+    counts = single_component_counts(t, 3)
+    np.testing.assert_array_equal(counts, [[0, 0], [3, 3], [0, 1]])
+
+
+def test_lcc_applies_only_to_classes_that_are_one_object(tmp_path):
+    t = _trainer(tmp_path, "2d")
+    assert t.lcc_classes() == [1, 2]  # nothing counted yet: the official behaviour
+    t.component_counts = np.array([[0, 0], [10, 10], [5, 10]])
+    assert t.lcc_classes() == [1]  # class 2 is fragmented in half of the labeled patches
+    t.LCC_MIN_SINGLE_FRACTION = 0.0  # the official filter on every class
+    assert t.lcc_classes() == [1, 2]
+    # the filter in the pseudo-labels: class 1 reduced to its largest component, class 2 kept whole
+    t.LCC_MIN_SINGLE_FRACTION = 0.9
+    seg = np.zeros((1, 16, 16), np.int64)
+    seg[0, :3, :3] = 1
+    seg[0, 8:, 8:] = 1
+    seg[0, 0, 10] = seg[0, 5, 14] = 2
+
+    class _Teacher:
+        def predict(self, x):
+            return torch.nn.functional.one_hot(torch.from_numpy(seg), 3).movedim(-1, 1).float()
+
+    t.teacher = _Teacher()
+    plab = t.pseudo_labels(torch.zeros(1, 1, 16, 16))[:, 0].numpy()
+    assert (plab[0, :3, :3] == 0).all() and (plab[0, 8:, 8:] == 1).all()
+    assert plab[0, 0, 10] == 2 and plab[0, 5, 14] == 2
+
+
+def test_stage1_steps_count_components_and_stage2_starts_from_the_best_stage1_model(tmp_path, monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    def epoch_end(self):  # nnU-Net's on_epoch_end without plots and checkpoints
+        self.current_epoch += 1
+
+    monkeypatch.setattr(nnUNetTrainer, "on_epoch_end", epoch_end)
+    t = _trainer(tmp_path, "3d_fullres")
+    t.num_epochs = 15  # stage 2 from epoch 3
+    net = t.network
+    snapshots = []
+    for epoch, ema in enumerate((0.3, 0.6, 0.5)):
+        data, targets = _batch(t, "3d_fullres")
+        t.train_step({"data": data, "target": targets})  # stage 1: a real optimizer step
+        assert t.component_counts is not None and t.component_counts[1:, 1].sum() > 0
+        snapshots.append(({k: v.clone() for k, v in net.state_dict().items()},
+                          torch.optim.SGD([torch.zeros(1)]).state_dict()))
+        t.logger.log("ema_fg_dice", ema, epoch)
+        t.on_epoch_end()
+    assert t.stage1_best["epoch"] == 1 and t.stage1_best["ema"] == 0.6
+    best = snapshots[1][0]
+    momentum_at_best = {k: v["momentum_buffer"].clone() for k, v in t.stage1_best["optimizer"]["state"].items()}
+    assert t.current_epoch == 3 and t.in_stage2()
+    t.start_stage2()
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, best[k])  # the student restarts from epoch 1's weights ...
+    for k, v in t.optimizer.state_dict()["state"].items():
+        torch.testing.assert_close(v["momentum_buffer"], momentum_at_best[k])  # ... and optimizer state
+    for k, v in t.teacher.module.state_dict().items():
+        torch.testing.assert_close(v, best[k])  # teacher = that student
+    log = open(t.log_file).read()
+    assert "from the best stage-1 model (epoch 1, EMA pseudo Dice 0.6000)" in log
+
+
+def test_stage1_state_survives_a_checkpoint(tmp_path):
+    t = _trainer(tmp_path, "2d")
+    t.component_counts = np.array([[0, 0], [4, 5], [1, 5]])
+    t.stage1_best = {"network": {k: v.clone() for k, v in t.network.state_dict().items()},
+                     "optimizer": t.optimizer.state_dict(), "ema": 0.7, "epoch": 3}
+    path = str(tmp_path / "ck.pth")
+    t.save_checkpoint(path)
+    t2 = _trainer(tmp_path, "2d")
+    t2.load_checkpoint(path)
+    np.testing.assert_array_equal(t2.component_counts, t.component_counts)
+    assert t2.stage1_best["epoch"] == 3 and t2.stage1_best["ema"] == 0.7
+    assert t2.lcc_classes() == t.lcc_classes() == []

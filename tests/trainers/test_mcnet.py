@@ -10,7 +10,6 @@ import torch
 from helpers import make_trainer, tiny_dataset_json, tiny_plans
 
 from nnzoo.trainers.mcnet import mutual_consistency_loss, nnUNetTrainerMCNet, sharpen, sigmoid_rampup
-from nnzoo.trainers.networks.common import Upsampling
 from nnzoo.trainers.networks.mcnet import MCNet
 
 PATCH = {"3d_fullres": (16, 16, 16), "2d": (16, 16)}
@@ -29,6 +28,17 @@ def test_sharpen_on_hand_made_values():
     # channels are sharpened independently (no renormalisation): (0.5, 0.3, 0.2) -> (0.5, s(0.3), s(0.2))
     q = sharpen(torch.tensor([0.5, 0.3, 0.2]), 0.1)
     assert abs(float(q[0]) - 0.5) < 1e-7 and float(q.sum()) < 0.51
+    # more than two exclusive classes: per-channel sharpening of (0.4, 0.35, 0.25) loses the distribution,
+    # the renormalised form keeps argmax and sum: p_c^10 / sum_k p_k^10
+    tri = torch.tensor([0.4, 0.35, 0.25])[None, :, None]
+    assert float(sharpen(tri, 0.1).sum()) < 0.02
+    r = sharpen(tri, 0.1, over_classes=True)
+    hand = torch.tensor([0.4 ** 10, 0.35 ** 10, 0.25 ** 10])
+    torch.testing.assert_close(r[0, :, 0], hand / hand.sum())
+    assert int(r.argmax(1)) == 0 and float(r.sum()) == pytest.approx(1.0)
+    # two classes: the renormalised form is the official formula
+    two = torch.tensor([[0.3, 0.8], [0.7, 0.2]])[None]
+    torch.testing.assert_close(sharpen(two, 0.1, over_classes=True), sharpen(two, 0.1))
     # half precision input: computed in float32, no NaN
     assert sharpen(torch.rand(100).half(), 0.1).dtype == torch.float32
 
@@ -111,21 +121,6 @@ def test_three_decoders_differ_only_in_upsampling(tmp_path, configuration):
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("mode", ["linear", "nearest"])
-def test_interpolating_upsampling_matches_conv_after_interpolation(mode):
-    torch.manual_seed(0)
-    up = Upsampling(mode, torch.nn.Conv3d, 4, 2, (1, 2, 2), bias=True)
-    x = torch.randn(1, 4, 3, 4, 5)
-    y = up(x, (3, 8, 10))
-    assert y.shape == (1, 2, 3, 8, 10)
-    kw = {"align_corners": True} if mode == "linear" else {}
-    ref = up.conv(torch.nn.functional.interpolate(x, size=(3, 8, 10), mode="trilinear" if mode == "linear"
-                                                  else "nearest", **kw))
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="upsampling mode"):
-        Upsampling("bicubic", torch.nn.Conv3d, 4, 2, 2)
-
-
 def test_inference_network_is_the_first_decoder(tmp_path):
     torch.manual_seed(0)
     net = _net(tmp_path, "3d_fullres")
@@ -197,22 +192,27 @@ def test_loss_composition_and_every_parameter_gets_a_gradient(tmp_path, configur
     # composition: lambda * sum over decoders of nnU-Net's loss on the labeled half + w * consistency
     with torch.no_grad():
         ref_sup = sum(t.loss([o[:2] for o in out], targets) for out in outputs)
-        ref_cons = mutual_consistency_loss([torch.softmax(out[0].float(), 1) for out in outputs], 0.1)
+        assert t.sharpen_over_classes  # three mutually exclusive classes
+        ref_cons = mutual_consistency_loss([torch.softmax(out[0].float(), 1) for out in outputs], 0.1,
+                                           over_classes=True)
     torch.testing.assert_close(sup.detach(), ref_sup)
     torch.testing.assert_close(cons.detach(), ref_cons)
     torch.testing.assert_close(total.detach(), t.supervised_weight * ref_sup + 0.7 * ref_cons)
-    # the unlabeled images enter the consistency term only
+    # the unlabeled images enter the consistency term only (eval mode: no dropout, same masks)
+    t.network.eval()
     with torch.no_grad():
-        outs2 = t.network(torch.cat((data, torch.randn_like(data))), all_decoders=True)
-        _, sup2, cons2 = t.compute_loss(outs2, targets, 2, 0.7)
-    torch.testing.assert_close(sup2, sup.detach())
-    assert not torch.allclose(cons2, cons.detach())
+        _, sup1, cons1 = t.compute_loss(t.network(torch.cat((data, unlabeled)), all_decoders=True), targets, 2, 0.7)
+        _, sup2, cons2 = t.compute_loss(t.network(torch.cat((data, torch.randn_like(data))), all_decoders=True),
+                                        targets, 2, 0.7)
+    torch.testing.assert_close(sup2, sup1)
+    assert not torch.allclose(cons2, cons1)
 
 
-def test_train_step_shares_the_planned_batch_like_the_official_code(tmp_path):
+def test_train_step_sees_the_full_labeled_batch_plus_as_many_unlabeled(tmp_path):
+    """As the official 3D code (2 labeled + 2 unlabeled): every labeled patch of nnU-Net's batch, one pass."""
     t = _trainer(tmp_path)
     t.batch_size = 2
-    assert t.batch_split() == (1, 1)  # official: labeled_bs = batch_size / 2
+    assert t.unlabeled_batch_size == 2
     data, targets = _batch(t, "3d_fullres")
     seen = []
     real_forward = t.network.forward
@@ -222,22 +222,16 @@ def test_train_step_shares_the_planned_batch_like_the_official_code(tmp_path):
         return real_forward(x, all_decoders)
 
     t.network.forward = spy
-    unlabeled = torch.randn(3, 1, *PATCH["3d_fullres"])  # a larger loader batch is cut to the unlabeled share
+    unlabeled = torch.randn(2, 1, *PATCH["3d_fullres"])
     t.dataloader_unlabeled = iter([{"data": unlabeled}])
     before = [p.detach().clone() for p in t.network.parameters()]
     out = t.train_step({"data": data, "target": targets})
     assert len(seen) == 1 and seen[0][1] is True
-    x = seen[0][0]
-    assert x.shape == (2, 1, *PATCH["3d_fullres"])
-    # the labeled patch is the last of nnU-Net's batch (its foreground-oversampled one), then the unlabeled one
-    torch.testing.assert_close(x[0], data[-1])
-    torch.testing.assert_close(x[1], unlabeled[0])
+    torch.testing.assert_close(seen[0][0], torch.cat((data, unlabeled)))
     assert all(np.isfinite(out[k]) for k in ("loss", "supervised_loss", "consistency_loss"))
     assert any(not torch.equal(a, p) for a, p in zip(before, t.network.parameters()))
     t.batch_size = 5
-    assert t.batch_split() == (3, 2)  # round(5 / 2) = 2 unlabeled; never fewer than one of each
-    t.batch_size = 1
-    assert t.batch_split() == (1, 1)
+    assert t.unlabeled_batch_size == 5
 
 
 def test_ce_weight_zero_gives_official_dice_only_loss(tmp_path):

@@ -1,8 +1,9 @@
 """Every method trainer end to end through the CLI on the tiny 2D and 3D datasets.
 
-plan_and_preprocess with the trainer's own planner -> train a few iterations -> predict; for
-BA-Net also ``nnUNetv2_predict`` through the shim folder, which must give identical outputs.
-Semi-supervised trainers use the datasets' ``imagesUnlabeled/``.
+``train -tr <method>`` on a dataset planned with nnU-Net's default planner (the method's planner
+runs on the spot) -> train a few iterations -> predict; for BA-Net also ``nnUNetv2_predict``
+through the shim folder, which must give identical outputs. Semi-supervised trainers use the
+datasets' ``imagesUnlabeled/``.
 """
 
 from __future__ import annotations
@@ -29,20 +30,27 @@ CASES = [(i.name, p) for i in METHODS for p in ("prepared_3d", "prepared_2d") if
 
 @pytest.mark.parametrize("trainer,in_prepared", CASES, indirect=["in_prepared"],
                          ids=[f"{t}-{p[-2:]}" for t, p in CASES])
-def test_method_end_to_end(trainer, in_prepared, tmp_path):
+def test_method_end_to_end(trainer, in_prepared, tmp_path, capsys):
     prep = in_prepared
     did, cfg = str(prep["id"]), prep["configuration"]
     info = next(i for i in METHODS if i.name == trainer)
-    if info.planner:
-        assert main(["plan_and_preprocess", "-d", did, "-c", cfg, "-pl", info.planner, "-np", "1"]) == 0
     plans = default_plans_name(trainer)
+    pre = next(Path(os.environ["nnUNet_preprocessed"]).iterdir())
+    if info.planner:  # the dataset holds only nnU-Net's plans
+        (pre / f"{plans}.json").unlink(missing_ok=True)
+    quick = [a for k, v in info.quick_hparams.items() for a in ("--hparam", f"{k}={v}")]
     assert main(["train", did, cfg, "0", "-tr", trainer, "-device", "cpu", "--epochs", "2", "--iters", "2",
-                 "--overwrite"]) == 0
+                 "--overwrite", *quick]) == 0
+    if info.planner:  # the method's plans were made on the spot, from nnU-Net's preprocessed data
+        assert f"planning them now with {info.planner}" in capsys.readouterr().out
+        assert (pre / f"{plans}.json").is_file()
     name = next(p.name for p in Path(os.environ["nnUNet_results"]).iterdir())
     model = Path(os.environ["nnUNet_results"]) / name / f"{trainer}__{plans}__{cfg}"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
     assert f"{trainer} hyperparameters:" in log
+    for k, v in info.quick_hparams.items():  # the overrides reach the trainer and are logged
+        assert f"{k}={v}" in log or f"'{k}': {v}" in log
 
     inp, nn_in = tmp_path / "in", tmp_path / "nn_in"
     inp.mkdir()
@@ -79,15 +87,23 @@ def test_method_end_to_end(trainer, in_prepared, tmp_path):
 
 
 @pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
-def test_labeled_budget_through_cli(in_prepared):
-    """--labeled 2: the choice is written down with the model and the same on a second run."""
+def test_labeled_budget_through_cli(in_prepared, capsys):
+    """--labeled 2: its own model folder (``..._labeled2``), the choice written down and the same on a second run;
+    the full-label model of the same fold is kept; --continue needs the budget."""
     did = str(in_prepared["id"])
-    res = Path(os.environ["nnUNet_results"]) / "Dataset502_Toy2d" / "nnUNetTrainer__nnUNetPlans__2d" / "fold_1"
+    models = Path(os.environ["nnUNet_results"]) / "Dataset502_Toy2d"
+    res = models / "nnUNetTrainer__nnUNetPlans__2d_labeled2" / "fold_1"
+    base = ["train", did, "2d", "1", "-device", "cpu", "--epochs", "1", "--iters", "1", "--no-val"]
+    assert main([*base, "--overwrite"]) == 0  # all labels
+    full = (models / "nnUNetTrainer__nnUNetPlans__2d" / "fold_1" / "checkpoint_final.pth").read_bytes()
     chosen = []
     for _ in range(2):
-        assert main(["train", did, "2d", "1", "-device", "cpu", "--epochs", "1", "--iters", "1", "--labeled", "2",
-                     "--overwrite", "--no-val"]) == 0
+        assert main([*base, "--labeled", "2", "--overwrite"]) == 0
         split = json.loads((res / "labeled_split.json").read_text())
         assert len(split["labeled"]) == 2 and json.loads((res / "nnzoo_run.json").read_text())["labeled"] == 2
         chosen.append(split["labeled"])
     assert chosen[0] == chosen[1]
+    assert (models / "nnUNetTrainer__nnUNetPlans__2d" / "fold_1" / "checkpoint_final.pth").read_bytes() == full
+    assert main(["predict", "-i", str(in_prepared["src"]["images"]), "-o", str(res.parent / "pred"), "-d", did,
+                 "-c", "2d", "--labeled", "2", "-f", "1"]) == 0
+    assert len(list((res.parent / "pred").glob("*.png"))) == 6

@@ -13,14 +13,9 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from nnzoo.pipeline.unlabeled import unlabeled_folder
-from nnzoo.trainers.semisup import (
-    TEACHER_KEY,
-    EMATeacher,
-    SemiSupervisedTrainer,
-    UnlabeledImageDataset,
-    unwrap_network,
-)
+from nnzoo.trainers.nnunet_compat import unwrap_network
+from nnzoo.trainers.semisup import TEACHER_KEY, EMATeacher, SemiSupervisedTrainer
+from nnzoo.trainers.unlabeled_data import UnlabeledImageDataset, unlabeled_folder
 
 PATCH = (16, 16, 16)
 
@@ -112,22 +107,25 @@ def test_unlabeled_dataset_reads_images_only(tmp_path):
     assert seg_prev is None and props == {"class_locations": {}}
     lm = PlansManager(tiny_plans()).get_label_manager(tiny_dataset_json())
     dl = nnUNetDataLoader(ds, 3, PATCH, PATCH, lm, oversample_foreground_percent=0.0)
-    dl.has_ignore = False
     batch = next(dl)
     assert batch["data"].shape == (3, 1, *PATCH)
     assert set(batch["target"].unique().tolist()) <= {-1, 0}  # dummy zeros (-1: padding), no labels
     assert set(batch["keys"]) <= set(ds.identifiers)
 
 
-def test_unlabeled_dataset_ignore_label_plans_never_look_up_class_locations(tmp_path):
+def test_unlabeled_loader_of_ignore_label_plans_never_looks_up_class_locations(tmp_path):
+    """An ignore label makes nnU-Net's loader sample annotated voxels: the unlabeled loader's label manager has none."""
     _save_cases(tmp_path / "x", ["a"])
     ds = UnlabeledImageDataset([(str(tmp_path / "x"), "a")])
-    lm = PlansManager(tiny_plans()).get_label_manager(
-        tiny_dataset_json(labels={"background": 0, "a": 1, "b": 2, "ignore": 3}))
-    assert lm.has_ignore_label
-    dl = nnUNetDataLoader(ds, 2, PATCH, PATCH, lm, oversample_foreground_percent=0.0)
-    dl.has_ignore = False  # what SemiSupervisedTrainer does
-    assert next(dl)["data"].shape == (2, 1, *PATCH)
+    labels = {"background": 0, "a": 1, "b": 2, "ignore": 3}
+    with_ignore = PlansManager(tiny_plans()).get_label_manager(tiny_dataset_json(labels=labels))
+    with pytest.raises(KeyError):  # nnU-Net's loader with the dataset's own label manager
+        next(nnUNetDataLoader(ds, 2, PATCH, PATCH, with_ignore, oversample_foreground_percent=0.0))
+    t = make_trainer(SemiSupervisedTrainer, tmp_path, plans=tiny_plans(patch_size=PATCH),
+                     dataset_json=tiny_dataset_json(labels=labels))
+    no_ignore = t.unlabeled_label_manager()
+    assert not no_ignore.has_ignore_label and no_ignore.foreground_labels == [1, 2]
+    assert next(nnUNetDataLoader(ds, 2, PATCH, PATCH, no_ignore))["data"].shape == (2, 1, *PATCH)
 
 
 # ----------------------------------------------------------------------------- trainer

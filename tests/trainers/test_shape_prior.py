@@ -14,11 +14,8 @@ from helpers import make_trainer, tiny_dataset_json, tiny_plans
 from nnzoo.pipeline.cli import main
 from nnzoo.trainers.base import NnzooTrainer
 from nnzoo.trainers.networks.shape_prior import (
-    ShapeCritic,
-    ShapeGenerator,
     TwinDecoderUNet,
     resize_to_critic,
-    train_wgan_critic,
 )
 from nnzoo.trainers.shape_prior import CRITIC_KEY, nnUNetTrainerShapePrior
 
@@ -30,7 +27,7 @@ class _TinyShapePrior(nnUNetTrainerShapePrior):
     CRITIC_SIZE_3D = 16
     CRITIC_FEATURES_2D = 8
     CRITIC_FEATURES_3D = 4
-    CRITIC_STEPS = 6
+    CRITIC_EPOCHS = 3
     CRITIC_BATCH_SIZE = 4
     CRITIC_WARMUP_G_STEPS = 1
     CRITIC_WARMUP_ITERS = 2
@@ -41,12 +38,6 @@ def _trainer(tmp_path, cfg="2d", dataset_json=None, cls=_TinyShapePrior):
                         initialize=True)
 
 
-def _disks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    c = torch.rand(n, 2, generator=g) * size * 0.5 + size * 0.25
-    r = torch.rand(n, generator=g) * size * 0.15 + size * 0.15
-    d = (yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2
-    return (d < r[:, None, None] ** 2).float()[:, None]
 
 
 def _batch(trainer, batch_size: int, seed: int = 0) -> dict:
@@ -68,41 +59,8 @@ class _Unlabeled:
 
 
 # ----------------------------------------------------------------------------- critic
-def test_critic_ranks_real_masks_below_noisy_masks():
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    size = 32
-    pool, real = _disks(256, size, g), _disks(64, size, g)
-    noisy = (real + (torch.rand(real.shape, generator=g) < 0.2).float()) % 2  # 20 % of the pixels flipped
-    blobs = (torch.rand(real.shape, generator=g) < 0.3).float()
-    critic = ShapeCritic(2, 1, size, 16)
-    generator = ShapeGenerator(2, 1, size, 16, latent_dim=100, exclusive=True)
-    stats = train_wgan_critic(critic, generator, lambda n: pool[torch.randint(0, len(pool), (n,))], 100, 16,
-                              warmup_g_steps=1, warmup_iters=20)
-    assert stats["critic_steps"] == 100 and stats["generator_steps"] > 1
-    assert not critic.training and not any(p.requires_grad for p in critic.parameters())
-    assert all(p.abs().max() <= 0.01 + 1e-7 for p in critic.parameters())  # weight clipping
-    with torch.no_grad():
-        s_real, s_noisy, s_blobs = critic(real), critic(noisy), critic(blobs)
-    assert s_real.shape == (64,)
-    assert s_real.mean() < s_noisy.mean() and s_real.mean() < s_blobs.mean()
-    assert (s_real < s_noisy).float().mean() > 0.8  # per mask, not only on average
 
 
-@pytest.mark.parametrize("dim,exclusive", [(2, True), (3, True), (3, False)])
-def test_critic_and_generator_shapes(dim, exclusive):
-    c = ShapeCritic(dim, 2, 16, 4)
-    g = ShapeGenerator(dim, 2, 16, 4, latent_dim=8, exclusive=exclusive)
-    fake = g(torch.randn(3, 8))
-    assert fake.shape == (3, 2, *([16] * dim))
-    assert fake.min() >= 0 and fake.max() <= 1
-    if exclusive:
-        assert fake.sum(1).max() <= 1 + 1e-5  # foreground probabilities of a softmax
-    assert c(fake).shape == (3,)
-    with pytest.raises(ValueError, match="multiple of 16"):
-        ShapeCritic(dim, 1, 24)
-    x = torch.rand(2, 2, *([7] * dim))
-    assert resize_to_critic(x, 16).shape == (2, 2, *([16] * dim))
 
 
 # ----------------------------------------------------------------------------- network
@@ -145,7 +103,7 @@ def test_dp_receives_no_ground_truth(tmp_path):
         targets = _batch(tr, 2, seed)["target"]
         net.zero_grad(set_to_none=True)
         torch.manual_seed(0)  # same dropout mask
-        loss, parts = tr.compute_loss(data, targets, unlabeled)
+        loss, parts = tr.compute_loss(net(torch.cat((data, unlabeled)), n_labeled=2), targets)
         assert np.isfinite(loss.item()) and set(parts) == {"sup", "pseudo", "shape"}
         loss.backward()
         grads.append((_grads(net.decoder), _grads(net.label_decoder)))
@@ -176,7 +134,7 @@ def test_pseudo_labels_and_masks(tmp_path):
     assert p.shape == (1, 2, 2, 2) and torch.allclose(p.sum(1) + torch.softmax(logits, 1)[:, 0], torch.ones(1, 2, 2))
 
     regions = tiny_dataset_json(labels={"background": 0, "ab": [1, 2], "b": 2}, regions_class_order=[1, 2])
-    tr_r = _trainer(tmp_path / "r", "2d", dataset_json=regions)
+    tr_r = _trainer(tmp_path, "2d", dataset_json=regions)
     lr = torch.tensor([[[[3.0, -3.0]]], [[[-1.0, 2.0]]]]).permute(1, 0, 2, 3)  # (1, 2, 1, 2)
     assert tr_r.pseudo_labels(lr)[0].tolist() == [[[1.0, 0.0]], [[0.0, 1.0]]]
     assert tr_r._critic_args()[1] == 2
@@ -193,8 +151,7 @@ def test_ignore_label_is_rejected(tmp_path):
 def test_train_step_gradients_reach_every_parameter(cfg, tmp_path):
     tr = _trainer(tmp_path, cfg)
     tr.batch_size = 2
-    n_l, n_u = tr.batch_split()
-    assert (n_l, n_u) == (1, 1)
+    assert tr.unlabeled_batch_size == 2  # official: a full labeled and a full unlabeled batch
     batch = _batch(tr, 2)
     with pytest.raises(RuntimeError, match="critic"):
         tr.train_step(batch)
@@ -211,16 +168,49 @@ def test_train_step_gradients_reach_every_parameter(cfg, tmp_path):
     changed = [k for k, v in tr.network.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("decoder.") for k in changed) and any(k.startswith("label_decoder.") for k in changed)
     assert all(torch.equal(v, critic_before[k]) for k, v in tr.critic.state_dict().items())  # frozen
-    tr.batch_size = 5
-    assert tr.batch_split() == (3, 2)
 
 
-def test_critic_pretraining_steps_are_capped(tmp_path):
+def test_critic_budget_is_epochs_over_the_masks(tmp_path):
     tr = _trainer(tmp_path, "2d")
-    tr.num_epochs, tr.num_iterations_per_epoch = 2, 2
-    assert tr.critic_steps() == 4
-    tr.num_epochs = 1000
-    assert tr.critic_steps() == _TinyShapePrior.CRITIC_STEPS
+    assert tr.critic_steps(6) == 3 * 2  # 3 epochs x ceil(6 / 4) batches
+    assert tr.critic_steps(8) == 3 * 2 and tr.critic_steps(9) == 3 * 3
+    official = _trainer(tmp_path, "2d", cls=nnUNetTrainerShapePrior)
+    assert official.critic_steps(20) == 10001 * 2  # the official 10001 epochs, batches of 16
+
+
+class _NearestReal(torch.nn.Module):
+    """Scores a mask by its distance to the nearest of ``real`` (0 for the real masks themselves)."""
+
+    def __init__(self, real: torch.Tensor, sign: float = 1.0) -> None:
+        super().__init__()
+        self.real, self.sign = real, sign
+
+    def forward(self, x):
+        d = (x.flatten(1)[:, None] - self.real.flatten(1)[None]).abs().sum(-1).min(1).values
+        return self.sign * d
+
+
+def test_critic_separation_auc(tmp_path):
+    tr = _trainer(tmp_path, "2d")
+    g = torch.Generator().manual_seed(0)
+    real = (torch.rand(5, 2, 4, 4, generator=g) > 0.5).float()
+    real = torch.nn.functional.interpolate(real, size=(16, 16), mode="nearest")
+    assert tr.critic_separation(_NearestReal(real), real) == 1.0  # a perfect critic
+    assert tr.critic_separation(_NearestReal(real, -1.0), real) == 0.0  # an inverted one
+    constant = lambda x: torch.zeros(x.shape[0])  # noqa: E731
+    assert tr.critic_separation(constant, real) == 0.5  # chance
+
+
+def test_pretraining_logs_the_held_out_auc_and_warns_when_low(tmp_path):
+    tr = _trainer(tmp_path, "2d")
+    real = torch.nn.functional.interpolate((torch.rand(10, 2, 4, 4) > 0.5).float(), size=(16, 16))
+    critic = tr.pretrain_critic(real=real)
+    assert tr.critic is critic and not any(p.requires_grad for p in critic.parameters())
+    assert 0.0 <= tr.critic_auc <= 1.0
+    log = Path(tr.log_file).read_text()
+    assert "Shape critic: 6 critic" in log and "on 8 labeled masks" in log  # 2 of 10 held out
+    assert f"AUC {tr.critic_auc:.3f}" in log
+    assert ("WARNING: the shape critic barely tells" in log) == (tr.critic_auc < tr.CRITIC_MIN_AUC)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -233,7 +223,7 @@ def test_checkpoint_restores_critic_and_resume_does_not_retrain(tmp_path, monkey
     assert set(ck[CRITIC_KEY]) == set(tr.critic.state_dict())
     assert not any(k.startswith("critic") for k in ck["network_weights"])  # not part of the network weights
 
-    tr2 = _trainer(tmp_path / "b", "3d_fullres")
+    tr2 = _trainer(tmp_path, "3d_fullres")
     tr2.load_checkpoint(path)
     assert tr2.critic is not None and not tr2.critic.training
     assert not any(p.requires_grad for p in tr2.critic.parameters())
@@ -245,7 +235,7 @@ def test_checkpoint_restores_critic_and_resume_does_not_retrain(tmp_path, monkey
     tr2.on_train_start()  # resumed: the restored critic is kept
     calls = []
     monkeypatch.setattr(_TinyShapePrior, "pretrain_critic", lambda self, real=None: calls.append(1))
-    tr3 = _trainer(tmp_path / "c", "2d")
+    tr3 = _trainer(tmp_path, "2d")
     tr3.on_train_start()  # fresh run: pre-trains
     assert calls == [1]
 
@@ -257,16 +247,16 @@ def test_cli_label_budget_and_resume_keeps_the_critic(in_prepared):
     """``--labeled 2`` run, then ``--continue``: the critic is pre-trained once and restored, not retrained."""
     did = str(in_prepared["id"])
     common = ["train", did, "2d", "0", "-tr", "nnUNetTrainerShapePrior", "-device", "cpu", "--iters", "2",
-              "--labeled", "2", "--no-val", "--save-every", "1"]
-    earlier = {p.name for p in Path(os.environ["nnUNet_results"]).glob("*/nnUNetTrainerShapePrior__*__2d/fold_0/"
+              "--labeled", "2", "--no-val", "--save-every", "1", "--hparam", "CRITIC_EPOCHS=1"]
+    earlier = {p.name for p in Path(os.environ["nnUNet_results"]).glob("*/nnUNetTrainerShapePrior__*__2d_labeled2/fold_0/"
                                                                         "training_log_*.txt")}  # other tests' runs
     assert main([*common, "--epochs", "1", "--overwrite"]) == 0
-    fold = next(Path(os.environ["nnUNet_results"]).glob("*/nnUNetTrainerShapePrior__*__2d/fold_0"))
+    fold = next(Path(os.environ["nnUNet_results"]).glob("*/nnUNetTrainerShapePrior__*__2d_labeled2/fold_0"))
     critic = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)[CRITIC_KEY]
     assert json.loads((fold / "labeled_split.json").read_text())["num_labeled"] == 2
     assert main([*common, "--epochs", "2", "--continue"]) == 0
     logs = "".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")) if p.name not in earlier)
-    assert logs.count("Shape critic: ") == 1  # pre-trained once (2 critic updates: capped by 1 x 2 steps)
+    assert logs.count("Shape critic: ") == 1  # pre-trained once
     assert "Shape critic restored from the checkpoint (not retrained)" in logs
     resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert resumed["current_epoch"] == 2

@@ -15,6 +15,12 @@ here the encoder is the plan's own (``PlainConvEncoder`` or ``ResidualEncoder``,
 like a plain nnU-Net network, so nnU-Net's validation and predictor work unchanged);
 ``forward(x, all_decoders=True)`` returns the three decoders' outputs. All three decoders are
 always built: state dicts do not depend on deep supervision.
+
+Dropout, as the official networks (it is what makes the decoders disagree during training; off
+in eval mode): the 3D network (official V-Net) drops channels of the bottleneck features, once
+for all decoders (``Dropout3d``, ``bottleneck_dropout``), and of each decoder's last features
+before its output head (``decoder_dropout``); the 2D network (official U-Net) uses element-wise
+dropout in the encoder with one probability per stage (``encoder_dropout``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import EncoderDecoderNet, UNetStyleDecoder
+from .common import EncoderDecoderNet, UNetStyleDecoder, dropout_module, set_encoder_dropout
 
 __all__ = ["MCNET_UPSAMPLINGS", "MutualDecoders", "MCNet"]
 
@@ -43,6 +49,7 @@ class MutualDecoders(nn.Module):
         deep_supervision: initial deep-supervision flag (of every decoder).
         nonlin_first: see :class:`~nnzoo.trainers.networks.common.UNetStyleDecoder`.
         upsamplings: upsampling mode of each decoder (the first is the inference decoder).
+        decoder_dropout: channel dropout on each decoder's last features before its output head.
 
     Attributes:
         deep_supervision: setting it sets it on every decoder (nnU-Net's ``set_deep_supervision_enabled``).
@@ -50,10 +57,11 @@ class MutualDecoders(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
                  deep_supervision: bool, nonlin_first: bool = False,
-                 upsamplings: Sequence[str] = MCNET_UPSAMPLINGS) -> None:
+                 upsamplings: Sequence[str] = MCNET_UPSAMPLINGS, decoder_dropout: float = 0.0) -> None:
         super().__init__()
         self.decoders = nn.ModuleList([
-            UNetStyleDecoder(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first, mode)
+            UNetStyleDecoder(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first, mode,
+                             output_dropout=dropout_module(encoder.conv_op, decoder_dropout, channelwise=True))
             for mode in upsamplings])
 
     @property
@@ -94,16 +102,25 @@ class MCNet(EncoderDecoderNet):
         deep_supervision: see :class:`MutualDecoders`.
         nonlin_first: see :class:`MutualDecoders`.
         upsamplings: see :class:`MutualDecoders`.
+        bottleneck_dropout: channel dropout on the bottleneck features, shared by the decoders.
+        decoder_dropout: see :class:`MutualDecoders`.
+        encoder_dropout: element-wise dropout probability of each encoder stage, or None (see
+            :func:`~nnzoo.trainers.networks.common.set_encoder_dropout`; state dicts are unchanged).
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage_decoder: int | Sequence[int],
                  deep_supervision: bool = False, nonlin_first: bool = False,
-                 upsamplings: Sequence[str] = MCNET_UPSAMPLINGS) -> None:
+                 upsamplings: Sequence[str] = MCNET_UPSAMPLINGS, bottleneck_dropout: float = 0.0,
+                 decoder_dropout: float = 0.0, encoder_dropout: Sequence[float] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
+        if encoder_dropout is not None:
+            set_encoder_dropout(encoder, encoder_dropout)
+        self.bottleneck_dropout = dropout_module(encoder.conv_op, bottleneck_dropout, channelwise=True)
         self.decoder = MutualDecoders(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                      nonlin_first, upsamplings)
+                                      nonlin_first, upsamplings, decoder_dropout)
 
     def forward(self, x: torch.Tensor, all_decoders: bool = False):
         """See :meth:`MutualDecoders.forward`."""
-        return self.decoder(self.encoder(x), all_decoders)
+        skips = self.encoder(x)
+        return self.decoder([*skips[:-1], self.bottleneck_dropout(skips[-1])], all_decoders)

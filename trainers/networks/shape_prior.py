@@ -23,51 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import EncoderDecoderNet, UNetStyleDecoder
+from .common import EncoderDecoderNet, UNetStyleDecoder, dropout_module
 
-__all__ = ["TwinDecoderUNet", "ShapePriorDecoder", "ShapeCritic", "ShapeGenerator", "resize_to_critic",
+__all__ = ["TwinDecoderUNet", "ShapeCritic", "ShapeGenerator", "resize_to_critic",
            "train_wgan_critic"]
-
-
-class ShapePriorDecoder(UNetStyleDecoder):
-    """:class:`~nnzoo.trainers.networks.common.UNetStyleDecoder` with dropout on its bottleneck input
-    and a per-call deep-supervision switch.
-
-    Args:
-        encoder: a dynamic_network_architectures encoder with ``return_skips=True``.
-        num_classes: output channels.
-        n_conv_per_stage: conv blocks per decoder stage (int or one per stage, coarse to fine).
-        deep_supervision: return one output per stage (highest resolution first).
-        nonlin_first: conv -> nonlin -> norm.
-        upsampling: ``"transpconv"`` (nnU-Net's) or ``"linear"`` (1x1 conv + linear interpolation).
-        bottleneck_dropout: dropout probability on the bottleneck features (0: none; active in train mode).
-    """
-
-    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
-                 deep_supervision: bool, nonlin_first: bool = False, upsampling: str = "transpconv",
-                 bottleneck_dropout: float = 0.0) -> None:
-        super().__init__(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first, upsampling)
-        self.input_dropout = nn.Dropout(bottleneck_dropout) if bottleneck_dropout > 0 else nn.Identity()
-
-    def forward(self, skips: Sequence[torch.Tensor], deep_supervision: bool | None = None):
-        """
-        Args:
-            skips: encoder outputs, highest resolution first, bottleneck last.
-            deep_supervision: override of ``self.deep_supervision`` for this call.
-
-        Returns:
-            Logits: a list (highest resolution first) with deep supervision, else one full-resolution tensor.
-        """
-        ds = self.deep_supervision if deep_supervision is None else deep_supervision
-        x = self.input_dropout(skips[-1])
-        n = len(self.stages)
-        outs: list[torch.Tensor] = []
-        for s in range(n):
-            skip = skips[-(s + 2)]
-            x = self.stages[s](torch.cat((self.upsamplings[s](x, skip.shape[2:]), skip), 1))
-            if ds or s == n - 1:
-                outs.append(self.seg_layers[s](x))
-        return outs[::-1] if ds else outs[0]
 
 
 class TwinDecoderUNet(EncoderDecoderNet):
@@ -86,10 +45,11 @@ class TwinDecoderUNet(EncoderDecoderNet):
                  deep_supervision: bool = False, nonlin_first: bool = False, dropout: float = 0.3) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = ShapePriorDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                         nonlin_first, upsampling="transpconv", bottleneck_dropout=dropout)
-        self.label_decoder = ShapePriorDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                               nonlin_first, upsampling="linear")
+        self.decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
+                                        nonlin_first, upsampling="transpconv",
+                                        input_dropout=dropout_module(encoder.conv_op, dropout))
+        self.label_decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
+                                              nonlin_first, upsampling="linear")
 
     def forward(self, x: torch.Tensor, n_labeled: int | None = None):
         """

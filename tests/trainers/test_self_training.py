@@ -1,0 +1,121 @@
+"""Self-training (trainers/self_training.py): pseudo-labels by nnU-Net's sliding window, stage 2 batches."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_trainer, tiny_dataset_json, tiny_plans
+
+from nnzoo.trainers.self_training import PSEUDO_DONE, nnUNetTrainerSelfTraining, pseudo_label_folder
+
+
+class _SignNet(torch.nn.Module):
+    """Class 1 where the image is positive, class 0 elsewhere, class 2 never (a rule to check pseudo-labels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = torch.nn.Module()  # nnU-Net toggles decoder.deep_supervision
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return torch.cat((-10 * x, 10 * x, torch.full_like(x, -100.0)), 1) * self.scale
+
+
+def test_schedule_and_unsupported_labels(tmp_path):
+    t = make_trainer(nnUNetTrainerSelfTraining, tmp_path, "2d")
+    t.num_epochs = 10
+    assert t.pseudo_label_epoch == 5
+    with pytest.raises(NotImplementedError, match="ignore label"):
+        make_trainer(nnUNetTrainerSelfTraining, tmp_path, "2d",
+                     dataset_json=tiny_dataset_json(labels={"background": 0, "a": 1, "ignore": 2}))
+
+
+def test_stage2_step_is_the_labeled_batch_plus_as_many_pseudo_labeled(tmp_path):
+    t = make_trainer(nnUNetTrainerSelfTraining, tmp_path, "2d", plans=tiny_plans("2d", (16, 16)), initialize=True)
+    data = torch.randn(2, 1, 16, 16)
+    target = torch.randint(0, 3, (2, 1, 16, 16)).float()
+    targets = [torch.nn.functional.interpolate(target, size=[round(16 * s) for s in sc], mode="nearest-exact")
+               for sc in t._get_deep_supervision_scales()]
+    p_data = torch.randn(2, 1, 16, 16)
+    p_targets = [torch.zeros_like(x) for x in targets]
+
+    class _Pseudo:
+        def __next__(self):
+            return {"data": p_data, "target": p_targets}
+
+    seen = []
+    real = t.network.forward
+    t.network.forward = lambda x: (seen.append(x.detach().clone()), real(x))[1]
+    out = t.train_step({"data": data, "target": targets})  # stage 1: nnU-Net's step on the labels only
+    assert seen[-1].shape[0] == 2
+    t.dataloader_pseudo = _Pseudo()
+    with torch.no_grad():  # nnU-Net's loss over both halves, with the weights before the step
+        ref = t.loss(real(torch.cat((data, p_data))), [torch.cat((a, b)) for a, b in zip(targets, p_targets)])
+    out = t.train_step({"data": data, "target": targets})
+    torch.testing.assert_close(seen[-1], torch.cat((data, p_data)))
+    assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
+def test_pseudo_labels_come_from_the_sliding_window_of_the_current_model(in_prepared, monkeypatch):
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    pre = Path(os.environ["nnUNet_preprocessed"])
+    ds = next(pre.iterdir())
+    plans = json.loads((ds / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((ds / "dataset.json").read_text())
+    t = nnUNetTrainerSelfTraining(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch = 2, 1, 1
+    t.initialize()
+    t.network = _SignNet()
+    t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+    t.current_epoch = t.pseudo_label_epoch  # 1
+    folder = pseudo_label_folder(t)
+    (folder).mkdir(parents=True, exist_ok=True)
+    (folder / PSEUDO_DONE).write_text("{}")  # a stale marker of an earlier run
+    t.current_epoch = 0
+    t.on_train_start = type(t).on_train_start.__get__(t)
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: None)
+    t.on_train_start()
+    assert not (folder / PSEUDO_DONE).exists()  # a fresh run never reuses old pseudo-labels
+    t.current_epoch = t.pseudo_label_epoch
+    t.on_train_epoch_start()
+    marker = json.loads((folder / PSEUDO_DONE).read_text())
+    assert sorted(marker["cases"]) == sorted(i for _, i in t.unlabeled_case_sources) and len(marker["cases"]) == 2
+    from nnzoo.trainers.unlabeled_data import UnlabeledImageDataset
+
+    images = UnlabeledImageDataset(t.unlabeled_case_sources)
+    for ident in images.identifiers:
+        img = np.asarray(images.load_case(ident)[0][:])
+        seg = np.load(folder / f"{ident}.npy")
+        assert seg.shape == img.shape  # the whole preprocessed image (sliding window), one channel
+        np.testing.assert_array_equal(seg[0], (img[0] > 0).astype(seg.dtype))
+    # the pseudo-labeled loader gives labeled-sized batches of those images with their labels
+    batch = next(t.dataloader_pseudo)
+    target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+    assert batch["data"].shape[0] == t.batch_size and set(np.unique(target.numpy())) <= {0.0, 1.0}
+    log = Path(t.log_file).read_text()
+    assert "Pseudo-labels of 2 unlabeled cases (epoch 1)" in log
+    # a resumed run in stage 2 reuses them
+    t.dataloader_pseudo = None
+    t.on_train_epoch_start()
+    assert "reused from" in Path(t.log_file).read_text()
+    t.on_train_end = lambda: None
+    from nnzoo.trainers import nnunet_compat as compat
+
+    compat.shutdown_augmenter(t.dataloader_pseudo)
+
+
+def test_registered():
+    from nnzoo.trainers.registry import get_trainer_info
+
+    info = get_trainer_info("nnUNetTrainerSelfTraining")
+    assert info.cls is nnUNetTrainerSelfTraining and info.semi_supervised and set(info.dims) == {"2d", "3d"}

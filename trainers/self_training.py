@@ -1,0 +1,172 @@
+"""Self-training with pseudo-labels: train on labels, pseudo-label the unlabeled images, train on both."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import nnunet_compat as compat
+from .registry import register_trainer
+from .semisup import SemiSupervisedTrainer
+from .unlabeled_data import PseudoLabeledDataset, UnlabeledImageDataset
+
+__all__ = ["nnUNetTrainerSelfTraining", "pseudo_label_folder", "PSEUDO_DONE"]
+
+#: written last into the pseudo-label folder: the labels in it are complete
+PSEUDO_DONE = "pseudo_labels.json"
+
+
+def pseudo_label_folder(trainer) -> Path:
+    """Where a run's pseudo-labels go: ``nnUNet_preprocessed/<dataset>/pseudo_labels/<model folder>/fold_<f>``.
+
+    They are derived training data (like the preprocessed arrays) of one model and fold, not part
+    of the model folder, which rank 0 alone writes.
+    """
+    return (Path(trainer.preprocessed_dataset_folder_base) / "pseudo_labels" / Path(trainer.output_folder_base).name
+            / f"fold_{trainer.fold}")
+
+
+@register_trainer(
+    description="Self-training: train on the labeled cases, pseudo-label the unlabeled images with nnU-Net's "
+                "sliding window, train on labeled + pseudo-labeled (semi-supervised baseline)",
+    paper="Self-training with pseudo-labels as nnU-Net users apply it, e.g. Ma et al., Unleashing the Strengths "
+          "of Unlabeled Data in Pan-cancer Abdominal Organ Quantification: the FLARE22 Challenge, Lancet Digital "
+          "Health 2024 (winning entries)",
+    dims=("2d", "3d"),
+    semi_supervised=True,
+)
+class nnUNetTrainerSelfTraining(SemiSupervisedTrainer):
+    """Self-training with pseudo-labels, the way nnU-Net users learn from unlabeled images (e.g. FLARE22).
+
+    Stage 1 (the first ``PSEUDO_LABEL_AT`` of the epochs): nnU-Net's training on the labeled cases
+    only. Then every unlabeled case is predicted with nnU-Net's sliding window (Gaussian weighting,
+    mirroring test-time augmentation as in nnU-Net's validation) by the current model; the label
+    maps (and nnU-Net's foreground locations for oversampling) are stored in
+    :func:`pseudo_label_folder`. Stage 2 continues training; every step takes nnU-Net's labeled
+    batch of ``B`` patches plus ``B`` pseudo-labeled patches (sampled and augmented by nnU-Net's
+    loader, with its foreground oversampling) under nnU-Net's loss. Each rank pseudo-labels its own
+    share of the unlabeled cases; ``--continue`` in stage 2 reuses the stored pseudo-labels, a run
+    starting (or resumed) before stage 2 makes new ones.
+
+    One round and one model: the total number of iterations equals any other trainer's (the
+    FLARE entries retrain a new model, sometimes for several rounds, with ensembles as teachers).
+
+    Not supported (error): the ignore label (pseudo-labels have no unannotated voxels).
+    """
+
+    PSEUDO_LABEL_AT = 0.5
+    PSEUDO_LABEL_TTA = True
+    supports_ignore_label = False
+    unsupported_labels_reason = "pseudo-labels have no unannotated voxels; cascades have no previous stage for them"
+    dataloader_pseudo = None
+
+    @property
+    def pseudo_label_epoch(self) -> int:
+        """First epoch of stage 2."""
+        return int(round(self.PSEUDO_LABEL_AT * self.num_epochs))
+
+    def get_dataloaders(self):
+        # nnU-Net's loaders only: stage 2 reads pseudo-labeled cases, never plain unlabeled images
+        dl_tr, dl_val = super(SemiSupervisedTrainer, self).get_dataloaders()
+        self.unlabeled_case_sources = self.unlabeled_sources()
+        return dl_tr, dl_val
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.current_epoch < self.pseudo_label_epoch:  # a fresh run (or resumed in stage 1): any stored
+            for marker in pseudo_label_folder(self).glob(f"*{PSEUDO_DONE}"):  # labels are of an earlier model
+                if not self.is_ddp or marker.name == f"rank{self._rank()}_{PSEUDO_DONE}":
+                    marker.unlink()
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.current_epoch >= self.pseudo_label_epoch and self.dataloader_pseudo is None:
+            folder = self.make_pseudo_labels()
+            dataset = PseudoLabeledDataset(self.unlabeled_case_sources, folder)
+            self.dataloader_pseudo = compat.build_augmenter(self, dataset, self.unlabeled_batch_size,
+                                                            oversample_foreground_percent=None)
+
+    @torch.no_grad()
+    def make_pseudo_labels(self) -> Path:
+        """Predict this rank's unlabeled cases with the current network (unless done); returns the folder."""
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        folder = pseudo_label_folder(self)
+        done = folder / (PSEUDO_DONE if not self.is_ddp else f"rank{self._rank()}_{PSEUDO_DONE}")
+        if done.is_file():
+            self.print_to_log_file(f"Pseudo-labels of {len(self.unlabeled_case_sources)} cases reused from {folder}")
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        network = compat.unwrap_network(self.network)
+        self.set_deep_supervision_enabled(False)
+        network.eval()
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=self.PSEUDO_LABEL_TTA,
+                                    perform_everything_on_device=self.device.type == "cuda", device=self.device,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, type(self).__name__, self.inference_allowed_mirroring_axes)
+        images = UnlabeledImageDataset(self.unlabeled_case_sources)
+        for ident in images.identifiers:
+            data = torch.from_numpy(np.asarray(images.load_case(ident)[0][:]))
+            seg = self.label_manager.convert_logits_to_segmentation(
+                predictor.predict_sliding_window_return_logits(data).float()).cpu().numpy().astype(np.int8)[None]
+            np.save(folder / f"{ident}.npy", seg)
+            with open(folder / f"{ident}.pkl", "wb") as f:
+                pickle.dump({"class_locations": compat.foreground_locations(seg, self.label_manager)}, f)
+        done.write_text(json.dumps({"cases": images.identifiers, "epoch": self.current_epoch}))
+        self.set_deep_supervision_enabled(self.enable_deep_supervision)
+        network.train()
+        self.print_to_log_file(f"Pseudo-labels of {len(images.identifiers)} unlabeled cases (epoch {self.current_epoch})"
+                               f" written to {folder}")
+        if self.is_ddp:
+            torch.distributed.barrier()
+        return folder
+
+    def _rank(self) -> int:
+        return torch.distributed.get_rank() if self.is_ddp else 0
+
+    def train_step(self, batch: dict) -> dict:
+        if self.dataloader_pseudo is None:  # stage 1: nnU-Net's step on the labels
+            return super().train_step(batch)
+        data, target = self.batch_to_device(batch)
+        pseudo = next(self.dataloader_pseudo)
+        p_data, p_target = self.batch_to_device(pseudo)
+        if isinstance(target, list):
+            both = [torch.cat((t, p)) for t, p in zip(target, p_target)]
+        else:
+            both = torch.cat((target, p_target))
+        return self.nnunet_step(torch.cat((data, p_data.to(data.dtype))), both, lambda net, x: net(x),
+                                lambda out, t: self.loss(out, t))
+
+    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
+        """Stage 2 with a stand-in pseudo-labeled loader (the unlabeled images with random label maps)."""
+        super().prepare_train_step_benchmark(unlabeled)
+        self.dataloader_pseudo = _PseudoBatches(self, unlabeled)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        compat.shutdown_augmenter(self.dataloader_pseudo)
+
+
+class _PseudoBatches:
+    """A stand-in pseudo-labeled loader for benchmarks: fixed images with random blob label maps at every
+    deep-supervision scale."""
+
+    def __init__(self, trainer, images: torch.Tensor) -> None:
+        import torch.nn.functional as F
+
+        n, shape = images.shape[0], images.shape[2:]
+        classes = trainer.label_manager.num_segmentation_heads
+        label = torch.randint(0, classes, (n, 1, *[max(1, s // 4) for s in shape]), device=images.device).float()
+        label = F.interpolate(label, size=tuple(shape), mode="nearest")
+        scales = compat.deep_supervision_scales(trainer)
+        target = label if scales is None else [
+            F.interpolate(label, size=[round(s * f) for s, f in zip(shape, sc)], mode="nearest-exact") for sc in scales]
+        self.batch = {"data": images, "target": target}
+
+    def __next__(self) -> dict:
+        return self.batch
