@@ -6,7 +6,7 @@ Sections (each measured in this run, on this machine):
    ``nnUNetTrainer`` on the same plans, patch and batch (steps interleaved so load affects all alike);
 2. prediction throughput of ``nnzoo predict`` relative to ``nnUNetv2_predict`` on the same model
    and images (needs a trained demo model: run ``nnzoo demo`` first);
-3. the accuracy table on the demo dataset, read from ``scripts/compare_on_demo.py``'s results if present.
+3. the low-label accuracy table of ``benchmarks/low_label.py``, read from its output folder if present.
 
 Writes ``benchmarks/results/benchmarks.md`` (and a PNG bar chart) and, with ``--update-readme``,
 replaces the block between ``<!-- figures -->`` markers in README.md.
@@ -35,20 +35,9 @@ sys.path.insert(0, str(REPO))
 MARK = "<!-- figures -->"
 
 
-def _prepare_semi_supervised(trainer, batch: dict) -> None:
-    """Feed unlabeled images and put a staged trainer in its main (semi-supervised) stage."""
-    from benchmarks.common import RepeatBatch
-
-    trainer.dataloader_unlabeled = RepeatBatch(torch.randn_like(batch["data"]).cpu())
-    if hasattr(trainer, "stage2_start_epoch"):
-        trainer.current_epoch = trainer.stage2_start_epoch
-    if hasattr(trainer, "prepare_benchmark"):
-        trainer.prepare_benchmark()
-
-
 def train_step_section(device: torch.device, patch: list[int], batch_size: int, rounds: int, steps: int,
                        warmup: int) -> list[dict]:
-    from benchmarks.common import build_trainer, make_batch, time_interleaved
+    from benchmarks.common import build_trainer, make_batch, prepare_for_steps, time_interleaved
     from nnzoo.trainers import list_trainers
     from nnzoo.trainers.base import nnzoo_trainer_class
 
@@ -67,9 +56,8 @@ def train_step_section(device: torch.device, patch: list[int], batch_size: int, 
             trainers[info.name] = build_trainer(nnzoo_trainer_class(info.cls), plans, cfg, dataset_json, device,
                                                 Path(tmp) / info.name)
         batches = {name: make_batch(tr, batch_size, device) for name, tr in trainers.items()}
-        for info in list_trainers():
-            if info.semi_supervised and info.name in trainers:
-                _prepare_semi_supervised(trainers[info.name], batches[info.name])
+        for name, tr in trainers.items():
+            prepare_for_steps(tr, batches[name])
         peaks = {}
         if device.type == "cuda":
             from benchmarks.common import time_steps
@@ -91,8 +79,8 @@ def train_step_section(device: torch.device, patch: list[int], batch_size: int, 
 def predict_section(folders: dict[str, Path], device: str) -> dict | None:
     """Time nnzoo predict and nnUNetv2_predict on the demo model's test images (process start included)."""
     results = folders["nnUNet_results"]
-    model = results / "Dataset990_MNIDemo" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    images = folders["nnUNet_raw"] / "Dataset990_MNIDemo" / "imagesTs"
+    model = results / "Dataset990_BrainDemo" / "nnUNetTrainer__nnUNetPlans__2d"
+    images = folders["nnUNet_raw"] / "Dataset990_BrainDemo" / "imagesTs"
     if not (model / "fold_0" / "checkpoint_final.pth").is_file() or not images.is_dir():
         print(f"predict section skipped: no demo model in {model} (run `nnzoo demo` first)")
         return None
@@ -101,9 +89,9 @@ def predict_section(folders: dict[str, Path], device: str) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {  # imagesTs uses nnU-Net's CASE_0000 naming, which both read
             "nnzoo predict": [str(bin_dir / "nnzoo"), "predict", "-i", str(images), "-o", f"{tmp}/a", "-d", "990",
-                              "-c", "3d_fullres", "-f", "0", "-device", device],
+                              "-c", "2d", "-f", "0", "-device", device],
             "nnUNetv2_predict": [str(bin_dir / "nnUNetv2_predict"), "-i", str(images), "-o", f"{tmp}/b", "-d", "990",
-                                 "-c", "3d_fullres", "-f", "0", "-device", device],
+                                 "-c", "2d", "-f", "0", "-device", device],
         }
         secs = {}
         for name, cmd in runs.items():
@@ -115,14 +103,13 @@ def predict_section(folders: dict[str, Path], device: str) -> dict | None:
             "throughput_ratio": round(secs["nnUNetv2_predict"] / secs["nnzoo predict"], 2)}
 
 
-def accuracy_section(workdir: Path) -> list[dict]:
-    rows = []
-    for f in sorted((workdir / "compare").glob("*/demo/demo_*.json")):
-        rows.append(json.loads(f.read_text()))
-    return rows
+def accuracy_section(low_label_dir: Path) -> str | None:
+    """The table written by ``benchmarks/low_label.py`` into ``low_label_dir``, if it ran."""
+    md = low_label_dir / "low_label.md"
+    return md.read_text() if md.is_file() else None
 
 
-def to_markdown(machine: str, train_rows: list[dict], predict: dict | None, acc: list[dict]) -> str:
+def to_markdown(machine: str, train_rows: list[dict], predict: dict | None, acc: str | None) -> str:
     lines = [f"Measured {datetime.date.today().isoformat()} on {machine} by `benchmarks/run_all.py`.", "",
              "| trainer | train step (ms) | × nnUNetTrainer | CUDA peak (MiB) |", "|---|---|---|---|"]
     for r in train_rows:
@@ -134,13 +121,7 @@ def to_markdown(machine: str, train_rows: list[dict], predict: dict | None, acc:
                   f"{s['nnzoo predict']} s, nnUNetv2_predict {s['nnUNetv2_predict']} s, throughput ratio "
                   f"{predict['throughput_ratio']:.2f}×."]
     if acc:
-        names = list(acc[0]["dice"])
-        lines += ["", f"Dice on the demo test cases (fold 0, {acc[0].get('epochs')} epochs × {acc[0].get('iters')} "
-                  "iterations):", "", "| trainer | labeled | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]
-        for r in acc:
-            lines.append(f"| `{r['trainer']}` | {r.get('labeled') or 'all'} | "
-                         + " | ".join(f"{r['dice'][n]:.3f}" for n in names) + " |")
+        lines += ["", "Low-label benchmark (`benchmarks/low_label.py`):", "", acc]
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", default="nnzoo_work")
+    ap.add_argument("--low-label-dir", default="low_label_work", help="output folder of benchmarks/low_label.py")
     ap.add_argument("--output", default=str(REPO / "benchmarks" / "results"), help="folder for the table and plot")
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args(argv)
@@ -184,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     train_rows = train_step_section(device, args.patch, args.batch, args.rounds, args.steps, args.warmup)
     print("[2/3] nnzoo predict vs nnUNetv2_predict", flush=True)
     predict = predict_section(folders, args.device)
-    print("[3/3] accuracy on the demo dataset", flush=True)
-    acc = accuracy_section(workdir)
+    print("[3/3] low-label accuracy table", flush=True)
+    acc = accuracy_section(Path(args.low_label_dir))
     md = to_markdown(machine + f", patch {args.patch}, batch {args.batch}", train_rows, predict, acc)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,25 +11,97 @@ from pathlib import Path
 
 import pytest
 
+from nnzoo.trainers import list_trainers
+
 REPO = Path(__file__).resolve().parents[1]
-RUNS = {
+TINY = {  # per script: arguments that make it a smoke run
     "run_all": ["--patch", "16", "16", "16", "--rounds", "1", "--steps", "1", "--warmup", "0", "--threads", "1",
                 "--workdir", "{tmp}", "--output", "{tmp}/out"],
     "bench_boundary_aware": ["--device", "cpu", "--patch", "16", "16", "16", "--stages", "3", "--rounds", "1",
                              "--steps", "1", "--warmup", "0", "--threads", "1"],
     "bench_cotr": ["--device", "cpu", "--patch", "16,32,32", "--steps", "1", "--warmup", "0"],
-    "bench_bcp": ["--device", "cpu", "--patch", "16", "16", "16", "--steps", "1", "--warmup", "0"],
-    "bench_mcnet": ["--device", "cpu", "--patch", "16", "16", "16", "--steps", "1", "--warmup", "0"],
-    "bench_shape_prior": ["--device", "cpu", "--patch", "16", "16", "16", "--steps", "1", "--warmup", "0",
-                          "--critic-steps", "1"],
+    "bench_train_step": ["--device", "cpu", "--patch", "16", "16", "16", "--steps", "1", "--warmup", "0", "--all"],
+    "bench_ddp": ["--device", "cpu", "--configuration", "2d", "--patch", "32", "32", "--batch-size", "2", "--steps",
+                  "1", "--warmup", "0"],
 }
 
 
+def test_every_registered_benchmark_has_a_smoke_run():
+    """The benchmark named by each registry entry exists and is exercised below."""
+    for info in list_trainers():
+        assert (REPO / "benchmarks" / f"{info.benchmark}.py").is_file(), info.name
+        assert info.benchmark in TINY, info.benchmark
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(RUNS))
+@pytest.mark.parametrize("script", sorted(TINY))
 def test_benchmark_script_runs(script, tmp_path):
-    args = [a.replace("{tmp}", str(tmp_path)) for a in RUNS[script]]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in TINY[script]]
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *args], capture_output=True,
                        text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "nnUNetTrainer" in r.stdout and ("x" in r.stdout or "×" in r.stdout)
+    expected = "samples/s" if script == "bench_ddp" else "nnUNetTrainer"
+    assert expected in r.stdout and ("x" in r.stdout or "×" in r.stdout)
+
+
+def _low_label():
+    sys.path.insert(0, str(REPO))
+    from benchmarks import low_label, low_label_report
+
+    return low_label, low_label_report
+
+
+def test_low_label_summary_paired_differences_and_gap():
+    """Hand-made runs: the gap, the paired difference per seed, wins and the fraction of the gap closed."""
+    _, report = _low_label()
+    runs = {}
+    for t, labels, seed, d in [("nnUNetTrainer", "all labels", 0, 0.9), ("nnUNetTrainer", "all labels", 1, 0.8),
+                               ("nnUNetTrainer", "4", 0, 0.6), ("nnUNetTrainer", "4", 1, 0.5),
+                               ("X", "4", 0, 0.7), ("X", "4", 1, 0.45)]:
+        runs[f"{t}|{labels}|{seed}"] = {"trainer": t, "labels": labels, "seed": seed, "mean_fg": d,
+                                        "dice": {"1": d}, "train_s": 1.0}
+    s = report.summarise({"runs": runs})
+    assert s["gap"] == pytest.approx(0.3)
+    x = s["rows"][("X", "4")]
+    assert (x["diff_mean"], x["diff_min"], x["diff_max"], x["wins"]) == pytest.approx((0.025, -0.05, 0.1, 1))
+    assert x["gap_closed"] == pytest.approx(0.025 / 0.3)
+    assert "gap_closed" not in s["rows"][("nnUNetTrainer", "4")]
+    runs["nnUNetTrainer|all labels|0"]["mean_fg"] = 0.5  # no gap: nothing to close
+    runs["nnUNetTrainer|all labels|1"]["mean_fg"] = 0.5
+    assert "gap_closed" not in report.summarise({"runs": runs})["rows"][("X", "4")]
+
+
+def test_low_label_choice_is_seeded_balanced_and_from_the_pool():
+    low_label, _ = _low_label()
+    manifest = {"labeled_pool": ["a", "b", "c", "d"]}
+    cases = ["a", "b", "c", "d", "e", "f"]
+    one = low_label.choose_labeled(manifest, cases, 2, seed=0)
+    assert one == low_label.choose_labeled(manifest, cases, 2, seed=0) and set(one) <= {"a", "b", "c", "d"}
+    assert len({tuple(low_label.choose_labeled(manifest, cases, 2, seed=s)) for s in range(6)}) > 1
+    with pytest.raises(SystemExit, match="--labeled 5"):
+        low_label.choose_labeled(manifest, cases, 5, seed=0)
+
+
+@pytest.mark.slow
+def test_low_label_smoke_holds_test_cases_out_and_reports(tmp_path):
+    """End to end (tiny): per-seed datasets hold only the chosen labeled cases, no test case is in any
+    dataset, every run is scored on the test cases, and the table, figure and JSON are written."""
+    out = tmp_path / "ll"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "low_label.py"), "--smoke", "--out", str(out),
+                        "--trainers", "nnUNetTrainer", "nnUNetTrainerMeanTeacher", "--jobs", "2"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    import json
+
+    state = json.loads((out / "low_label.json").read_text())
+    assert len(state["runs"]) == 3 and (out / "low_label.png").stat().st_size > 0
+    assert "nnUNetTrainerMeanTeacher" in (out / "low_label.md").read_text()
+    test_cases = {p.name for p in (out / "cohort" / "test_images").iterdir()}
+    labeled = state["labeled_cases"]["0"]
+    for ds in (out / "nnUNet_raw").iterdir():
+        in_ds = {p.name for sub in ("imagesTr", "imagesUnlabeled") if (ds / sub).is_dir() for p in (ds / sub).iterdir()}
+        assert not {n.replace("_0000", "") for n in in_ds} & test_cases, ds.name
+        if ds.name.endswith("s0"):
+            assert sorted(p.name.split(".")[0] for p in (ds / "labelsTr").iterdir()) == labeled
+    for run in state["runs"].values():
+        assert sorted(run["per_case"]) == sorted(test_cases)

@@ -1,0 +1,318 @@
+"""Low-label benchmark: does a semi-supervised trainer get more out of few labels than nnU-Net?
+
+Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a user would run it):
+
+1. **Data**: a cohort of labeled training cases and held-out test cases. By default the brain MR
+   phantoms of :mod:`nnzoo.pipeline.brain_phantoms` (made offline from nilearn's MNI152 maps,
+   several acquisition styles, labeled pool restricted to fewer styles than the unlabeled and test
+   cases); or any folder given with ``--source`` holding ``images/ labels/ test_images/
+   test_labels/`` (one ``CASE.<ending>`` per case, one channel; an optional ``manifest.json`` with a
+   ``labeled_pool`` list restricts which cases may be labeled).
+2. **Seeds**: seed ``s`` chooses the ``--labeled N`` labeled cases (balanced over the pool's
+   acquisitions when a manifest names them) and initialises every run of that seed; every trainer
+   of seed ``s`` sees the same labeled cases. For each seed an nnU-Net dataset holds only those
+   ``N`` cases in ``imagesTr`` and every other training image in ``imagesUnlabeled`` (their labels
+   are not in the dataset at all, so nothing can peek at them); one more dataset holds every
+   training case labeled (the "all labels" reference).
+3. **Runs**: ``nnUNetTrainer`` on all labels and on ``N`` labels, and every registered
+   semi-supervised trainer on ``N`` labels, all for the same ``--epochs x --iters`` iterations on
+   fold ``all`` (nnU-Net's planned batch; semi-supervised trainers add unlabeled patches to it).
+   Hyperparameters given with ``--hparam TRAINER:NAME=VALUE`` (default: the shape critic's
+   pre-training shortened to 100 epochs) and, with ``--quick``, a method's registry
+   ``quick_hparams`` are applied and printed with the table.
+4. **Scoring**: ``nnzoo predict`` on ``test_images/`` (never seen in training or validation) and
+   ``nnzoo evaluate`` against ``test_labels/``; the score of a run is the mean foreground Dice.
+5. **Report**: per trainer the mean and min-max over seeds, the paired difference to
+   ``nnUNetTrainer`` on the same labels per seed, and the fraction of the gap (all labels minus
+   ``N`` labels, baseline) it closes; a Markdown table, a PNG (Dice per trainer, one dot per seed)
+   and a JSON of every run, in ``--out``.
+
+``--smoke`` runs the whole path in a few minutes (tiny cohort, 1 seed, a few iterations) for the
+test suite. ``--config 3d_fullres`` runs the same protocol on 3D volumes (for a GPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+BASELINE = "nnUNetTrainer"
+FULL = "all labels"
+
+
+def _semi_supervised_trainers() -> list[str]:
+    from nnzoo.trainers import list_trainers
+
+    return [i.name for i in list_trainers() if i.semi_supervised]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    ap.add_argument("--out", default="low_label_work", help="working and output folder (resumes what is there)")
+    ap.add_argument("--source", default=None, help="bring your own cohort (see the module docstring); default: "
+                    "generate brain phantoms")
+    ap.add_argument("--config", default="2d", choices=["2d", "3d_fullres"])
+    ap.add_argument("--labeled", type=int, default=None, help="labeled cases per seed (default 4; smoke 2)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (smoke: 0)")
+    ap.add_argument("--trainers", nargs="+", default=None,
+                    help="trainers at the low label count (default: nnUNetTrainer + every semi-supervised one)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None, help="iterations per epoch")
+    ap.add_argument("--num-train", type=int, default=None, help="generated training cases (labeled + unlabeled)")
+    ap.add_argument("--num-test", type=int, default=None, help="generated held-out test cases")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated cohort")
+    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true",
+                    help="apply each method's registry quick_hparams (shortened once-per-run costs; reported)")
+    ap.add_argument("--hparam", action="append", default=None, metavar="TRAINER:NAME=VALUE",
+                    help="a trainer hyperparameter for this benchmark (repeatable; reported in the table); default: "
+                         "nnUNetTrainerShapePrior:CRITIC_EPOCHS=100 (the official 10001 critic epochs take hours on "
+                         "a CPU)")
+    ap.add_argument("--smoke", action="store_true", help="tiny end-to-end run for the tests")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs side by side, each with cores/jobs torch threads (OMP_NUM_THREADS) and augmentation in "
+                         "its main process; per-run times are then those of shared cores")
+    ap.add_argument("--dataset-id", type=int, default=950, help="first of the dataset ids used (id .. id+#seeds)")
+    a = ap.parse_args(argv)
+    d = SMOKE if a.smoke else DEFAULTS[a.config]
+    for k, v in d.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    if a.trainers is None:
+        a.trainers = [BASELINE, *_semi_supervised_trainers()]
+    if a.smoke:
+        a.quick = True
+    if a.hparam is None:
+        a.hparam = [] if a.smoke else list(DEFAULT_HPARAMS)
+    a.hparams = {}
+    for item in a.hparam:
+        trainer, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            ap.error(f"--hparam {item!r}: expected TRAINER:NAME=VALUE")
+        k, v = kv.split("=", 1)
+        a.hparams.setdefault(trainer, {})[k] = v
+    return a
+
+
+#: defaults per configuration (2D: the measured CPU budget; see the README's table)
+DEFAULTS = {
+    "2d": {"labeled": 4, "seeds": [0, 1, 2], "epochs": 20, "iters": 50, "num_train": 40, "num_test": 30},
+    "3d_fullres": {"labeled": 4, "seeds": [0, 1, 2], "epochs": 20, "iters": 50, "num_train": 40, "num_test": 20},
+}
+DEFAULT_HPARAMS = ["nnUNetTrainerShapePrior:CRITIC_EPOCHS=100"]
+SMOKE = {"labeled": 2, "seeds": [0], "epochs": 1, "iters": 2, "num_train": 6, "num_test": 2}
+
+
+# --------------------------------------------------------------------------------------------- data
+def make_source(a: argparse.Namespace, root: Path) -> tuple[Path, dict]:
+    """The cohort folder and its manifest (generated unless ``--source``)."""
+    if a.source:
+        src = Path(a.source)
+        for sub in ("images", "labels", "test_images", "test_labels"):
+            if not (src / sub).is_dir():
+                raise SystemExit(f"error: --source {src}: no {sub}/ folder")
+        manifest = json.loads((src / "manifest.json").read_text()) if (src / "manifest.json").is_file() else {}
+        return src, manifest
+    from nnzoo.pipeline import brain_phantoms as bp
+
+    src = root / "cohort"
+    if not (src / "manifest.json").is_file():
+        t = time.time()
+        dim = 2 if a.config == "2d" else 3
+        kw = {"shape": (24, 24)} if a.smoke and dim == 2 else {}
+        bp.write_cohort(src, num_train=a.num_train, num_test=a.num_test, seed=a.data_seed, dim=dim, **kw)
+        print(f"cohort: {a.num_train} training + {a.num_test} test cases ({dim}D) in {time.time() - t:.0f} s -> {src}",
+              flush=True)
+    return src, json.loads((src / "manifest.json").read_text())
+
+
+def _cases(folder: Path) -> dict[str, Path]:
+    from nnzoo.pipeline.segio import FILE_ENDINGS
+
+    out = {}
+    for p in sorted(folder.iterdir()):
+        ending = next((e for e in FILE_ENDINGS if p.name.endswith(e)), None)
+        if ending:
+            out[p.name[: -len(ending)]] = p
+    return out
+
+
+def choose_labeled(manifest: dict, train_cases: list[str], n: int, seed: int) -> list[str]:
+    """``n`` labeled cases for ``seed``: for a generated cohort its own balanced choice
+    (:func:`nnzoo.pipeline.brain_phantoms.choose_labeled`), else uniformly from the manifest's
+    ``labeled_pool`` (default: every training case)."""
+    import numpy as np
+
+    if "labeled_acquisitions" in manifest:
+        from nnzoo.pipeline.brain_phantoms import choose_labeled as balanced
+
+        try:
+            return balanced(manifest, n, seed)[0]
+        except ValueError as e:
+            raise SystemExit(f"error: --labeled {n}: {e}") from None
+    pool = [c for c in manifest.get("labeled_pool", train_cases) if c in train_cases]
+    if not 1 <= n <= len(pool):
+        raise SystemExit(f"error: --labeled {n}: the labeled pool has {len(pool)} cases")
+    return sorted(np.random.default_rng([seed, 7]).choice(pool, n, replace=False).tolist())
+
+
+def nnzoo(*args: str, log: Path, env: dict[str, str] | None = None) -> float:
+    """Run one ``nnzoo`` command (this interpreter), output to ``log``; seconds taken. Exits on failure."""
+    t = time.time()
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "nnzoo.pipeline", *args], stdout=f, stderr=subprocess.STDOUT,
+                           env={**os.environ, **(env or {})})
+    if r.returncode:
+        tail = log.read_text()[-2000:]
+        raise SystemExit(f"error: `nnzoo {' '.join(args)}` failed (log {log}):\n{tail}")
+    return time.time() - t
+
+
+def make_dataset(a: argparse.Namespace, src: Path, root: Path, did: int, name: str, labeled: list[str],
+                 unlabeled: list[str]) -> None:
+    """nnU-Net raw dataset ``did`` with ``labeled`` in imagesTr and ``unlabeled`` in imagesUnlabeled, planned."""
+    raw = Path(os.environ["nnUNet_raw"])
+    if any(raw.glob(f"Dataset{did:03d}_*")):
+        return
+    images, labels = _cases(src / "images"), _cases(src / "labels")
+    stage = root / "staging" / name
+    shutil.rmtree(stage, ignore_errors=True)
+    for sub in ("images", "labels", "unlabeled"):
+        (stage / sub).mkdir(parents=True)
+    for c in labeled:
+        shutil.copy2(images[c], stage / "images" / images[c].name)
+        shutil.copy2(labels[c], stage / "labels" / labels[c].name)
+    for c in unlabeled:
+        shutil.copy2(images[c], stage / "unlabeled" / images[c].name)
+    cmd = ["dataset", "create", "--images", str(stage / "images"), "--labels", str(stage / "labels"), "--name", name,
+           "--id", str(did), "--channel", "MR"]
+    for value, label in (a.label_names or {}).items():
+        cmd += ["--label", f"{value}={label}"]
+    if unlabeled:
+        cmd += ["--unlabeled", str(stage / "unlabeled")]
+    logs = root / "logs"
+    nnzoo(*cmd, log=logs / f"create_{name}.log")
+    nnzoo("plan_and_preprocess", "-d", str(did), "-c", a.config, "-np", "2", log=logs / f"plan_{name}.log")
+    shutil.rmtree(stage)
+
+
+# --------------------------------------------------------------------------------------------- runs
+def run_one(a: argparse.Namespace, root: Path, src: Path, did: int, trainer: str, seed: int) -> dict:
+    """Train ``trainer`` on dataset ``did`` with ``seed``, predict and score the test cases.
+
+    The model folder is ``nnUNet_results/seed<seed>`` (the all-labels baseline keeps one per seed).
+    """
+    from nnzoo.trainers import get_trainer_info
+
+    env = {"nnUNet_results": str(root / "nnUNet_results" / f"seed{seed}")}
+    if a.jobs > 1:
+        env |= {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // a.jobs)), "nnUNet_n_proc_DA": "0"}
+    tag = f"{trainer}_d{did}_s{seed}"
+    logs = root / "logs"
+    quick = {**(get_trainer_info(trainer).quick_hparams if a.quick else {}), **a.hparams.get(trainer, {})}
+    hp = [x for k, v in quick.items() for x in ("--hparam", f"{k}={v}")]
+    t_train = nnzoo("train", str(did), a.config, "all", "-tr", trainer, "--epochs", str(a.epochs), "--iters",
+                    str(a.iters), "--seed", str(seed), "--no-val", "--overwrite", "-device", a.device, *hp,
+                    log=logs / f"train_{tag}.log", env=env)
+    pred, ev = root / "predictions" / tag, root / "evaluations" / tag
+    t_pred = nnzoo("predict", "-i", str(src / "test_images"), "-o", str(pred), "-d", str(did), "-c", a.config,
+                   "-tr", trainer, "-f", "all", "-device", a.device, "--overwrite", log=logs / f"predict_{tag}.log", env=env)
+    nnzoo("evaluate", "-ref", str(src / "test_labels"), "-pred", str(pred), "-d", str(did), "-o", str(ev),
+          log=logs / f"evaluate_{tag}.log", env=env)
+    summary = json.loads((ev / "summary.json").read_text())
+    dice = {k: float(v["Dice"]) for k, v in summary["mean"].items() if k != "0"}
+    return {"trainer": trainer, "dataset": did, "seed": seed, "dice": dice, "mean_fg": sum(dice.values()) / len(dice),
+            "train_s": round(t_train, 1), "predict_s": round(t_pred, 1), "quick_hparams": quick,
+            "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
+                         for c in summary["metric_per_case"]}}
+
+
+def plan_runs(a: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """``(trainer, labels, seed)`` of every run: the baseline on all labels, then every trainer on ``N``."""
+    runs = [(BASELINE, FULL, s) for s in a.seeds]
+    runs += [(t, f"{a.labeled}", s) for s in a.seeds for t in a.trainers]
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    root = Path(a.out).resolve()
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        os.environ[k] = str(root / k)
+    os.environ.setdefault("nnUNet_results", str(root / "nnUNet_results"))
+    t0 = time.time()
+    src, manifest = make_source(a, root)
+    a.label_names = {int(k): v for k, v in manifest.get("labels", {}).items() if int(k) != 0}
+    state_names = {str(k): v for k, v in a.label_names.items()}
+    train_cases = sorted(_cases(src / "images"))
+    test_cases = sorted(_cases(src / "test_images"))
+    if set(train_cases) & set(test_cases):
+        raise SystemExit(f"error: cases in both the training and the test set: {sorted(set(train_cases) & set(test_cases))}")
+    out_json = root / "low_label.json"
+    state = json.loads(out_json.read_text()) if out_json.is_file() else {"runs": {}}
+    settings = {k: getattr(a, k) for k in ("config", "labeled", "seeds", "trainers", "epochs", "iters", "num_train",
+                                           "num_test", "data_seed", "device", "quick", "source", "hparams")}
+    state["jobs"] = a.jobs
+    if state.get("settings") not in (None, settings):
+        raise SystemExit(f"error: {out_json} holds runs of other settings ({state['settings']}); use another --out")
+    state["settings"] = settings
+    state["label_names"] = state_names
+    datasets = {FULL: (a.dataset_id, "LowLabelAll")}
+    make_dataset(a, src, root, a.dataset_id, "LowLabelAll", train_cases, [])
+    state["labeled_cases"] = {}
+    for i, s in enumerate(a.seeds):
+        labeled = choose_labeled(manifest, train_cases, a.labeled, s)
+        state["labeled_cases"][str(s)] = labeled
+        did = a.dataset_id + 1 + i
+        datasets[(a.labeled, s)] = (did, f"LowLabel{a.labeled}s{s}")
+        make_dataset(a, src, root, did, f"LowLabel{a.labeled}s{s}", labeled, [c for c in train_cases if c not in labeled])
+    runs = plan_runs(a)
+    todo = [(n, r) for n, r in enumerate(runs, 1) if "|".join(map(str, r)) not in state["runs"]]
+    lock = threading.Lock()
+
+    def work(item: tuple[int, tuple[str, str, int]]) -> None:
+        n, (trainer, labels, seed) = item
+        did = datasets[FULL][0] if labels == FULL else datasets[(a.labeled, seed)][0]
+        print(f"[{n}/{len(runs)}] {trainer}, {labels} labeled, seed {seed} ...", flush=True)
+        r = run_one(a, root, src, did, trainer, seed)
+        r["labels"] = labels
+        with lock:
+            state["runs"][f"{trainer}|{labels}|{seed}"] = r
+            out_json.write_text(json.dumps(state, indent=1))
+        print(f"[{n}/{len(runs)}] {trainer}, {labels} labeled, seed {seed}: mean foreground Dice {r['mean_fg']:.4f} "
+              f"(train {r['train_s']:.0f} s, predict {r['predict_s']:.0f} s)", flush=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        list(pool.map(work, todo))
+    state["wall_s"] = round(state.get("wall_s", 0) + time.time() - t0, 1)
+    state["machine"] = machine()
+    state["date"] = time.strftime("%Y-%m-%d")
+    state["command"] = "python benchmarks/low_label.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out_json.write_text(json.dumps(state, indent=1))
+    from benchmarks.low_label_report import write_report
+
+    md = write_report(state, root)
+    print(md)
+    return 0
+
+
+def machine() -> str:
+    """CPU cores and GPU of this machine, in words."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Tables and figure of the low-label benchmark (:mod:`benchmarks.low_label`) from its JSON of runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+BASELINE = "nnUNetTrainer"
+FULL = "all labels"
+
+__all__ = ["summarise", "to_markdown", "write_report"]
+
+
+def summarise(state: dict) -> dict:
+    """Per (trainer, labels): Dice per seed, mean, min, max, paired difference to the baseline on the
+    same labels and seed, and the fraction of the gap closed.
+
+    The gap is ``mean(baseline on all labels) - mean(baseline on N labels)`` over seeds; a trainer
+    closes ``mean_s(trainer_s - baseline_s) / gap`` of it.
+    """
+    runs = list(state["runs"].values())
+    rows: dict[tuple[str, str], dict] = {}
+    for r in runs:
+        row = rows.setdefault((r["trainer"], r["labels"]), {"trainer": r["trainer"], "labels": r["labels"],
+                                                             "seeds": {}, "classes": {}, "train_s": []})
+        row["seeds"][r["seed"]] = r["mean_fg"]
+        row["train_s"].append(r["train_s"])
+        for c, d in r["dice"].items():
+            row["classes"].setdefault(c, []).append(d)
+    low = next((k for k in rows if k[0] == BASELINE and k[1] != FULL), None)
+    full = rows.get((BASELINE, FULL))
+    gap = None
+    if low and full:
+        gap = float(np.mean(list(full["seeds"].values())) - np.mean(list(rows[low]["seeds"].values())))
+    for key, row in rows.items():
+        v = np.array(list(row["seeds"].values()))
+        row.update(mean=float(v.mean()), min=float(v.min()), max=float(v.max()), n=len(v),
+                   class_means={c: float(np.mean(d)) for c, d in row["classes"].items()},
+                   train_s_mean=float(np.mean(row["train_s"])))
+        if low and key[1] == rows[low]["labels"] and key != low:
+            base = rows[low]["seeds"]
+            diffs = np.array([row["seeds"][s] - base[s] for s in row["seeds"] if s in base])
+            row.update(diff_mean=float(diffs.mean()), diff_min=float(diffs.min()), diff_max=float(diffs.max()),
+                       wins=int((diffs > 0).sum()), paired=len(diffs))
+            if gap is not None and gap > 0:  # no gap, nothing to close: the fraction would be meaningless
+                row["gap_closed"] = float(diffs.mean() / gap)
+    return {"rows": rows, "gap": gap, "low": low}
+
+
+def to_markdown(state: dict, summary: dict | None = None) -> str:
+    summary = summary or summarise(state)
+    st = state["settings"]
+    rows, gap = summary["rows"], summary["gap"]
+    classes = sorted({c for r in rows.values() for c in r["class_means"]}, key=int)
+    names = state.get("label_names", {})
+    head = ["trainer", "labeled", "mean fg Dice (min–max)", *[names.get(c, f"class {c}") for c in classes],
+            f"Δ vs {BASELINE} (paired; min–max; wins)", "gap closed", "train s/run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = sorted(rows.values(), key=lambda r: (r["labels"] != FULL, r["trainer"] != BASELINE, -r["mean"]))
+    for r in order:
+        diff = (f"{r['diff_mean']:+.4f} ({r['diff_min']:+.4f} … {r['diff_max']:+.4f}; {r['wins']}/{r['paired']})"
+                if "diff_mean" in r else "–")
+        closed = f"{100 * r['gap_closed']:.0f} %" if "gap_closed" in r else "–"
+        lines.append(f"| `{r['trainer']}` | {r['labels']} | {r['mean']:.4f} ({r['min']:.4f}–{r['max']:.4f}) | "
+                     + " | ".join(f"{r['class_means'].get(c, float('nan')):.3f}" for c in classes)
+                     + f" | {diff} | {closed} | {r['train_s_mean']:.0f} |")
+    quick = {r["trainer"]: r["quick_hparams"] for r in state["runs"].values() if r.get("quick_hparams")}
+    notes = [f"{st['config']}, {st['labeled']} labeled cases per seed, seeds {st['seeds']}, "
+             f"{st['epochs']} × {st['iters']} iterations for every run, fold `all`, "
+             f"test cases held out ({st['num_test']} generated)" if not st.get("source") else
+             f"{st['config']}, {st['labeled']} labeled cases per seed, seeds {st['seeds']}, "
+             f"{st['epochs']} × {st['iters']} iterations, source {st['source']}",
+             f"gap (all labels − {st['labeled']} labels, {BASELINE}): "
+             + (f"{gap:+.4f} mean foreground Dice" if gap is not None else "not measured")
+             + (" (no gap: the fraction closed is not reported)" if gap is not None and gap <= 0 else "")]
+    if state.get("jobs", 1) > 1:
+        notes.append(f"{state['jobs']} runs side by side, each with 1/{state['jobs']} of the cores: train s/run are "
+                     "times on shared cores")
+    if quick:
+        notes.append("hyperparameters set for this benchmark (--hparam / --quick): " + "; ".join(f"`{t}` {q}" for t, q in quick.items()))
+    notes.append(f"{state.get('date', '')}, {state.get('machine', '')}, wall time {state.get('wall_s', 0) / 60:.1f} min; "
+                 f"`{state.get('command', '')}`")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def plot(state: dict, summary: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(summary["rows"].values(), key=lambda r: (r["labels"] != FULL, r["trainer"] != BASELINE, -r["mean"]))
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 4.2))
+    for i, r in enumerate(rows):
+        v = list(r["seeds"].values())
+        ax.bar(i, r["mean"], color="#9ecae1" if r["labels"] == FULL else "#c7e9c0", edgecolor="k", width=0.6)
+        ax.errorbar(i, r["mean"], yerr=[[r["mean"] - r["min"]], [r["max"] - r["mean"]]], color="k", capsize=4)
+        ax.scatter([i] * len(v), v, color="k", s=12, zorder=3)
+    low = summary["low"]
+    if low:
+        ax.axhline(summary["rows"][low]["mean"], color="#d62728", ls="--", lw=1, label=f"{BASELINE}, {low[1]} labeled")
+    full = summary["rows"].get((BASELINE, FULL))
+    if full:
+        ax.axhline(full["mean"], color="#1f77b4", ls=":", lw=1, label=f"{BASELINE}, all labels")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['trainer'].replace('nnUNetTrainer', '') or 'nnU-Net'}\n{r['labels']}" for r in rows],
+                       fontsize=8)
+    lo = min(r["min"] for r in rows)
+    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(r["max"] for r in rows) + 0.03))
+    ax.set_ylabel("mean foreground Dice (test cases)")
+    st = state["settings"]
+    ax.set_title(f"Low-label benchmark ({st['config']}, {st['labeled']} labeled, {len(st['seeds'])} seeds; "
+                 "bars: mean, whiskers: min–max, dots: seeds)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def write_report(state: dict, root: Path) -> str:
+    """Write ``low_label.md`` and ``low_label.png`` into ``root``; returns the Markdown."""
+    summary = summarise(state)
+    md = to_markdown(state, summary)
+    (root / "low_label.md").write_text(md)
+    plot(state, summary, root / "low_label.png")
+    return md
