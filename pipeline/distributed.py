@@ -4,7 +4,7 @@
   ``torch.multiprocessing.spawn`` (as ``nnUNetv2_train -num_gpus N`` does), rendezvous on
   127.0.0.1 (``MASTER_PORT``: the environment's, else a free port);
 - ``torchrun [--nnodes M --node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:PORT]
-  --nproc-per-node N -m nnzoo train ...``: the process group comes from torchrun's environment
+  --nproc-per-node N -m nnzoo.pipeline train ...`` (or the ``nnzoo`` script path): the process group comes from torchrun's environment
   (``env://``: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
 Backend NCCL on CUDA (device ``cuda:LOCAL_RANK``), Gloo on the CPU. Collectives and the

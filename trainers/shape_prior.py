@@ -72,10 +72,9 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
         - nnU-Net's losses, deep supervision (also on pseudo-labels at the coarser scales: the
           official code supervises only D_p's full-resolution output, the side outputs get the
           shape loss only), optimizer, schedule, augmentation and patches;
-        - the planned batch of B patches is shared: ``n_u = max(1, round(B * UNLABELED_FRACTION))``
-          unlabeled and ``max(1, B - n_u)`` labeled ones (the last of the labeled batch, which
-          holds nnU-Net's foreground-oversampled patches) go through one encoder pass, keeping
-          memory at the plan's budget (official: a full labeled and a full unlabeled batch);
+        - every step takes nnU-Net's full labeled batch plus as many unlabeled patches
+          (``UNLABELED_BATCH_RATIO``) through one encoder pass, as the official code pairs a
+          labeled and an unlabeled batch of the same size;
         - D_l is evaluated once on unlabeled patches without gradient for the pseudo-labels (the
           official forward also runs D_l a second time, unused); D_p is not run on labeled patches;
         - critic pre-training runs inside training, on a pool of ``CRITIC_POOL_BATCHES``

@@ -102,13 +102,15 @@ def test_two_process_run_of_every_trainer(in_planned, tmp_path, trainer):
     from ddp_worker import train_rank
 
     base = in_planned["base"]
-    semi = next(i for i in list_trainers() if i.name == trainer).semi_supervised
+    info = next(i for i in list_trainers() if i.name == trainer)
+    semi = info.semi_supervised
     folders = {k: str(base / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     run = TrainRun(dataset_name="Dataset503_Toy2d", configuration="2d", fold=1, trainer=trainer,
                    plans=default_plans_name(trainer), device="cpu", continue_training=False, num_epochs=2,
                    num_iterations_per_epoch=2, num_val_iterations_per_epoch=1, save_every=None,
                    labeled=2 if semi else None, seed=3, validate=False, validation_only=False, npz=False,
-                   val_best=False, pretrained_weights=None, disable_checkpointing=False, folders=folders)
+                   val_best=False, pretrained_weights=None, disable_checkpointing=False, folders=folders,
+                   hparams=dict(info.quick_hparams) or None)  # e.g. the shape critic's pre-training shortened
     shutil.rmtree(run.fold_dir.parent, ignore_errors=True)
     _spawn(train_rank, 2, run, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
