@@ -95,6 +95,21 @@ def test_regions_and_ignore_label_are_written_by_nnunet(workdir, src, capsys):
 
 
 # ------------------------------------------------------------------------------------------ folders and flags
+@pytest.fixture
+def fold0_untrained():
+    """Fold 0 of Dataset502 without models, whatever other tests of the session trained there (moved aside
+    and put back)."""
+    moved = []
+    for fold in (Path(os.environ["nnUNet_results"]) / "Dataset502_Toy2d").glob("*/fold_0"):
+        aside = fold.with_name("fold_0.aside-by-test")
+        fold.rename(aside)
+        moved.append((aside, fold))
+    yield
+    for aside, fold in moved:
+        shutil.rmtree(fold, ignore_errors=True)
+        aside.rename(fold)
+
+
 @pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
 @pytest.mark.parametrize("argv,needles", [
     (["train", "502", "2d", "0", "--labeled", "30"], ["--labeled 30", "only 4 training cases"]),
@@ -115,7 +130,7 @@ def test_regions_and_ignore_label_are_written_by_nnunet(workdir, src, capsys):
      ["EMA_DECAY='high'", "expected a float"]),
     (["train", "502", "2d", "0", "--hparam", "X=1"], ["X is not a hyperparameter of nnUNetTrainer", "none"]),
 ])
-def test_bad_flags_and_folders(in_prepared, capsys, argv, needles):
+def test_bad_flags_and_folders(in_prepared, fold0_untrained, capsys, argv, needles):
     results = Path(os.environ["nnUNet_results"])
     before = _snapshot(results)
     assert main(argv) == 2
@@ -175,12 +190,12 @@ def test_models(in_trained, tmp_path, capsys):
     # the model refuses to be trained over without --continue/--overwrite
     before = _snapshot(fold)
     assert main(["train", "502", "2d", "4", "-device", "cpu"]) == 2
-    _one_error_line(capsys, "already holds checkpoint_final.pth", "--continue")
+    _one_error_line(capsys, "already holds", "checkpoint_final.pth", "--continue")
     assert _snapshot(fold) == before
 
 
 @pytest.mark.slow
-def test_checkpoints(in_trained, tmp_path, capsys):
+def test_checkpoints(in_trained, fold0_untrained, tmp_path, capsys):
     fold = Path(os.environ["nnUNet_results"]) / "Dataset502_Toy2d" / "nnUNetTrainer__nnUNetPlans__2d" / "fold_4"
     good = (fold / "checkpoint_final.pth").read_bytes()
     try:
