@@ -94,3 +94,9 @@ def prepare_dataset(base: Path, dim: int, dataset_id: int | None = None) -> dict
         assert main(args) == 0
         assert main(["plan_and_preprocess", "-d", str(did), "-c", cfg, "-np", "2"]) == 0
     return {"base": base / "work", "src": src, "id": did, "configuration": cfg}
+
+
+def dataset_dir(variable: str, dataset_id: int) -> Path:
+    """``$<variable>/Dataset<id>_<name>`` (the folder of one dataset, whatever else other tests put there)."""
+    (folder,) = Path(os.environ[variable]).glob(f"Dataset{int(dataset_id):03d}_*")
+    return folder

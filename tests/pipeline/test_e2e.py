@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import dataset_dir
 
 from nnzoo.pipeline.cli import main
 
@@ -33,8 +34,7 @@ def _train_and_predict(prep: dict, tmp_path: Path, trainer: str = "nnUNetTrainer
     did, cfg = str(prep["id"]), prep["configuration"]
     assert main(["train", did, cfg, "0", "-tr", trainer, "-device", "cpu", "--epochs", "1", "--iters", "2",
                  "--overwrite"]) == 0
-    fold = Path(os.environ["nnUNet_results"]) / next(
-        p.name for p in Path(os.environ["nnUNet_results"]).iterdir()) / f"{trainer}__nnUNetPlans__{cfg}" / "fold_0"
+    fold = dataset_dir("nnUNet_results", prep["id"]) / f"{trainer}__nnUNetPlans__{cfg}" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
     ev = json.loads((fold / "validation" / "evaluation" / "summary.json").read_text())  # nnzoo's, beside nnU-Net's
     assert {"HD95", "NSD", "Dice"} <= set(ev["mean"]["1"]) and (fold / "validation" / "evaluation" / "report.html").is_file()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import dataset_dir
 
 from nnzoo.pipeline.cli import main
 from nnzoo.pipeline.experiment import default_plans_name
@@ -35,7 +36,7 @@ def test_method_end_to_end(trainer, in_prepared, tmp_path, capsys):
     did, cfg = str(prep["id"]), prep["configuration"]
     info = next(i for i in METHODS if i.name == trainer)
     plans = default_plans_name(trainer)
-    pre = next(Path(os.environ["nnUNet_preprocessed"]).iterdir())
+    pre = dataset_dir("nnUNet_preprocessed", prep["id"])
     if info.planner:  # the dataset holds only nnU-Net's plans
         (pre / f"{plans}.json").unlink(missing_ok=True)
     quick = [a for k, v in info.quick_hparams.items() for a in ("--hparam", f"{k}={v}")]
@@ -44,8 +45,7 @@ def test_method_end_to_end(trainer, in_prepared, tmp_path, capsys):
     if info.planner:  # the method's plans were made on the spot, from nnU-Net's preprocessed data
         assert f"planning them now with {info.planner}" in capsys.readouterr().out
         assert (pre / f"{plans}.json").is_file()
-    name = next(p.name for p in Path(os.environ["nnUNet_results"]).iterdir())
-    model = Path(os.environ["nnUNet_results"]) / name / f"{trainer}__{plans}__{cfg}"
+    model = dataset_dir("nnUNet_results", prep["id"]) / f"{trainer}__{plans}__{cfg}"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
     assert f"{trainer} hyperparameters:" in log

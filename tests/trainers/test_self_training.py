@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer, tiny_dataset_json, tiny_plans
+from helpers import dataset_dir, make_trainer, tiny_dataset_json, tiny_plans
 
 from nnzoo.trainers.self_training import PSEUDO_DONE, nnUNetTrainerSelfTraining, pseudo_label_folder
 
@@ -65,8 +64,7 @@ def test_stage2_step_is_the_labeled_batch_plus_as_many_pseudo_labeled(tmp_path):
 @pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
 def test_pseudo_labels_come_from_the_sliding_window_of_the_current_model(in_prepared, monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    pre = Path(os.environ["nnUNet_preprocessed"])
-    ds = next(pre.iterdir())
+    ds = dataset_dir("nnUNet_preprocessed", in_prepared["id"])
     plans = json.loads((ds / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
     dataset_json = json.loads((ds / "dataset.json").read_text())
