@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {out_json} holds runs of other settings ({state['settings']}); use another --out")
     state["settings"] = settings
     state["label_names"] = state_names
+    state["test_groups"] = {c: v["acquisition"] for c, v in manifest.get("test", {}).items() if "acquisition" in v}
     datasets = {FULL: (a.dataset_id, "LowLabelAll")}
     make_dataset(a, src, root, a.dataset_id, "LowLabelAll", train_cases, [])
     state["labeled_cases"] = {}

@@ -9,7 +9,7 @@ import numpy as np
 BASELINE = "nnUNetTrainer"
 FULL = "all labels"
 
-__all__ = ["summarise", "to_markdown", "write_report"]
+__all__ = ["summarise", "by_group", "to_markdown", "write_report"]
 
 
 def summarise(state: dict) -> dict:
@@ -48,6 +48,34 @@ def summarise(state: dict) -> dict:
     return {"rows": rows, "gap": gap, "low": low}
 
 
+def by_group(state: dict) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (trainer, labels): mean foreground Dice over seeds and the test cases of each group (e.g. the
+    acquisition style of a generated cohort; ``state["test_groups"]``: ``{case: group}``)."""
+    groups = state.get("test_groups") or {}
+    out: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in state["runs"].values():
+        row = out.setdefault((r["trainer"], r["labels"]), {})
+        for case_file, dice in r.get("per_case", {}).items():
+            g = groups.get(case_file.split(".")[0])
+            if g is not None and dice:
+                row.setdefault(g, []).append(float(np.mean(list(dice.values()))))
+    return {k: {g: float(np.mean(v)) for g, v in row.items()} for k, row in out.items() if row}
+
+
+def _group_table(state: dict, summary: dict) -> str:
+    table = by_group(state)
+    if not table:
+        return ""
+    groups = list(dict.fromkeys(g for row in table.values() for g in row))
+    lines = ["| trainer | labeled | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
+    for r in sorted(summary["rows"].values(), key=lambda r: (r["labels"] != FULL, r["trainer"] != BASELINE, -r["mean"])):
+        row = table.get((r["trainer"], r["labels"]), {})
+        lines.append(f"| `{r['trainer']}` | {r['labels']} | "
+                     + " | ".join(f"{row[g]:.3f}" if g in row else "–" for g in groups) + " |")
+    return ("\nMean foreground Dice per test-case group (mean over seeds and the group's test cases):\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def to_markdown(state: dict, summary: dict | None = None) -> str:
     summary = summary or summarise(state)
     st = state["settings"]
@@ -61,7 +89,7 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
     for r in order:
         diff = (f"{r['diff_mean']:+.4f} ({r['diff_min']:+.4f} … {r['diff_max']:+.4f}; {r['wins']}/{r['paired']})"
                 if "diff_mean" in r else "–")
-        closed = f"{100 * r['gap_closed']:.0f} %" if "gap_closed" in r else "–"
+        closed = f"{round(100 * r['gap_closed']):d} %" if "gap_closed" in r else "–"
         lines.append(f"| `{r['trainer']}` | {r['labels']} | {r['mean']:.4f} ({r['min']:.4f}–{r['max']:.4f}) | "
                      + " | ".join(f"{r['class_means'].get(c, float('nan')):.3f}" for c in classes)
                      + f" | {diff} | {closed} | {r['train_s_mean']:.0f} |")
@@ -81,7 +109,8 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
         notes.append("hyperparameters set for this benchmark (--hparam / --quick): " + "; ".join(f"`{t}` {q}" for t, q in quick.items()))
     notes.append(f"{state.get('date', '')}, {state.get('machine', '')}, wall time {state.get('wall_s', 0) / 60:.1f} min; "
                  f"`{state.get('command', '')}`")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return ("\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+            + _group_table(state, summary))
 
 
 def plot(state: dict, summary: dict, png: Path) -> None:

@@ -66,6 +66,10 @@ def test_low_label_summary_paired_differences_and_gap():
     assert (x["diff_mean"], x["diff_min"], x["diff_max"], x["wins"]) == pytest.approx((0.025, -0.05, 0.1, 1))
     assert x["gap_closed"] == pytest.approx(0.025 / 0.3)
     assert "gap_closed" not in s["rows"][("nnUNetTrainer", "4")]
+    runs["X|4|0"]["per_case"] = {"a.nii.gz": {"1": 0.2, "2": 0.4}, "b.nii.gz": {"1": 0.9}}
+    runs["X|4|1"]["per_case"] = {"a.nii.gz": {"1": 0.5}, "b.nii.gz": {"1": 0.7}}
+    groups = report.by_group({"runs": {k: runs[k] for k in ("X|4|0", "X|4|1")}, "test_groups": {"a": "t2", "b": "t1"}})
+    assert groups[("X", "4")] == pytest.approx({"t2": (0.3 + 0.5) / 2, "t1": 0.8})
     runs["nnUNetTrainer|all labels|0"]["mean_fg"] = 0.5  # no gap: nothing to close
     runs["nnUNetTrainer|all labels|1"]["mean_fg"] = 0.5
     assert "gap_closed" not in report.summarise({"runs": runs})["rows"][("X", "4")]
