@@ -127,7 +127,7 @@ def make_source(a: argparse.Namespace, root: Path) -> tuple[Path, dict]:
     if not (src / "manifest.json").is_file():
         t = time.time()
         dim = 2 if a.config == "2d" else 3
-        kw = {"shape": (24, 24)} if a.smoke and dim == 2 else {}
+        kw = ({"shape": (24, 24)} if dim == 2 else {"shape": (24, 24), "num_slices": 12}) if a.smoke else {}
         bp.write_cohort(src, num_train=a.num_train, num_test=a.num_test, seed=a.data_seed, dim=dim, **kw)
         print(f"cohort: {a.num_train} training + {a.num_test} test cases ({dim}D) in {time.time() - t:.0f} s -> {src}",
               flush=True)
