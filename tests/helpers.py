@@ -100,3 +100,11 @@ def dataset_dir(variable: str, dataset_id: int) -> Path:
     """``$<variable>/Dataset<id>_<name>`` (the folder of one dataset, whatever else other tests put there)."""
     (folder,) = Path(os.environ[variable]).glob(f"Dataset{int(dataset_id):03d}_*")
     return folder
+
+
+def deep_supervision_targets(trainer, label: torch.Tensor) -> list[torch.Tensor]:
+    """``label`` (``N, 1, *patch``) at every deep-supervision scale of ``trainer``, as nnU-Net's loader
+    downsamples targets (nearest)."""
+    patch = label.shape[2:]
+    return [torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(patch, sc)], mode="nearest-exact")
+            for sc in trainer._get_deep_supervision_scales()]

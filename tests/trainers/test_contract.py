@@ -13,7 +13,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer, tiny_dataset_json, tiny_plans
+from helpers import deep_supervision_targets, make_trainer, tiny_dataset_json, tiny_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -90,8 +90,7 @@ def test_semi_supervised_step_uses_every_labeled_patch_of_the_baseline_batch(nam
     trainer.prepare_train_step_benchmark(torch.randn(trainer.unlabeled_batch_size, 1, *PATCH[dim]))
     label = torch.randint(0, 3, (3, 1, *[s // 4 for s in PATCH[dim]])).float()
     label = torch.nn.functional.interpolate(label, size=PATCH[dim], mode="nearest")
-    targets = [torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(PATCH[dim], sc)],
-                                               mode="nearest-exact") for sc in trainer._get_deep_supervision_scales()]
+    targets = deep_supervision_targets(trainer, label)
     data = torch.randn(3, 1, *PATCH[dim], requires_grad=True)
     out = trainer.train_step({"data": data, "target": targets})
     assert np.isfinite(out["loss"])

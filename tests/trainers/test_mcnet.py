@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer, tiny_dataset_json, tiny_plans
+from helpers import deep_supervision_targets, make_trainer, tiny_dataset_json, tiny_plans
 
 from nnzoo.trainers.mcnet import mutual_consistency_loss, nnUNetTrainerMCNet, sharpen, sigmoid_rampup
 from nnzoo.trainers.networks.mcnet import MCNet
@@ -154,8 +154,7 @@ def _trainer(tmp_path, configuration="3d_fullres", **kw):
 def _batch(t, configuration, b=2):
     patch = PATCH[configuration]
     y = torch.randint(0, 3, (b, 1, *patch)).float()
-    targets = [torch.nn.functional.interpolate(y, size=[round(p * s) for p, s in zip(patch, sc)],
-                                               mode="nearest-exact") for sc in t._get_deep_supervision_scales()]
+    targets = deep_supervision_targets(t, y)
     return torch.randn(b, 1, *patch), targets
 
 

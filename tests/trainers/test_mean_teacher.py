@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer, tiny_plans
+from helpers import deep_supervision_targets, make_trainer, tiny_plans
 
 from nnzoo.trainers.mean_teacher import consistency_mse, nnUNetTrainerMeanTeacher, noisy
 from nnzoo.trainers.semisup import sigmoid_rampup
@@ -23,8 +23,7 @@ def _trainer(tmp_path, configuration="2d", cls=nnUNetTrainerMeanTeacher):
 def _batch(t, configuration, b=2):
     patch = PATCH[configuration]
     y = torch.randint(0, 3, (b, 1, *patch)).float()
-    targets = [torch.nn.functional.interpolate(y, size=[round(p * s) for p, s in zip(patch, sc)],
-                                               mode="nearest-exact") for sc in t._get_deep_supervision_scales()]
+    targets = deep_supervision_targets(t, y)
     return torch.randn(b, 1, *patch), targets
 
 

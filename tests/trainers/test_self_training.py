@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import dataset_dir, make_trainer, tiny_dataset_json, tiny_plans
+from helpers import dataset_dir, deep_supervision_targets, make_trainer, tiny_dataset_json, tiny_plans
 
 from nnzoo.trainers.self_training import PSEUDO_DONE, nnUNetTrainerSelfTraining, pseudo_label_folder
 
@@ -38,8 +38,7 @@ def test_stage2_step_is_the_labeled_batch_plus_as_many_pseudo_labeled(tmp_path):
     t = make_trainer(nnUNetTrainerSelfTraining, tmp_path, "2d", plans=tiny_plans("2d", (16, 16)), initialize=True)
     data = torch.randn(2, 1, 16, 16)
     target = torch.randint(0, 3, (2, 1, 16, 16)).float()
-    targets = [torch.nn.functional.interpolate(target, size=[round(16 * s) for s in sc], mode="nearest-exact")
-               for sc in t._get_deep_supervision_scales()]
+    targets = deep_supervision_targets(t, target)
     p_data = torch.randn(2, 1, 16, 16)
     p_targets = [torch.zeros_like(x) for x in targets]
 

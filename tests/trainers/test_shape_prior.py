@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer, tiny_dataset_json, tiny_plans
+from helpers import deep_supervision_targets, make_trainer, tiny_dataset_json, tiny_plans
 
 from nnzoo.pipeline.cli import main
 from nnzoo.trainers.base import NnzooTrainer
@@ -45,8 +45,7 @@ def _batch(trainer, batch_size: int, seed: int = 0) -> dict:
     patch = PATCH["2d" if len(trainer.configuration_manager.patch_size) == 2 else "3d_fullres"]
     label = torch.randint(0, 3, (batch_size, 1, *[p // 4 for p in patch]), generator=g).float()
     label = torch.nn.functional.interpolate(label, size=patch, mode="nearest")
-    targets = [torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(patch, sc)],
-                                               mode="nearest-exact") for sc in trainer._get_deep_supervision_scales()]
+    targets = deep_supervision_targets(trainer, label)
     return {"data": torch.randn(batch_size, 1, *patch, generator=g), "target": targets}
 
 
