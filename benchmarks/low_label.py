@@ -135,14 +135,9 @@ def make_source(a: argparse.Namespace, root: Path) -> tuple[Path, dict]:
 
 
 def _cases(folder: Path) -> dict[str, Path]:
-    from nnzoo.pipeline.segio import FILE_ENDINGS
+    from nnzoo.pipeline.segio import find_cases
 
-    out = {}
-    for p in sorted(folder.iterdir()):
-        ending = next((e for e in FILE_ENDINGS if p.name.endswith(e)), None)
-        if ending:
-            out[p.name[: -len(ending)]] = p
-    return out
+    return find_cases(folder)
 
 
 def choose_labeled(manifest: dict, train_cases: list[str], n: int, seed: int) -> list[str]:
