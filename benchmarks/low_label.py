@@ -69,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--num-train", type=int, default=None, help="generated training cases (labeled + unlabeled)")
     ap.add_argument("--num-test", type=int, default=None, help="generated held-out test cases")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated cohort")
+    ap.add_argument("--labeled-acquisitions", nargs="+", default=None, metavar="STYLE",
+                    help="generated cohort: the acquisition styles labeled cases are drawn from (default: the "
+                         "generator's two T1 styles; 'all': every style, the control without a domain shift "
+                         "between labeled and test cases)")
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--quick", action="store_true",
                     help="apply each method's registry quick_hparams (shortened once-per-run costs; reported)")
@@ -88,6 +92,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(a, k, v)
     if a.trainers is None:
         a.trainers = [BASELINE, *_semi_supervised_trainers()]
+    if a.labeled_acquisitions is not None:
+        from nnzoo.pipeline.brain_phantoms import ACQUISITIONS
+
+        if a.source:
+            ap.error("--labeled-acquisitions: only for the generated cohort (with --source, a manifest.json's "
+                     "labeled_pool says which cases may be labeled)")
+        if a.labeled_acquisitions == ["all"]:
+            a.labeled_acquisitions = list(ACQUISITIONS)
+        unknown = [x for x in a.labeled_acquisitions if x not in ACQUISITIONS]
+        if unknown:
+            ap.error(f"--labeled-acquisitions {' '.join(unknown)}: unknown style (known: {', '.join(ACQUISITIONS)}, all)")
     if a.smoke:
         a.quick = True
     if a.hparam is None:
@@ -128,10 +143,16 @@ def make_source(a: argparse.Namespace, root: Path) -> tuple[Path, dict]:
         t = time.time()
         dim = 2 if a.config == "2d" else 3
         kw = ({"shape": (24, 24)} if dim == 2 else {"shape": (24, 24), "num_slices": 12}) if a.smoke else {}
+        if a.labeled_acquisitions is not None:
+            kw["labeled_acquisitions"] = tuple(a.labeled_acquisitions)
         bp.write_cohort(src, num_train=a.num_train, num_test=a.num_test, seed=a.data_seed, dim=dim, **kw)
         print(f"cohort: {a.num_train} training + {a.num_test} test cases ({dim}D) in {time.time() - t:.0f} s -> {src}",
               flush=True)
-    return src, json.loads((src / "manifest.json").read_text())
+    manifest = json.loads((src / "manifest.json").read_text())
+    if a.labeled_acquisitions is not None and manifest.get("labeled_acquisitions") != list(a.labeled_acquisitions):
+        raise SystemExit(f"error: --labeled-acquisitions {' '.join(a.labeled_acquisitions)}: the cohort in {src} draws "
+                         f"labels from {manifest.get('labeled_acquisitions')}; use another --out")
+    return src, manifest
 
 
 def _cases(folder: Path) -> dict[str, Path]:
@@ -230,6 +251,43 @@ def run_one(a: argparse.Namespace, root: Path, src: Path, did: int, trainer: str
                          for c in summary["metric_per_case"]}}
 
 
+def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> dict[str, dict[str, float]]:
+    """Score the pseudo-labels written by a run (e.g. ``nnUNetTrainerSelfTraining``'s, in
+    ``nnUNet_preprocessed/<dataset>/pseudo_labels/<model folder>/fold_all``) against the labels of
+    those unlabeled training cases, taken from the all-labels dataset (preprocessed the same way).
+    Those labels exist only in the all-labels dataset: no run on ``N`` labels ever reads them.
+
+    Returns ``{run key: {case: mean foreground Dice}}`` for every run that left pseudo-labels.
+    """
+    import numpy as np
+
+    from nnzoo.trainers.nnunet_compat import load_preprocessed_segmentation
+
+    pre = Path(os.environ["nnUNet_preprocessed"])
+    full_dir = next(pre.glob(f"Dataset{datasets[FULL][0]:03d}_*"))
+    plans = json.loads((full_dir / "nnUNetPlans.json").read_text())
+    ref_dir = full_dir / plans["configurations"][a.config]["data_identifier"]
+    classes = [int(k) for k in state["label_names"]]
+    out: dict[str, dict[str, float]] = {}
+    for key, r in state["runs"].items():
+        if r["labels"] == FULL:
+            continue
+        ds_dir = next(pre.glob(f"Dataset{r['dataset']:03d}_*"))
+        folder = ds_dir / "pseudo_labels" / f"{r['trainer']}__nnUNetPlans__{a.config}" / "fold_all"
+        scores = {}
+        for f in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
+            pseudo, ref = np.load(f)[0], np.asarray(load_preprocessed_segmentation(ref_dir, f.stem)[:])[0]
+            if pseudo.shape != ref.shape:
+                continue  # cropped differently: not comparable voxel by voxel
+            sizes = {c: np.sum(pseudo == c) + np.sum(ref == c) for c in classes}
+            dice = [2 * np.sum((pseudo == c) & (ref == c)) / n for c, n in sizes.items() if n]  # absent in both:
+            if dice:  # no Dice (as nnU-Net's evaluation: NaN, left out of the mean)
+                scores[f.stem] = float(np.mean(dice))
+        if scores:
+            out[key] = scores
+    return out
+
+
 def plan_runs(a: argparse.Namespace) -> list[tuple[str, str, int]]:
     """``(trainer, labels, seed)`` of every run: the baseline on all labels, then every trainer on ``N``."""
     runs = [(BASELINE, FULL, s) for s in a.seeds]
@@ -256,12 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     state = json.loads(out_json.read_text()) if out_json.is_file() else {"runs": {}}
     settings = {k: getattr(a, k) for k in ("config", "labeled", "seeds", "trainers", "epochs", "iters", "num_train",
                                            "num_test", "data_seed", "device", "quick", "source", "hparams")}
+    if a.labeled_acquisitions is not None:  # (absent by default: earlier runs' settings stay comparable)
+        settings["labeled_acquisitions"] = a.labeled_acquisitions
     state["jobs"] = a.jobs
     if state.get("settings") not in (None, settings):
         raise SystemExit(f"error: {out_json} holds runs of other settings ({state['settings']}); use another --out")
     state["settings"] = settings
     state["label_names"] = state_names
     state["test_groups"] = {c: v["acquisition"] for c, v in manifest.get("test", {}).items() if "acquisition" in v}
+    state["labeled_groups"] = manifest.get("labeled_acquisitions")
+    state["train_groups"] = {c: v["acquisition"] for c, v in manifest.get("train", {}).items() if "acquisition" in v}
     datasets = {FULL: (a.dataset_id, "LowLabelAll")}
     make_dataset(a, src, root, a.dataset_id, "LowLabelAll", train_cases, [])
     state["labeled_cases"] = {}
@@ -289,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         list(pool.map(work, todo))
+    state["pseudo_labels"] = pseudo_label_quality(a, state, datasets)
     state["wall_s"] = round(state.get("wall_s", 0) + time.time() - t0, 1)
     state["machine"] = machine()
     state["date"] = time.strftime("%Y-%m-%d")

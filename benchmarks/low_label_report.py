@@ -9,7 +9,11 @@ import numpy as np
 BASELINE = "nnUNetTrainer"
 FULL = "all labels"
 
-__all__ = ["summarise", "by_group", "to_markdown", "write_report"]
+__all__ = ["summarise", "by_group", "group_gaps", "to_markdown", "write_report"]
+
+#: a group's gap (all labels minus N labels, baseline) below this is reported as "no gap": a fraction
+#: of a gap within the seed-to-seed spread would say nothing
+MIN_GROUP_GAP = 0.02
 
 
 def summarise(state: dict) -> dict:
@@ -62,6 +66,68 @@ def by_group(state: dict) -> dict[tuple[str, str], dict[str, float]]:
     return {k: {g: float(np.mean(v)) for g, v in row.items()} for k, row in out.items() if row}
 
 
+def group_gaps(state: dict) -> dict[str, dict]:
+    """Per test-case group: the gap (baseline on all labels minus baseline on ``N`` labels, group means)
+    and, per trainer on ``N`` labels, the fraction of it closed, ``(trainer - baseline) / gap``.
+
+    Groups whose gap is below :data:`MIN_GROUP_GAP` get ``gap`` only (no fraction). Shows *where* a
+    method gains: e.g. on the acquisitions the labeled cases do not come from.
+    """
+    table = by_group(state)
+    low = next((k for k in table if k[0] == BASELINE and k[1] != FULL), None)
+    full = table.get((BASELINE, FULL))
+    if low is None or full is None:
+        return {}
+    out: dict[str, dict] = {}
+    for g, f in full.items():
+        if g not in table[low]:
+            continue
+        gap = f - table[low][g]
+        entry: dict = {"gap": gap, "closed": {}}
+        if gap >= MIN_GROUP_GAP:
+            for (trainer, labels), row in table.items():
+                if labels == low[1] and trainer != BASELINE and g in row:
+                    entry["closed"][trainer] = (row[g] - table[low][g]) / gap
+        out[g] = entry
+    return out
+
+
+def _gap_table(state: dict, summary: dict) -> str:
+    gaps = group_gaps(state)
+    if not gaps:
+        return ""
+    groups = list(gaps)
+    present = {t for e in gaps.values() for t in e["closed"]}
+    trainers = [r["trainer"] for r in sorted(summary["rows"].values(), key=lambda r: -r["mean"])
+                if r["trainer"] in present and r["labels"] != FULL]
+    lines = ["| | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1),
+             "| gap (all labels − low labels) | " + " | ".join(f"{gaps[g]['gap']:+.3f}" for g in groups) + " |"]
+    for t in trainers:
+        lines.append(f"| `{t}` | " + " | ".join(
+            f"{round(100 * gaps[g]['closed'][t]):d} %" if t in gaps[g]["closed"] else "no gap" for g in groups) + " |")
+    return ("\nShare of each group's gap closed (group means; \"no gap\": below "
+            f"{MIN_GROUP_GAP:.2f}):\n\n" + "\n".join(lines) + "\n")
+
+
+def _pseudo_label_table(state: dict) -> str:
+    pl = state.get("pseudo_labels") or {}
+    groups_of = state.get("train_groups") or {}
+    if not pl:
+        return ""
+    per: dict[str, dict[str, list[float]]] = {}
+    for key, cases in pl.items():
+        trainer = key.split("|")[0]
+        for case, d in cases.items():
+            per.setdefault(trainer, {}).setdefault(groups_of.get(case, "all"), []).append(d)
+    groups = list(dict.fromkeys(g for row in per.values() for g in row))
+    lines = ["| trainer | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
+    for t, row in per.items():
+        lines.append(f"| `{t}` | " + " | ".join(f"{np.mean(row[g]):.3f} (n={len(row[g])})" if g in row else "–"
+                                               for g in groups) + " |")
+    return ("\nPseudo-labels the trainer wrote for its unlabeled training cases, scored against their labels "
+            "(which no run sees; mean foreground Dice per group, all seeds):\n\n" + "\n".join(lines) + "\n")
+
+
 def _group_table(state: dict, summary: dict) -> str:
     table = by_group(state)
     if not table:
@@ -102,6 +168,12 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
              f"gap (all labels − {st['labeled']} labels, {BASELINE}): "
              + (f"{gap:+.4f} mean foreground Dice" if gap is not None else "not measured")
              + (" (no gap: the fraction closed is not reported)" if gap is not None and gap <= 0 else "")]
+    if state.get("labeled_groups"):
+        every = sorted(set((state.get("train_groups") or {}).values()))
+        notes.append(f"labeled cases drawn from {', '.join(state['labeled_groups'])} only; unlabeled and test cases "
+                     f"from {', '.join(every) if every else 'every group'}"
+                     if set(state["labeled_groups"]) != set(every) else
+                     "labeled, unlabeled and test cases drawn from the same groups: " + ", ".join(every))
     if state.get("jobs", 1) > 1:
         notes.append(f"{state['jobs']} runs side by side, each with 1/{state['jobs']} of the cores: train s/run are "
                      "times on shared cores")
@@ -110,7 +182,7 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
     notes.append(f"{state.get('date', '')}, {state.get('machine', '')}, wall time {state.get('wall_s', 0) / 60:.1f} min; "
                  f"`{state.get('command', '')}`")
     return ("\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-            + _group_table(state, summary))
+            + _group_table(state, summary) + _gap_table(state, summary) + _pseudo_label_table(state))
 
 
 def plot(state: dict, summary: dict, png: Path) -> None:

@@ -75,6 +75,68 @@ def test_low_label_summary_paired_differences_and_gap():
     assert "gap_closed" not in report.summarise({"runs": runs})["rows"][("X", "4")]
 
 
+def test_low_label_gap_per_group():
+    """Per group: the gap, the fraction a trainer closes, and no fraction where the gap is too small."""
+    _, report = _low_label()
+    runs = {}
+    for t, labels, a, b in [("nnUNetTrainer", "all labels", 0.9, 0.8), ("nnUNetTrainer", "4", 0.5, 0.79),
+                            ("X", "4", 0.7, 0.5)]:
+        runs[f"{t}|{labels}|0"] = {"trainer": t, "labels": labels, "seed": 0, "mean_fg": (a + b) / 2, "dice": {"1": a},
+                                   "train_s": 1.0, "per_case": {"a.nii.gz": {"1": a}, "b.nii.gz": {"1": b}}}
+    state = {"runs": runs, "test_groups": {"a": "t2", "b": "t1"}}
+    gaps = report.group_gaps(state)
+    assert gaps["t2"]["gap"] == pytest.approx(0.4) and gaps["t2"]["closed"] == {"X": pytest.approx(0.5)}
+    assert gaps["t1"]["gap"] == pytest.approx(0.01) and gaps["t1"]["closed"] == {}
+    table = report._gap_table(state, report.summarise(state))
+    assert "| `X` | 50 % | no gap |" in table
+
+
+def test_low_label_scores_pseudo_labels_against_the_held_back_labels(tmp_path, monkeypatch):
+    """The pseudo-labels a run left are scored against the all-labels dataset's segmentation, per case."""
+    import json
+
+    import numpy as np
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    low_label, report = _low_label()
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    full = tmp_path / "Dataset950_All"
+    (full / "nnUNetPlans_2d").mkdir(parents=True)
+    (full / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": {"data_identifier": "nnUNetPlans_2d"}}}))
+    ref = np.zeros((1, 1, 4, 4), np.int8)
+    ref[0, 0, :2] = 1  # class 1: 8 voxels; class 2 in neither
+    nnUNetDatasetBlosc2.save_case(np.zeros((1, 1, 4, 4), np.float32), ref, {}, str(full / "nnUNetPlans_2d" / "u1"),
+                                  chunks=(1, 1, 4, 4), blocks=(1, 1, 4, 4))
+    pl = tmp_path / "Dataset951_Low" / "pseudo_labels" / "T__nnUNetPlans__2d" / "fold_all"
+    pl.mkdir(parents=True)
+    pseudo = np.zeros((1, 1, 4, 4), np.int8)
+    pseudo[0, 0, :1] = 1  # 4 of the 8 voxels: Dice 2*4/(4+8)
+    np.save(pl / "u1.npy", pseudo)
+    state = {"label_names": {"1": "a", "2": "b"}, "train_groups": {"u1": "t2"},
+             "runs": {"T|4|0": {"trainer": "T", "labels": "4", "seed": 0, "dataset": 951},
+                      "nnUNetTrainer|4|0": {"trainer": "nnUNetTrainer", "labels": "4", "seed": 0, "dataset": 951}}}
+    a = low_label.parse_args(["--out", str(tmp_path / "out"), "--trainers", "nnUNetTrainer"])
+    scores = low_label.pseudo_label_quality(a, state, {low_label.FULL: (950, "All")})
+    assert scores == {"T|4|0": {"u1": pytest.approx(8 / 12)}}  # class 2 in neither: left out of the mean
+    state["pseudo_labels"] = scores
+    assert "| `T` | 0.667 (n=1) |" in report._pseudo_label_table(state)
+
+
+def test_low_label_labeled_acquisitions_control(tmp_path):
+    """--labeled-acquisitions all: the generated cohort's labeled pool is every training case; a cohort
+    already in --out with another pool is refused; unknown styles and --source are flag errors."""
+    low_label, _ = _low_label()
+    a = low_label.parse_args(["--smoke", "--labeled-acquisitions", "all", "--out", str(tmp_path)])
+    src, manifest = low_label.make_source(a, tmp_path)
+    assert len(manifest["labeled_acquisitions"]) == 5 and sorted(manifest["labeled_pool"]) == sorted(manifest["train"])
+    b = low_label.parse_args(["--smoke", "--labeled-acquisitions", "t1_3t", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="draws labels from"):
+        low_label.make_source(b, tmp_path)
+    for bad in (["--labeled-acquisitions", "t3"], ["--labeled-acquisitions", "all", "--source", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            low_label.parse_args(["--smoke", *bad])
+
+
 def test_low_label_choice_is_seeded_balanced_and_from_the_pool():
     low_label, _ = _low_label()
     manifest = {"labeled_pool": ["a", "b", "c", "d"]}

@@ -43,10 +43,20 @@ def load_preprocessed_image(folder: str | os.PathLike, case: str):
     properties too; semi-supervised training must never read the label of a case it treats as
     unlabeled. This opens the image array exactly as ``load_case`` does (blosc2, mmap, one thread).
     """
+    return _open_b2nd(os.path.join(folder, f"{case}.b2nd"))
+
+
+def load_preprocessed_segmentation(folder: str | os.PathLike, case: str):
+    """The preprocessed segmentation of a labeled case (``(1, *spatial)``), opened like its image
+    (for scoring against a case's label without going through ``load_case``)."""
+    return _open_b2nd(os.path.join(folder, f"{case}_seg.b2nd"))
+
+
+def _open_b2nd(path: str):
     import blosc2
 
     kwargs = {} if os.name == "nt" else {"mmap_mode": "r"}
-    return blosc2.open(urlpath=os.path.join(folder, f"{case}.b2nd"), mode="r", dparams={"nthreads": 1}, **kwargs)
+    return blosc2.open(urlpath=path, mode="r", dparams={"nthreads": 1}, **kwargs)
 
 
 def foreground_locations(seg, label_manager) -> dict:

@@ -73,7 +73,9 @@ def test_on_train_start_writes_into_output_folder_base():
 def test_preprocessed_file_layout_is_what_save_case_writes(tmp_path):
     data = np.zeros((1, 4, 5, 6), np.float32)
     seg = np.zeros((1, 4, 5, 6), np.int8)
+    seg[0, 1, 2, 3] = 2
     nnUNetDatasetBlosc2.save_case(data, seg, {}, str(tmp_path / "c"), chunks=(1, 4, 5, 6), blocks=(1, 4, 5, 6))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.split("/")[-1] for p in compat.preprocessed_case_files(tmp_path, "c"))
     np.testing.assert_array_equal(compat.load_preprocessed_image(tmp_path, "c")[:], data)
+    np.testing.assert_array_equal(compat.load_preprocessed_segmentation(tmp_path, "c")[:], seg)
