@@ -137,6 +137,16 @@ def test_low_label_labeled_acquisitions_control(tmp_path):
             low_label.parse_args(["--smoke", *bad])
 
 
+def test_low_label_runs_every_trainer_once_per_seed_short_runs_last():
+    low_label, _ = _low_label()
+    a = low_label.parse_args(["--trainers", "nnUNetTrainer", "A", "B", "--seeds", "0", "1"])
+    runs = low_label.plan_runs(a)
+    assert sorted(runs) == sorted([(t, "4", s) for t in ("nnUNetTrainer", "A", "B") for s in (0, 1)]
+                                  + [("nnUNetTrainer", "all labels", s) for s in (0, 1)])
+    assert [r[0] for r in runs[:4]] == ["A", "B", "A", "B"] and all(r[0] == "nnUNetTrainer" for r in runs[4:])
+    assert runs[-2:] == [("nnUNetTrainer", "all labels", 0), ("nnUNetTrainer", "all labels", 1)]
+
+
 def test_low_label_choice_is_seeded_balanced_and_from_the_pool():
     low_label, _ = _low_label()
     manifest = {"labeled_pool": ["a", "b", "c", "d"]}
