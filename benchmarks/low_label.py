@@ -261,7 +261,10 @@ def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> 
     """
     import numpy as np
 
+    from nnzoo.pipeline.experiment import model_folder
+    from nnzoo.pipeline.metrics import dice
     from nnzoo.trainers.nnunet_compat import load_preprocessed_segmentation
+    from nnzoo.trainers.self_training import pseudo_label_dir
 
     pre = Path(os.environ["nnUNet_preprocessed"])
     full_dir = next(pre.glob(f"Dataset{datasets[FULL][0]:03d}_*"))
@@ -273,16 +276,15 @@ def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> 
         if r["labels"] == FULL:
             continue
         ds_dir = next(pre.glob(f"Dataset{r['dataset']:03d}_*"))
-        folder = ds_dir / "pseudo_labels" / f"{r['trainer']}__nnUNetPlans__{a.config}" / "fold_all"
+        folder = pseudo_label_dir(ds_dir, model_folder(ds_dir.name, r["trainer"], "nnUNetPlans", a.config).name, "all")
         scores = {}
         for f in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
             pseudo, ref = np.load(f)[0], np.asarray(load_preprocessed_segmentation(ref_dir, f.stem)[:])[0]
             if pseudo.shape != ref.shape:
                 continue  # cropped differently: not comparable voxel by voxel
-            sizes = {c: np.sum(pseudo == c) + np.sum(ref == c) for c in classes}
-            dice = [2 * np.sum((pseudo == c) & (ref == c)) / n for c, n in sizes.items() if n]  # absent in both:
-            if dice:  # no Dice (as nnU-Net's evaluation: NaN, left out of the mean)
-                scores[f.stem] = float(np.mean(dice))
+            per_class = [d for c in classes if not np.isnan(d := dice(ref == c, pseudo == c))]  # NaN: absent in both,
+            if per_class:  # left out of the mean (as nnU-Net's evaluation)
+                scores[f.stem] = float(np.mean(per_class))
         if scores:
             out[key] = scores
     return out

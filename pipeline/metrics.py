@@ -204,6 +204,16 @@ def surface_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequ
     return d_pred.astype(np.float64), d_ref.astype(np.float64)
 
 
+def dice(mask_ref: np.ndarray, mask_pred: np.ndarray) -> float:
+    """Dice of two binary masks from nnU-Net's counts; NaN when both are empty (nnU-Net's convention)."""
+    tp, fp, fn, _ = (int(v) for v in compute_tp_fp_fn_tn(np.asarray(mask_ref, bool), np.asarray(mask_pred, bool), None))
+    return _dice(tp, fp, fn)
+
+
+def _dice(tp: int, fp: int, fn: int) -> float:
+    return math.nan if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
 def binary_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float],
                    tolerance_mm: float = 1.0, ignore_mask: np.ndarray | None = None,
                    empty_distance: str = "diagonal", backend: str | None = None, threads: int = 1) -> dict:
@@ -231,11 +241,8 @@ def binary_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequenc
         mask_ref, mask_pred = mask_ref & ~ignore, mask_pred & ~ignore
     n_ref, n_pred = tp + fn, tp + fp
     out: dict = {}
-    if tp + fp + fn == 0:
-        out["Dice"] = out["IoU"] = math.nan
-    else:
-        out["Dice"] = 2 * tp / (2 * tp + fp + fn)
-        out["IoU"] = tp / (tp + fp + fn)
+    out["Dice"] = _dice(tp, fp, fn)
+    out["IoU"] = math.nan if tp + fp + fn == 0 else tp / (tp + fp + fn)
     if n_ref and n_pred:
         d_pred, d_ref = surface_distances(mask_ref, mask_pred, spacing, backend, threads)
         pooled = np.concatenate([d_pred, d_ref])

@@ -14,7 +14,7 @@ from .registry import register_trainer
 from .semisup import SemiSupervisedTrainer
 from .unlabeled_data import PseudoLabeledDataset, UnlabeledImageDataset
 
-__all__ = ["nnUNetTrainerSelfTraining", "pseudo_label_folder", "PSEUDO_DONE"]
+__all__ = ["nnUNetTrainerSelfTraining", "pseudo_label_folder", "pseudo_label_dir", "PSEUDO_DONE"]
 
 #: written last into the pseudo-label folder: the labels in it are complete
 PSEUDO_DONE = "pseudo_labels.json"
@@ -26,8 +26,12 @@ def pseudo_label_folder(trainer) -> Path:
     They are derived training data (like the preprocessed arrays) of one model and fold, not part
     of the model folder, which rank 0 alone writes.
     """
-    return (Path(trainer.preprocessed_dataset_folder_base) / "pseudo_labels" / Path(trainer.output_folder_base).name
-            / f"fold_{trainer.fold}")
+    return pseudo_label_dir(trainer.preprocessed_dataset_folder_base, Path(trainer.output_folder_base).name, trainer.fold)
+
+
+def pseudo_label_dir(preprocessed_dataset_folder: str | Path, model_folder_name: str, fold: int | str) -> Path:
+    """``<preprocessed dataset folder>/pseudo_labels/<model folder name>/fold_<fold>`` (for readers without a trainer)."""
+    return Path(preprocessed_dataset_folder) / "pseudo_labels" / model_folder_name / f"fold_{fold}"
 
 
 @register_trainer(

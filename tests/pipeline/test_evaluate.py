@@ -22,6 +22,7 @@ from nnzoo.pipeline.evaluate import (
     resolve_labels,
     surface_distances,
 )
+from nnzoo.pipeline.metrics import dice
 from nnzoo.pipeline.report import find_image
 
 BACKENDS = ["edt", "scipy"]
@@ -272,3 +273,12 @@ def test_evaluate_folders_errors_and_no_output(folders, tmp_path):
         evaluate_folders(tmp_path / "nope", dirs["pred"], labels=[1])
     assert find_image(dirs["img"], "case1").name == "case1_0000.nii.gz"
     assert find_image(dirs["img"], "nope") is None and find_image(None, "case1") is None
+
+
+def test_dice_alone_equals_binary_metrics_and_is_nan_for_two_empty_masks():
+    ref = np.zeros((6, 6), bool)
+    ref[:3] = True
+    pred = np.zeros((6, 6), bool)
+    pred[1:4] = True
+    assert dice(ref, pred) == pytest.approx(binary_metrics(ref, pred, (1.0, 1.0))["Dice"]) == pytest.approx(2 / 3)
+    assert math.isnan(dice(np.zeros((3, 3), bool), np.zeros((3, 3), bool)))
