@@ -294,7 +294,8 @@ def plan_runs(a: argparse.Namespace) -> list[tuple[str, str, int]]:
     """``(trainer, labels, seed)`` of every run, in the order they start: per seed the other trainers
     on ``N`` labels (semi-supervised ones cost 1.2-3x the baseline per run), then the baseline on
     ``N``, and the baseline on all labels last, so that with ``--jobs`` the short runs come at the
-    end and no core waits long for one long last run (measured: 3 min of the table's 90)."""
+    end and no core waits for a long last run (measured with ``--jobs 2``: one core idle for the
+    last 3 min in either order, as 21 runs do not split evenly over two cores; see the README)."""
     runs = [(t, f"{a.labeled}", s) for s in a.seeds for t in a.trainers if t != BASELINE]
     runs += [(BASELINE, f"{a.labeled}", s) for s in a.seeds if BASELINE in a.trainers]
     return runs + [(BASELINE, FULL, s) for s in a.seeds]
