@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     est = {"nnUNetTrainer": ExperimentPlanner.static_estimate_VRAM_usage(
         patch, 1, 3, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"]),
         "nnUNetTrainerBoundaryAware": estimate_network_feature_maps(
-            BoundaryAwareUNet, patch, 1, 3, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"])}
+            BoundaryAwareUNet, patch, input_channels=1, output_channels=3, arch_class_name=arch["network_class_name"],
+            arch_kwargs=arch["arch_kwargs"], arch_kwargs_req_import=arch["_kw_requires_import"])}
 
     shape = [args.batch, 1, *patch]
     flops = {"nnUNetTrainer": train_flops(arch, shape),

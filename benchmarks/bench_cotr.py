@@ -94,6 +94,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
     from benchmarks.common import build_trainer, make_batch, time_steps
     from nnzoo.trainers.cotr import nnUNetTrainerCoTr
+    from nnzoo.trainers.nnunet_compat import deep_supervision_scales
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -108,7 +109,7 @@ def _worker(args: argparse.Namespace) -> dict:
             f.write("5")
         base = _rss_kib("VmRSS")
     trainer = build_trainer(cls, plans, cfg, dataset_json, device, Path(tmp))
-    scales = trainer._get_deep_supervision_scales()
+    scales = deep_supervision_scales(trainer)
     batch = make_batch(trainer, args.batch, device)
     trainer.network.train()
 

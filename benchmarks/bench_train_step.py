@@ -30,6 +30,7 @@ def measure(name: str, args, device, plans, dataset_json, root: Path) -> dict:
 
     from benchmarks.common import (
         build_trainer,
+        is_semi_supervised,
         make_batch,
         prepare_for_steps,
         time_interleaved,
@@ -53,8 +54,7 @@ def measure(name: str, args, device, plans, dataset_json, root: Path) -> dict:
     return {"trainer": name, "ms": round(ms[name], 1), "baseline_ms": round(ms["nnUNetTrainer"], 1),
             "step_ratio": round(step_ratio, 2), "flop_ratio": round(flop_ratio, 2),
             "overhead": round(step_ratio / flop_ratio, 2),
-            "unlabeled": getattr(trainers[name], "unlabeled_batch_size", 0)
-            if hasattr(trainers[name], "prepare_train_step_benchmark") else 0}
+            "unlabeled": trainers[name].unlabeled_batch_size if is_semi_supervised(trainers[name]) else 0}
 
 
 def main(argv=None) -> int:

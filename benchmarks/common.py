@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["step_parser", "tiny_setup", "build_trainer", "make_batch", "sync", "time_steps", "time_interleaved",
-           "train_flops", "train_step_flops", "prepare_for_steps"]
+           "train_flops", "train_step_flops", "prepare_for_steps", "prepare_semi_supervised_stage",
+           "is_semi_supervised"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,9 +55,9 @@ def build_trainer(cls: type, plans: dict, configuration: str, dataset_json: dict
     """
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[key] = str(root / key)
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
-    trainer = cls(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=device)
+    from nnzoo.trainers.nnunet_compat import build_trainer as build
+
+    trainer = build(cls, plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=device)
     folder = Path(trainer.preprocessed_dataset_folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "marker.b2nd").touch()
@@ -137,20 +137,92 @@ def train_flops(arch: dict, input_shape: list[int], network_class: type | None =
     args = (arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], input_shape[1], 3)
     with torch.device("meta"):
         net = (get_network_from_plans(*args, allow_init=False, deep_supervision=True) if network_class is None
-               else network_from_arch(network_class, *args, deep_supervision=True, allow_init=False))
+               else network_from_arch(network_class, arch["network_class_name"], arch_kwargs=arch["arch_kwargs"],
+                                      kw_requires_import=arch["_kw_requires_import"], input_channels=input_shape[1],
+                                      num_classes=3, deep_supervision=True, allow_init=False))
         with FlopCounterMode(display=False) as counter:
             out = net(torch.randn(*input_shape), **forward_kwargs)
             sum(t.float().sum() for t in leaves(out)).backward()
     return counter.get_total_flops()
 
 
+class _Repeat:
+    """An endless 'augmenter' returning the same batch."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __next__(self) -> dict:
+        return self.batch
+
+
+def _pseudo_labeled_batch(trainer, images: torch.Tensor) -> dict:
+    """Fixed images with random blob label maps at every deep-supervision scale (a stand-in for the
+    self-training trainer's pseudo-labeled loader)."""
+    import torch.nn.functional as F
+
+    from nnzoo.trainers.nnunet_compat import deep_supervision_scales
+
+    n, shape = images.shape[0], images.shape[2:]
+    classes = trainer.label_manager.num_segmentation_heads
+    label = torch.randint(0, classes, (n, 1, *[max(1, s // 4) for s in shape]), device=images.device).float()
+    label = F.interpolate(label, size=tuple(shape), mode="nearest")
+    scales = deep_supervision_scales(trainer)
+    target = label if scales is None else [
+        F.interpolate(label, size=[round(s * f) for s, f in zip(shape, sc)], mode="nearest-exact") for sc in scales]
+    return {"data": images, "target": target}
+
+
+def prepare_semi_supervised_stage(trainer, unlabeled: torch.Tensor) -> None:
+    """Put a semi-supervised trainer built without data into its main stage, so that ``train_step`` runs
+    at its real cost: ``unlabeled`` is every unlabeled batch, and per method (only public attributes):
+
+    - Mean Teacher: the EMA step counter half-way through the schedule (past the warm-up);
+    - BCP: the first epoch of stage 2 (teacher and copy-paste);
+    - self-training: stage 2, with a stand-in pseudo-labeled loader (``unlabeled`` with random label maps);
+    - shape prior: an untrained, frozen critic if it has none.
+
+    Args:
+        trainer: an initialized :class:`~nnzoo.trainers.semisup.SemiSupervisedTrainer`.
+        unlabeled: ``(unlabeled_batch_size, C, *patch)`` images on the training device.
+
+    Raises:
+        TypeError: ``trainer`` is not semi-supervised.
+    """
+    from nnzoo.trainers.bcp import nnUNetTrainerBCP
+    from nnzoo.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+    from nnzoo.trainers.self_training import nnUNetTrainerSelfTraining
+    from nnzoo.trainers.semisup import SemiSupervisedTrainer
+    from nnzoo.trainers.shape_prior import nnUNetTrainerShapePrior
+
+    if not isinstance(trainer, SemiSupervisedTrainer):
+        raise TypeError(f"{type(trainer).__name__} is not a semi-supervised trainer")
+    trainer.dataloader_unlabeled = _Repeat({"data": unlabeled})
+    if isinstance(trainer, nnUNetTrainerMeanTeacher):
+        trainer.ema_steps = trainer.num_epochs * trainer.num_iterations_per_epoch // 2
+    if isinstance(trainer, nnUNetTrainerBCP):
+        trainer.current_epoch = trainer.stage2_start_epoch
+    if isinstance(trainer, nnUNetTrainerSelfTraining):
+        trainer.dataloader_pseudo = _Repeat(_pseudo_labeled_batch(trainer, unlabeled))
+    if isinstance(trainer, nnUNetTrainerShapePrior) and trainer.critic is None:
+        trainer.critic = trainer.build_critic().requires_grad_(False).eval()
+
+
+def is_semi_supervised(trainer) -> bool:
+    """Whether ``trainer`` consumes unlabeled images (a :class:`~nnzoo.trainers.semisup.SemiSupervisedTrainer`)."""
+    from nnzoo.trainers.semisup import SemiSupervisedTrainer
+
+    return isinstance(trainer, SemiSupervisedTrainer)
+
+
 def prepare_for_steps(trainer, batch: dict) -> None:
     """Put a trainer built without data into its main training stage: semi-supervised trainers get
-    unlabeled batches (random images, ``unlabeled_batch_size`` of them) and their stage's state."""
-    if hasattr(trainer, "prepare_train_step_benchmark"):
+    unlabeled batches (random images, ``unlabeled_batch_size`` of them) and their stage's state
+    (:func:`prepare_semi_supervised_stage`); other trainers are left as they are."""
+    if is_semi_supervised(trainer):
         n = trainer.unlabeled_batch_size
         unlabeled = torch.randn(n, *batch["data"].shape[1:], device=batch["data"].device)
-        trainer.prepare_train_step_benchmark(unlabeled)
+        prepare_semi_supervised_stage(trainer, unlabeled)
 
 
 def train_step_flops(trainer, batch: dict) -> int:

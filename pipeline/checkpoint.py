@@ -15,7 +15,7 @@ import torch
 
 from .errors import NnzooError
 
-__all__ = ["safe_globals", "load_checkpoint_safely"]
+__all__ = ["safe_globals", "load_checkpoint_safely", "check_weights_fit"]
 
 
 def safe_globals() -> list:
@@ -60,3 +60,31 @@ def load_checkpoint_safely(path: str | Path, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "trainer_name" not in ckpt:
         raise NnzooError(f"{path}: not an nnU-Net checkpoint (no network_weights/trainer_name)")
     return ckpt
+
+
+def check_weights_fit(network, weights: dict, path: str | Path, *, what: str,
+                      skip: tuple[str, ...] = ()) -> None:
+    """The checkpoint's weights have every parameter of ``network`` with the same shape (one clear error).
+
+    Args:
+        network: the network the weights are for (may live on the meta device).
+        weights: the checkpoint's ``network_weights``.
+        path: the checkpoint file (named in the message).
+        what: the network, for the message (e.g. ``"nnUNetTrainer's 2d network"``).
+        skip: substrings of parameter names not compared (e.g. ``".seg_layers."`` for pretrained weights).
+
+    Raises:
+        NnzooError: a missing parameter, a shape that differs, or (without ``skip``) an unexpected one.
+    """
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items() if not any(s in k for s in skip)}
+    given = {k[7:] if k.startswith("module.") and k not in expected else k: tuple(v.shape)
+             for k, v in weights.items()}
+    missing = [k for k in expected if k not in given]
+    differ = [k for k in expected if k in given and given[k] != expected[k]]
+    extra = [] if skip else [k for k in given if k not in expected]
+    if missing or differ or extra:
+        first = (f"{differ[0]} is {list(given[differ[0]])}, the network's is {list(expected[differ[0]])}" if differ
+                 else f"{missing[0]} is missing" if missing else f"{extra[0]} is not in the network")
+        raise NnzooError(f"{path}: its weights do not fit {what} ({len(missing)} missing, {len(differ)} of another "
+                         f"shape, {len(extra)} unexpected; e.g. {first}): a checkpoint of another trainer, "
+                         "configuration or dataset?")

@@ -62,7 +62,7 @@ def _train_parser(sub) -> None:
     tr.add_argument("-p", default=None, dest="plans", help="plans name (default: the trainer's planner's)")
     _add_device(tr)
     tr.add_argument("-num_gpus", type=int, default=1, help="processes on this node (one GPU each; Gloo on -device cpu)")
-    tr.add_argument("--continue", "--c", action="store_true", dest="continue_training", help="resume the fold")
+    tr.add_argument("--continue", "--c", action="store_true", dest="resume", help="resume the fold")
     tr.add_argument("--epochs", type=int, default=None, help="epochs (default: the trainer's, 1000)")
     tr.add_argument("--iters", type=int, default=None, help="training iterations per epoch (default 250)")
     tr.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch")
@@ -71,13 +71,14 @@ def _train_parser(sub) -> None:
     tr.add_argument("--seed", type=int, default=None,
                     help="seed initialisation, sampling and the choice of --labeled cases (default: unseeded)")
     tr.add_argument("--overwrite", action="store_true", help="start over a fold that has checkpoints")
-    tr.add_argument("--no-val", action="store_true", help="skip the final validation")
+    tr.add_argument("--no-val", action="store_false", dest="validate", help="skip the final validation")
     tr.add_argument("--npz", action="store_true", help="save the validation softmax (needed by find-best)")
     tr.add_argument("--val", action="store_true", dest="validation_only", help="only validate a finished fold")
     tr.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth")
     tr.add_argument("-pretrained_weights", default=None, help="nnU-Net checkpoint to initialise the network from")
     tr.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
     tr.add_argument("--hparam", action="append", default=[], dest="hparams", metavar="NAME=VALUE",
+                    type=_name_value("--hparam", "NAME=VALUE (e.g. EMA_DECAY=0.999)"),
                     help="override one of the trainer's UPPER_CASE hyperparameters (logged, recorded)")
 
 
@@ -93,7 +94,7 @@ def _predict_parser(sub) -> None:
     pr.add_argument("-m", default=None, dest="model_dir", help="a model folder anywhere (e.g. an unzipped export)")
     pr.add_argument("--from-best", default=None, dest="from_best", metavar="DIR",
                     help="the model or ensemble and postprocessing chosen by `nnzoo find-best` (its output folder)")
-    pr.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL_FOLDER",
+    pr.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL_FOLDER", dest="ensemble",
                     help="ensemble these model folders (softmax averaging, as nnUNetv2_ensemble)")
     pr.add_argument("-f", nargs="+", default=None, dest="folds", help="folds (default: all trained)")
     pr.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
@@ -192,6 +193,19 @@ def _parse_pairs(items: list[str], flag: str, example: str) -> list[tuple[str, s
     return out
 
 
+def _name_value(flag: str, example: str):
+    """An argparse ``type`` reading ``NAME=VALUE`` into a pair (a malformed one is argparse's one-line error)."""
+
+    def parse(text: str) -> tuple[str, str]:
+        try:
+            return _parse_pairs([text], flag, example)[0]
+        except NnzooError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = "NAME=VALUE"
+    return parse
+
+
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -201,9 +215,48 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 def _label_names(items: list[str]) -> dict[int, str]:
     pairs = _parse_pairs(items, "--label", "VALUE=NAME (e.g. 1=liver)")
-    if any(not v.isdigit() for v, _ in pairs):
-        raise NnzooError(f"--label expects VALUE=NAME with an integer VALUE, got {items}")
-    return {int(v): n for v, n in pairs}
+    bad = [f"{v}={n}" for v, n in pairs if not v.isdigit()]
+    if bad:
+        raise NnzooError(f"--label expects VALUE=NAME with an integer VALUE, got {bad[0]!r}")
+    out: dict[int, str] = {}
+    for v, n in pairs:
+        if int(v) in out and out[int(v)] != n:
+            raise NnzooError(f"--label {v}: label value {v} is named twice ({out[int(v)]!r} and {n!r})")
+        out[int(v)] = n
+    names = list(out.values())
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise NnzooError(f"--label: label name {twice[0]!r} is given to more than one label value")
+    return out
+
+
+def _check_find_best_args(args: argparse.Namespace) -> None:
+    """find-best's flags, checked before any model is scored: counts, folds, output folder, and -c/-tr
+    values that no trained model of the dataset has (a typo would otherwise read as "no model")."""
+    from pathlib import Path
+
+    from .dataset import resolve_dataset_name
+    from .selection import find_models
+
+    if args.num_processes is not None and args.num_processes < 1:
+        raise NnzooError(f"-np {args.num_processes}: the number of processes must be at least 1")
+    bad = [f for f in args.folds if f < 0]
+    if bad:
+        raise NnzooError(f"-f {bad[0]}: folds are 0 or more")
+    if args.output_dir is not None:
+        out = Path(args.output_dir)
+        for p in (out, *out.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise NnzooError(f"-o {out}: cannot write there, {p} is a file, not a folder")
+                break
+    models = find_models(resolve_dataset_name(args.dataset))
+    for flag, values, key in (("-c", args.configurations, "configuration"), ("-tr", args.trainers, "trainer")):
+        have = sorted({m[key] for m in models})
+        unknown = [v for v in values or [] if v not in have]
+        if unknown:
+            raise NnzooError(f"{flag} {unknown[0]}: no trained model of this dataset has the {key} {unknown[0]!r} "
+                             f"({'trained: ' + ', '.join(have) if have else 'no trained models'})")
 
 
 def _list_trainers(verbose: bool, markdown: bool) -> None:
@@ -237,13 +290,14 @@ def _run(args: argparse.Namespace) -> None:
 
     env.setup_folders(args.workdir)
     if args.command == "dataset":
-        from .dataset import create_dataset
+        from .dataset import LabelSpec, create_dataset
 
         regions = {n: _int_list(v, f"--region {n}") for n, v in _parse_pairs(args.regions, "--region", "NAME=V1,V2")}
         order = list(_int_list(args.regions_class_order, "--regions-class-order")) if args.regions_class_order else None
         create_dataset(args.images, args.labels, name=args.name, dataset_id=args.dataset_id, channels=args.channels,
-                       unlabeled=args.unlabeled, label_names=_label_names(args.label_names), regions=regions,
-                       regions_class_order=order, ignore_label=args.ignore_label)
+                       unlabeled=args.unlabeled,
+                       label_spec=LabelSpec(names=_label_names(args.label_names), regions=regions,
+                                            regions_class_order=order, ignore_label=args.ignore_label))
     elif args.command in ("plan_and_preprocess", "plan-and-preprocess"):
         from .plan import plan_and_preprocess
 
@@ -252,15 +306,9 @@ def _run(args: argparse.Namespace) -> None:
                                 num_processes=args.num_processes, verify=args.verify,
                                 gpu_memory_target=args.gpu_memory_target, clean=args.clean, preprocess=not args.no_pp)
     elif args.command == "train":
-        from .train import train
+        from .train import TrainOptions, train
 
-        train(args.dataset, args.configuration, args.fold, trainer=args.trainer, plans=args.plans, device=args.device,
-              num_gpus=args.num_gpus, continue_training=args.continue_training, epochs=args.epochs, iters=args.iters,
-              val_iters=args.val_iters, save_every=args.save_every, labeled=args.labeled, overwrite=args.overwrite,
-              validate=not args.no_val, seed=args.seed, npz=args.npz, validation_only=args.validation_only,
-              val_best=args.val_best, pretrained_weights=args.pretrained_weights,
-              disable_checkpointing=args.disable_checkpointing,
-              hparams=dict(_parse_pairs(args.hparams, "--hparam", "NAME=VALUE (e.g. EMA_DECAY=0.999)")))
+        train(TrainOptions.from_namespace(argparse.Namespace(**{**vars(args), "hparams": dict(args.hparams)})))
     elif args.command == "predict":
         _predict(args)
     elif args.command == "evaluate":
@@ -272,6 +320,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "find-best":
         from .selection import find_best
 
+        _check_find_best_args(args)
         find_best(args.dataset, configurations=args.configurations, trainers=args.trainers, metric=args.metric,
                   ensemble_size=args.ensemble_size, folds=args.folds, output_dir=args.output_dir,
                   num_processes=args.num_processes)
@@ -292,23 +341,14 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    common = dict(device=args.device, disable_tta=args.disable_tta, overwrite=args.overwrite,
-                  continue_prediction=args.continue_prediction, num_parts=args.num_parts, part_id=args.part_id,
-                  step_size=args.step_size, num_processes=args.num_processes)
-    if args.from_best or args.ensemble:
-        if args.from_best and args.ensemble:
-            raise NnzooError("give --from-best or --ensemble, not both")
-        from .selection import predict_ensemble
+    from .predict import PredictOptions, predict
+    from .selection import predict_ensemble
 
-        predict_ensemble(args.input_dir, args.output_dir, from_best=args.from_best, model_dirs=args.ensemble,
-                         folds=args.folds, checkpoint=args.checkpoint, **common)
-        return
-    from .predict import predict
-
-    predict(args.input_dir, args.output_dir, dataset=args.dataset, configuration=args.configuration,
-            trainer=args.trainer, plans=args.plans, labeled=args.labeled, model_dir=args.model_dir, folds=args.folds,
-            checkpoint=args.checkpoint, save_probabilities=args.save_probabilities,
-            prev_stage_predictions=args.prev_stage_predictions, **common)
+    options = PredictOptions.from_namespace(args)
+    if options.from_best or options.ensemble:
+        predict_ensemble(options)
+    else:
+        predict(options)
 
 
 def _one_line(e: BaseException, limit: int = 400) -> str:

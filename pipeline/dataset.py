@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NnzooError
@@ -21,6 +22,7 @@ from .segio import FILE_ENDINGS, reader_for, split_ending
 from .validate import Case, check_cases, declared_label_values
 
 __all__ = [
+    "LabelSpec",
     "SUPPORTED_ENDINGS",
     "split_ending",
     "scan_image_folder",
@@ -55,6 +57,8 @@ def scan_image_folder(folder: str | Path, num_channels: int, what: str = "images
         NnzooError: missing or empty folder, unsupported or mixed endings, missing channel files.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NnzooError(f"{what} folder {folder} is not a folder (a file was given; give the folder holding the files)")
     if not folder.is_dir():
         raise NnzooError(f"{what} folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -79,6 +83,10 @@ def scan_image_folder(folder: str | Path, num_channels: int, what: str = "images
                              f"CASE_XXXX{ending} (XXXX = channel index 0000..{num_channels - 1:04d})")
         case, ch = (m["case"], int(m["ch"])) if m is not None else (stem, 0)
         if num_channels == 1 and m is not None and int(m["ch"]) != 0:
+            first = next((q for q, (st, _) in parsed.items() if st == f"{m['case']}_0000"), None)
+            if first is not None:  # CASE_0000 and CASE_0001: channel files, not two cases
+                raise NnzooError(f"{p}: channel {int(m['ch']):04d} of case {m['case']!r} (beside {first.name}), but "
+                                 "only 1 channel is expected (dataset create: give one --channel per channel; predict: the model's channels)")
             case, ch = stem, 0  # a single-channel file that happens to end in _NNNN
         if ch >= num_channels:
             raise NnzooError(f"{p}: channel {ch:04d} but only {num_channels} channel(s) were declared (--channel)")
@@ -214,7 +222,12 @@ def _labels_json(values: set[int], label_names: dict[int, str], regions: dict[st
                                  f"{sorted(values)})")
         labels = {"background": 0, **{k: list(v) for k, v in regions.items()}}
     else:
-        labels = {"background": 0, **{label_names.get(v, f"label_{v}"): v for v in real}}
+        names = ["background"] + [label_names.get(v, f"label_{v}") for v in real]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise NnzooError(f"--label: label name {twice[0]!r} is used for more than one label value "
+                             f"(names: {dict(zip([0] + real, names))})")
+        labels = dict(zip(names, [0] + real))
     if ignore_label is not None:
         labels["ignore"] = ignore_label
     if len(labels) != len(set(labels)) or len(set(map(str, labels.values()))) != len(labels):
@@ -222,10 +235,28 @@ def _labels_json(values: set[int], label_names: dict[int, str], regions: dict[st
     return labels
 
 
+@dataclass(frozen=True, kw_only=True)
+class LabelSpec:
+    """How the label values of a new dataset are declared (``dataset create``'s label flags).
+
+    Attributes:
+        names: optional ``{value: name}`` (``--label VALUE=NAME``; default ``label_<value>``, 0 ``background``).
+        regions: optional ``{region name: label values}`` (``--region``; replaces the per-label classes).
+        regions_class_order: label written for each region at export (``--regions-class-order``; default:
+            :func:`default_regions_class_order`).
+        ignore_label: label value marking unannotated voxels (``--ignore-label``; nnU-Net's ``ignore``,
+            must be the highest).
+    """
+
+    names: dict[int, str] = field(default_factory=dict)
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    regions_class_order: list[int] | None = None
+    ignore_label: int | None = None
+
+
 def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset_id: int, channels: list[str],
-                   unlabeled: str | Path | None = None, label_names: dict[int, str] | None = None,
-                   regions: dict[str, tuple[int, ...]] | None = None, regions_class_order: list[int] | None = None,
-                   ignore_label: int | None = None, num_workers: int | None = None) -> Path:
+                   unlabeled: str | Path | None = None, label_spec: LabelSpec | None = None,
+                   num_workers: int | None = None) -> Path:
     """Turn plain image and label folders into ``nnUNet_raw/DatasetNNN_NAME``.
 
     Labels are the integer values found in the label files: ``0..max`` are declared, 0 named
@@ -241,11 +272,8 @@ def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset
         dataset_id: 1..999.
         channels: channel names, e.g. ``["T1"]`` or ``["CT"]``; their count sets the channels per case.
         unlabeled: optional folder of unlabeled images, copied to ``imagesUnlabeled/``.
-        label_names: optional ``{value: name}``.
-        regions: optional ``{region name: label values}`` (replaces the per-label classes).
-        regions_class_order: label written for each region at export (default:
-            :func:`default_regions_class_order`).
-        ignore_label: label value marking unannotated voxels (nnU-Net's ``ignore``; must be the highest).
+        label_spec: label names, regions, their export order and the ignore label (:class:`LabelSpec`;
+            default: every value found, named ``label_<v>``).
         num_workers: threads for checking.
 
     Returns:
@@ -258,18 +286,27 @@ def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
 
+    spec = label_spec or LabelSpec()
+    label_names, regions = spec.names, spec.regions
+    regions_class_order, ignore_label = spec.regions_class_order, spec.ignore_label
     if not 1 <= int(dataset_id) <= 999:
-        raise NnzooError(f"dataset id must be between 1 and 999, got {dataset_id}")
+        raise NnzooError(f"--id {dataset_id}: the dataset id must be between 1 and 999")
     if not _NAME_RE.match(name):
-        raise NnzooError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
+        raise NnzooError(f"--name {name!r}: use letters, digits, '_' and '-' only (starting with a letter or digit)")
     if not channels:
         raise NnzooError("give at least one --channel NAME (e.g. --channel CT)")
+    blank = [c for c in channels if not str(c).strip()]
+    if blank:
+        raise NnzooError(f"--channel {blank[0]!r}: a channel needs a name (e.g. --channel CT)")
+    if ignore_label is not None and int(ignore_label) < 1:
+        raise NnzooError(f"--ignore-label {ignore_label}: the ignore label must be a positive label value "
+                         "(the highest one in the label files)")
     if regions_class_order is not None and not regions:
         raise NnzooError("--regions-class-order needs --region definitions")
     raw_root = Path(os.environ["nnUNet_raw"])
     existing = list(find_candidate_datasets(int(dataset_id)))
     if existing:
-        raise NnzooError(f"dataset id {dataset_id} is already used by {', '.join(existing)}; "
+        raise NnzooError(f"--id {dataset_id}: dataset id {dataset_id} is already used by {', '.join(existing)}; "
                          "choose another id (nothing was changed)")
     target = raw_root / f"Dataset{int(dataset_id):03d}_{name}"
 
@@ -352,16 +389,28 @@ def check_raw_dataset(raw_folder: str | Path, num_workers: int | None = None) ->
         raise NnzooError(f"{dj_file}: not found")
     try:
         dataset_json = json.loads(dj_file.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
         raise NnzooError(f"{dj_file}: not valid JSON ({e})") from None
+    if not isinstance(dataset_json, dict):
+        raise NnzooError(f"{dj_file}: not a dataset.json (a JSON object with channel_names, labels, file_ending...)")
     for key in ("channel_names", "labels", "file_ending"):
         if key not in dataset_json:
             raise NnzooError(f"{dj_file}: missing key {key!r}")
+    if not isinstance(dataset_json["channel_names"], dict) or not dataset_json["channel_names"]:
+        raise NnzooError(f"{dj_file}: 'channel_names' must map channel indices to names (e.g. {{\"0\": \"CT\"}}), "
+                         f"got {dataset_json['channel_names']!r:.100}")
+    if not isinstance(dataset_json["file_ending"], str) or not dataset_json["file_ending"].startswith("."):
+        raise NnzooError(f"{dj_file}: 'file_ending' must be a file ending such as \".nii.gz\", got "
+                         f"{dataset_json['file_ending']!r:.100}")
+    try:
+        declared = declared_label_values(dataset_json)
+    except NnzooError as e:
+        raise NnzooError(f"{dj_file}: {e}") from None
     cases = raw_cases(raw_folder, dataset_json)
     unl = unlabeled_raw_cases(raw_folder, dataset_json)
     print(f"Checking {len(cases)} labeled and {len(unl)} unlabeled cases of {raw_folder.name}...")
     reader = reader_for(dataset_json, cases[0].images[0])
-    check_cases(cases, declared_label_values(dataset_json), num_workers, what=str(raw_folder), reader_class=reader)
+    check_cases(cases, declared, num_workers, what=str(raw_folder), reader_class=reader)
     if unl:
         check_cases(unl, None, num_workers, what=f"{raw_folder}/imagesUnlabeled", reader_class=reader)
     return dataset_json, cases, unl

@@ -102,14 +102,14 @@ def run_demo(*, trainer: str = "nnUNetTrainer", epochs: int | None = None, iters
     """
     from nnzoo.trainers.registry import get_trainer_info
 
-    from .dataset import create_dataset
+    from .dataset import LabelSpec, create_dataset
     from .env import setup_folders
     from .errors import NnzooError
     from .evaluate import evaluate_folders, summary_table
     from .experiment import default_plans_name, model_folder, trainer_for
     from .plan import plan_and_preprocess
-    from .predict import predict
-    from .train import train
+    from .predict import PredictOptions, predict
+    from .train import TrainOptions, train
 
     setup_folders(quiet=True)
     t0 = time.time()
@@ -126,7 +126,7 @@ def run_demo(*, trainer: str = "nnUNetTrainer", epochs: int | None = None, iters
               f"(MNI152 from nilearn, 5 acquisition styles) in {src}", flush=True)
         folders = make_demo_folders(src, num_train=n_train)
         create_dataset(folders["images"], folders["labels"], name="BrainDemo", dataset_id=did, channels=["MR"],
-                       label_names=DEMO_LABELS)
+                       label_spec=LabelSpec(names=DEMO_LABELS))
         for sub in ("imagesTs", "labelsTs"):  # test cases beside the dataset, nnU-Net's way
             (raw / sub).mkdir()
         for f in sorted(folders["test_images"].glob("*.nii.gz")):
@@ -146,13 +146,13 @@ def run_demo(*, trainer: str = "nnUNetTrainer", epochs: int | None = None, iters
     else:
         print(f"[demo 3/5] Training {trainer} fold 0 (2d): {epochs} epochs x {iters} iterations"
               + (f", {labeled} labeled cases" if labeled else ""), flush=True)
-        train(did, "2d", 0, trainer=trainer, device=device, epochs=epochs, iters=iters, overwrite=True,
-              labeled=labeled)
+        train(TrainOptions(dataset=did, configuration="2d", fold=0, trainer=trainer, device=device, epochs=epochs,
+                           iters=iters, overwrite=True, labeled=labeled))
     tests = sorted((raw / "labelsTs").glob("*.nii.gz"))
     pred_dir = work / f"predictions_{fold_dir.parent.name}"
     print(f"[demo 4/5] Predicting the {len(tests)} test cases into {pred_dir}", flush=True)
-    predict(raw / "imagesTs", pred_dir, dataset=did, configuration="2d", trainer=trainer, folds=["0"],
-            labeled=labeled, device=device, overwrite=True)
+    predict(PredictOptions(input_dir=raw / "imagesTs", output_dir=pred_dir, dataset=did, configuration="2d",
+                           trainer=trainer, folds=["0"], labeled=labeled, device=device, overwrite=True))
     print("[demo 5/5] Evaluating the test cases", flush=True)
     res = evaluate_folders(raw / "labelsTs", pred_dir, labels=raw / "dataset.json",
                            output_dir=work / f"evaluation_{fold_dir.parent.name}",

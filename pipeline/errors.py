@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["NnzooError"]
+import json
+import os
+
+__all__ = ["NnzooError", "read_json"]
 
 
 class NnzooError(Exception):
@@ -10,3 +13,29 @@ class NnzooError(Exception):
 
     The CLI prints ``error: <message>`` and exits with status 2 instead of a traceback.
     """
+
+
+def read_json(path: str | os.PathLike, *, hint: str = "", kind: type = dict):
+    """The contents of a JSON file nnzoo or nnU-Net wrote, or one clear error naming the file.
+
+    Args:
+        path: the file.
+        hint: what the user can do about a missing or damaged file (appended to the message).
+        kind: the type the top level must have.
+
+    Raises:
+        NnzooError: the file is missing, unreadable, not valid JSON or not of ``kind``.
+    """
+    suffix = f"; {hint}" if hint else ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise NnzooError(f"{path}: not found{suffix}") from None
+    except IsADirectoryError:
+        raise NnzooError(f"{path}: is a folder, expected a JSON file{suffix}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise NnzooError(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]}){suffix}") from None
+    if not isinstance(obj, kind):
+        raise NnzooError(f"{path}: expected a JSON {kind.__name__}, found {type(obj).__name__}{suffix}")
+    return obj

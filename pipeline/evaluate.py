@@ -40,18 +40,46 @@ __all__ = ["evaluate", "evaluate_case", "evaluate_folders", "save_summary_json",
            "summary_table", "label_key", "NEW_METRICS", "CSV_METRICS", "FILE_ENDINGS"]
 
 
+def _allowed_values(labels: EvalLabels) -> set:
+    """Background, every label value of the labels or regions, and the ignore label."""
+    out = {0}
+    for r in labels.labels_or_regions:
+        out.update(r if isinstance(r, tuple) else (r,))
+    if labels.ignore_label is not None:
+        out.add(labels.ignore_label)
+    return out
+
+
+def _check_values(path: str, seg: np.ndarray, allowed: set) -> None:
+    uniq = np.unique(seg)
+    bad = [int(v) if float(v).is_integer() else v.item() for v in uniq if v not in allowed]
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise NnzooError(f"{path}: label values [{shown}] are not among the labels evaluated ({sorted(allowed)}); "
+                         "wrong labels file or not a label map?")
+
+
 def evaluate_case(reference_file: str, prediction_file: str, labels: EvalLabels, tolerance_mm: float = 1.0,
-                  empty_distance: str = "diagonal", backend: str | None = None, reader_class=None) -> dict:
+                  empty_distance: str = "diagonal", backend: str | None = None, reader_class=None,
+                  check_values: bool = False) -> dict:
     """One case as nnU-Net's ``compute_metrics`` entry, with the extra metrics and geometry.
+
+    Args:
+        check_values: refuse files with values outside the labels (background, labels, region members, ignore).
 
     Returns:
         ``{"reference_file", "prediction_file", "case", "spacing", "shape", "metrics": {label_or_region: {...}}}``.
 
     Raises:
-        NnzooError: unreadable files, or prediction and reference of different shapes.
+        NnzooError: unreadable files, prediction and reference of different shapes, or (``check_values``)
+            values that are not labels.
     """
     ref, spacing = read_segmentation(reference_file, reader_class)
     pred, pred_spacing = read_segmentation(prediction_file, reader_class)
+    if check_values:
+        allowed = _allowed_values(labels)
+        _check_values(reference_file, ref, allowed)
+        _check_values(prediction_file, pred, allowed)
     if ref.shape != pred.shape:
         raise NnzooError(f"{prediction_file}: shape {pred.shape} differs from the reference's {ref.shape}")
     if not np.allclose(spacing, pred_spacing, rtol=1e-3, atol=1e-5):
@@ -110,7 +138,7 @@ def _dataset_json_of(labels) -> dict | None:
 def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, labels,
                      tolerance_mm: float = 1.0, output_dir: str | os.PathLike | None = None, num_processes: int = 1,
                      image_dir: str | os.PathLike | None = None, report: bool = True,
-                     empty_distance: str = "diagonal", backend: str | None = None) -> dict:
+                     empty_distance: str = "diagonal", backend: str | None = None, check_values: bool = False) -> dict:
     """Evaluate every prediction in ``pred_dir`` against the reference of the same case in ``ref_dir``.
 
     Args:
@@ -127,6 +155,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *,
         report: write the HTML report (needs ``output_dir``).
         empty_distance: see :func:`~nnzoo.pipeline.metrics.binary_metrics`.
         backend: distance transform backend, see :func:`~nnzoo.pipeline.metrics.surface_distances`.
+        check_values: refuse label files with values that are not among the labels (see :func:`evaluate_case`).
 
     Returns:
         The summary: nnU-Net's ``{"metric_per_case", "mean", "foreground_mean"}`` (label keys as
@@ -139,6 +168,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *,
     """
     lab = resolve_labels(labels)
     for d in (ref_dir, pred_dir):
+        if Path(d).exists() and not Path(d).is_dir():
+            raise NnzooError(f"{d}: not a folder (give the folder holding the label files)")
         if not Path(d).is_dir():
             raise NnzooError(f"{d}: folder not found")
     refs, preds = find_cases(ref_dir), find_cases(pred_dir)
@@ -149,7 +180,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *,
         raise NnzooError(f"{pred_dir}: no reference in {ref_dir} for {len(orphans)} case(s): {', '.join(orphans[:10])}")
     names = sorted(preds)
     reader = reader_for(_dataset_json_of(labels), refs[names[0]])
-    jobs = [(str(refs[n]), str(preds[n]), lab, tolerance_mm, empty_distance, backend, reader) for n in names]
+    jobs = [(str(refs[n]), str(preds[n]), lab, tolerance_mm, empty_distance, backend, reader, check_values)
+            for n in names]
     if num_processes <= 1 or len(jobs) < 2 * num_processes:  # a few cases: cheaper than spawning workers
         per_case = [evaluate_case(*j) for j in jobs]
     else:
@@ -173,6 +205,40 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *,
         save_csv(result, out / "summary.csv")
         save_summary_json(result, out / "summary.json")
     return result
+
+
+def _labels_from_file(path: Path, flag: str) -> EvalLabels:
+    """The labels of a dataset.json or labels JSON, with errors that name the file.
+
+    Raises:
+        NnzooError: missing file, a folder, invalid JSON, values that are not integers, no foreground label.
+    """
+    if path.is_dir():
+        raise NnzooError(f"{flag}{path}: is a folder; give a dataset.json or a JSON file of labels")
+    if not path.is_file():
+        raise NnzooError(f"{flag}{path}: file not found")
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
+        raise NnzooError(f"{flag}{path}: not valid JSON ({e})") from None
+    if not isinstance(spec, (dict, list)):
+        raise NnzooError(f"{flag}{path}: expected a dataset.json, a JSON object of labels or a list of label values, "
+                         f"got {spec!r:.60}")
+    try:
+        return resolve_labels(spec)
+    except NnzooError as e:
+        raise NnzooError(f"{flag}{path}: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise NnzooError(f"{flag}{path}: labels must be integer values (or lists of them for regions): {e}") from None
+
+
+def _check_output_folder(out: Path, flag: str) -> None:
+    """``out`` is, or can be made, a folder: neither it nor a parent is a file."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NnzooError(f"{flag}{out}: cannot write there, {p} is a file, not a folder")
+            return
 
 
 def evaluate(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, dataset: str | int | None = None,
@@ -200,6 +266,12 @@ def evaluate(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, dataset
     """
     if (dataset is None) == (labels_file is None):
         raise NnzooError("give either a dataset (-d) or a labels file (--labels)")
+    if num_processes is not None and num_processes < 1:
+        raise NnzooError(f"-np {num_processes}: the number of processes must be at least 1")
+    if not (np.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise NnzooError(f"--tolerance {tolerance_mm}: the NSD tolerance must be a distance in mm (0 or more)")
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise NnzooError(f"--images {image_dir}: " + ("not a folder" if Path(image_dir).exists() else "folder not found"))
     if dataset is not None:
         from .dataset import resolve_dataset_name
         from .env import setup_folders
@@ -213,9 +285,12 @@ def evaluate(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, dataset
             raise NnzooError(f"{name}: no dataset.json in nnUNet_raw or nnUNet_preprocessed")
     else:
         labels = Path(labels_file)
-    res = evaluate_folders(ref_dir, pred_dir, labels=labels, tolerance_mm=tolerance_mm,
-                           output_dir=output_dir or Path(pred_dir) / "evaluation",
-                           num_processes=num_processes or min(4, os.cpu_count() or 1), image_dir=image_dir)
+    _labels_from_file(labels, "--labels " if labels_file is not None else "")
+    out = Path(output_dir) if output_dir else Path(pred_dir) / "evaluation"
+    _check_output_folder(out, "-o " if output_dir else "")
+    res = evaluate_folders(ref_dir, pred_dir, labels=labels, tolerance_mm=tolerance_mm, output_dir=out,
+                           num_processes=num_processes or min(4, os.cpu_count() or 1), image_dir=image_dir,
+                           check_values=True)
     print(summary_table(res))
     print(f"Wrote {', '.join(res['files'].values())}")
     return res

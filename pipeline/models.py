@@ -46,12 +46,23 @@ def export_model(model_dir: str | Path, output_file: str | Path, *, folds: list[
 
     model = Path(model_dir).resolve()
     out = Path(output_file).resolve()
+    if out.is_dir():
+        raise NnzooError(f"-o {output_file}: is a folder; give the zip file to write (e.g. {Path(output_file) / 'model.zip'})")
+    for p in out.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise NnzooError(f"-o {output_file}: cannot write there, {p} is a file, not a folder")
+            break
     if out.exists() and not overwrite:
         raise NnzooError(f"{out} already exists; use --overwrite to replace it")
     for f in ("plans.json", "dataset.json"):
         if not (model / f).is_file():
             raise NnzooError(f"{model / f}: not found; {model} is not a trained model folder")
     use = find_folds(model, folds, checkpoint)
+    from .checkpoint import load_checkpoint_safely
+
+    for f in use:  # a damaged or unsafe checkpoint is refused now, not when the zip is installed and used
+        load_checkpoint_safely(model / f"fold_{f}" / checkpoint)
     if not any((model / f"fold_{f}" / NNZOO_FILES[0]).is_file() for f in use):
         raise NnzooError(f"{model}: no {NNZOO_FILES[0]} in its folds (not trained by nnzoo train); export it with "
                          "nnUNetv2_export_model_to_zip")
@@ -86,6 +97,8 @@ def install_model(zip_file: str | Path, *, overwrite: bool = False) -> list[Path
 
     setup_folders(quiet=True)
     zip_file = Path(zip_file)
+    if zip_file.is_dir():
+        raise NnzooError(f"{zip_file}: is a folder, not a zip file written by `nnzoo export-model`")
     if not zip_file.is_file():
         raise NnzooError(f"{zip_file}: file not found")
     try:
@@ -102,6 +115,12 @@ def install_model(zip_file: str | Path, *, overwrite: bool = False) -> list[Path
         if not any(PurePosixPath(n).name in NNZOO_FILES for n in names):
             raise NnzooError(f"{zip_file}: no nnzoo metadata ({NNZOO_FILES[0]}): not exported by `nnzoo export-model`; "
                              "a plain nnU-Net model zip installs with nnUNetv2_install_pretrained_model_from_zip")
+        try:
+            damaged = z.testzip()  # reads every entry: a damaged zip is refused before anything is installed
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise NnzooError(f"{zip_file}: damaged zip ({e})") from None
+        if damaged is not None:
+            raise NnzooError(f"{zip_file}: damaged zip, entry {damaged} fails its CRC check (copy the file again)")
         rel = sorted({Path(*PurePosixPath(n).parts[:2]) for n in names})
         existing = [results / r for r in rel if (results / r).exists()]
         if existing and not overwrite:

@@ -91,6 +91,10 @@ def plan_and_preprocess(dataset: str | int, *, configurations: list[str] | None 
 
     from .env import setup_folders
 
+    if num_processes is not None and num_processes < 1:
+        raise NnzooError(f"-np {num_processes}: the number of processes must be at least 1")
+    if gpu_memory_target is not None and not gpu_memory_target > 0:
+        raise NnzooError(f"-gpu_memory_target {gpu_memory_target}: the GPU memory target (GB) must be a positive number")
     setup_folders(quiet=True)
     name = resolve_dataset_name(dataset)
     did = dataset_id_of(name)
@@ -103,6 +107,9 @@ def plan_and_preprocess(dataset: str | int, *, configurations: list[str] | None 
         raise NnzooError(str(e)) from None
     nproc = max(1, num_processes or os.cpu_count() or 1)
     configurations = list(configurations or DEFAULT_CONFIGURATIONS)
+    pre = Path(os.environ["nnUNet_preprocessed"]) / name
+    _check_configuration_names(configurations, pre)
+    _check_json_files(pre, clean)
 
     dataset_json, cases, unlabeled = check_raw_dataset(raw, nproc)
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
@@ -122,7 +129,6 @@ def plan_and_preprocess(dataset: str | int, *, configurations: list[str] | None 
         except (AssertionError, RuntimeError) as e:
             raise NnzooError(f"{raw}: nnU-Net's dataset integrity check failed: {e}") from None
 
-    pre = Path(os.environ["nnUNet_preprocessed"]) / name
     if clean or not (pre / "dataset_fingerprint.json").is_file():
         print(f"[1/3] Fingerprinting {name} ({len(cases)} cases, {nproc} processes)")
         extract_fingerprint_dataset(did, DatasetFingerprintExtractor, nproc, False, True, True)
@@ -168,6 +174,40 @@ def plan_and_preprocess(dataset: str | int, *, configurations: list[str] | None 
         stamp.write_text(json.dumps({"key": key, "plans": plans_identifier, "configuration": c}))
         _preprocess_unlabeled(name, plans_identifier, c, nproc, unlabeled)
     return plans
+
+
+def _plans_files(pre: Path) -> list[Path]:
+    skip = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
+    return sorted(p for p in pre.glob("*.json") if p.name not in skip and not p.name.startswith("nnzoo_"))
+
+
+def _check_configuration_names(configurations: list[str], pre: Path) -> None:
+    """``-c`` names nnU-Net's configurations or one of the existing plans' (a typo is not silently skipped)."""
+    known = set(DEFAULT_CONFIGURATIONS) | {"3d_cascade_fullres"}
+    for f in _plans_files(pre):
+        try:
+            known |= set(json.loads(f.read_text()).get("configurations", {}))
+        except (ValueError, AttributeError):
+            pass  # a damaged plans file is reported by _check_json_files
+    unknown = [c for c in configurations if c not in known]
+    if unknown:
+        raise NnzooError(f"-c {unknown[0]!r}: unknown configuration; use {', '.join(sorted(known))}")
+
+
+def _check_json_files(pre: Path, clean: bool) -> None:
+    """The fingerprint and plans that planning reads or replaces are valid JSON (before anything is written)."""
+    files = ([] if clean else [pre / "dataset_fingerprint.json"]) + _plans_files(pre)
+    for f in files:
+        if not f.is_file():
+            continue
+        try:
+            ok = isinstance(json.loads(f.read_text()), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            hint = ("recompute it with --clean" if f.name == "dataset_fingerprint.json"
+                    else "delete or restore it (a backup is kept as *.bak-* when plans change)")
+            raise NnzooError(f"{f}: not valid JSON (damaged?); {hint}")
 
 
 def _forget_unlabeled(pre: Path, data_id: str) -> None:

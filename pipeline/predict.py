@@ -12,18 +12,78 @@ and a cascade (``3d_cascade_fullres``) that predicts its ``3d_lowres`` stage fir
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .dataset import resolve_dataset_name, scan_image_folder
-from .errors import NnzooError
+from .errors import NnzooError, read_json
 from .experiment import default_plans_name, model_folder, trainer_for
 from .validate import Case, check_cases
 
-__all__ = ["predict", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
+__all__ = ["predict", "PredictOptions", "check_options", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions:
+    """What ``nnzoo predict`` is asked to do: one field per flag, built once (``from_namespace`` for the CLI).
+
+    Attributes:
+        input_dir: images, ``case.ext`` (one channel) or ``case_XXXX.ext`` as in nnU-Net (``-i``).
+        output_dir: where ``case<file_ending>`` segmentations are written; not the input folder (``-o``).
+        dataset: dataset id or name the model was trained on (``-d``; not needed with ``model_dir``).
+        configuration: e.g. ``3d_fullres`` (``-c``; not needed with ``model_dir``); ``3d_cascade_fullres``
+            runs the ``3d_lowres`` stage first unless ``prev_stage_predictions`` are given.
+        trainer: trainer name of the model folder (``-tr``).
+        plans: plans name (``-p``; default: the trainer's planner's plans, else ``nnUNetPlans``).
+        labeled: the label budget the model was trained with (its folder's ``_labeled<N>``).
+        model_dir: a model folder anywhere (``-m``: ``plans.json``, ``dataset.json``, ``fold_*/``), e.g. an
+            unzipped export.
+        from_best: the output folder of ``nnzoo find-best`` (its chosen model or ensemble and postprocessing).
+        ensemble: model folders whose probabilities are averaged (as ``nnUNetv2_ensemble``).
+        folds: folds to ensemble (``-f``; default: every fold with the checkpoint).
+        checkpoint: checkpoint file name (``-chk``).
+        device: ``auto``, ``cpu``, ``cuda``.
+        disable_tta: no mirroring test-time augmentation.
+        save_probabilities: also write ``case.npz``/``case.pkl`` with class probabilities.
+        overwrite: replace existing predictions in ``output_dir``.
+        continue_prediction: keep complete predictions in ``output_dir`` and predict the rest
+            (``--continue``; half-written files are redone).
+        num_parts: split the (sorted) cases into this many parts, as nnU-Net's ``-num_parts``.
+        part_id: the part this call predicts (``cases[part_id::num_parts]``).
+        prev_stage_predictions: folder of the previous stage's segmentations for a cascade.
+        step_size: sliding-window step as a fraction of the patch size.
+        num_processes: processes for preprocessing and export (``-np``; default: cores, at most 4).
+    """
+
+    input_dir: str | Path
+    output_dir: str | Path
+    dataset: str | int | None = None
+    configuration: str | None = None
+    trainer: str = "nnUNetTrainer"
+    plans: str | None = None
+    labeled: int | float | str | None = None
+    model_dir: str | Path | None = None
+    from_best: str | Path | None = None
+    ensemble: list[str] | None = None
+    folds: list[str] | None = None
+    checkpoint: str = "checkpoint_final.pth"
+    device: str = "auto"
+    disable_tta: bool = False
+    save_probabilities: bool = False
+    overwrite: bool = False
+    continue_prediction: bool = False
+    num_parts: int = 1
+    part_id: int = 0
+    prev_stage_predictions: str | Path | None = None
+    step_size: float = 0.5
+    num_processes: int | None = None
+
+    @classmethod
+    def from_namespace(cls, args) -> PredictOptions:
+        """The options of an ``argparse`` namespace whose destinations are the field names."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 @dataclass
@@ -94,15 +154,23 @@ def resolve_model(*, model_dir: str | Path | None = None, dataset: str | int | N
     for f in ("plans.json", "dataset.json"):
         if not (folder / f).is_file():
             raise NnzooError(f"{folder / f}: not found; {folder} is not an nnU-Net model folder")
+    plans_dict = read_json(folder / "plans.json", hint="the model folder is damaged")
+    dataset_json = read_json(folder / "dataset.json", hint="the model folder is damaged")
     use_folds = find_folds(folder, folds, checkpoint)
     from .checkpoint import load_checkpoint_safely
 
-    first = load_checkpoint_safely(folder / f"fold_{use_folds[0]}" / checkpoint)
-    config = first["init_args"]["configuration"]
+    first_file = folder / f"fold_{use_folds[0]}" / checkpoint
+    first = load_checkpoint_safely(first_file)
+    config = (first.get("init_args") or {}).get("configuration")
     if configuration is not None and configuration != config:
         raise NnzooError(f"-c {configuration}: the model in {folder} was trained for configuration {config!r}")
-    return ModelRef(folder, use_folds, checkpoint, config, json.loads((folder / "plans.json").read_text()),
-                    json.loads((folder / "dataset.json").read_text()))
+    if config not in plans_dict.get("configurations", {}):
+        raise NnzooError(f"{first_file}: trained for configuration {config!r}, which {folder / 'plans.json'} does not "
+                         "have: a checkpoint of another model?")
+    if model_dir is None and first["trainer_name"] != trainer:
+        raise NnzooError(f"{first_file}: a checkpoint of {first['trainer_name']}, not of -tr {trainer}: a checkpoint "
+                         "of another model?")
+    return ModelRef(folder, use_folds, checkpoint, config, plans_dict, dataset_json)
 
 
 def _check_reader(model: ModelRef, ending: str):
@@ -137,7 +205,7 @@ def load_model(model: ModelRef):
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from .checkpoint import load_checkpoint_safely
+    from .checkpoint import check_weights_fit, load_checkpoint_safely
 
     plans_manager = PlansManager(model.plans)
     ckpts = [load_checkpoint_safely(model.folder / f"fold_{f}" / model.checkpoint) for f in model.folds]
@@ -152,6 +220,9 @@ def load_model(model: ModelRef):
     network = trainer_cls.build_network_architecture(plans_manager, configuration_manager, num_in, num_out,
                                                      enable_deep_supervision=False)
     parameters = [c["network_weights"] for c in ckpts]
+    for f, weights in zip(model.folds, parameters):
+        check_weights_fit(network, weights, model.folder / f"fold_{f}" / model.checkpoint,
+                          what=f"the {model.configuration} network of {trainer_name}")
     network.load_state_dict(parameters[0])
     return (network, plans_manager, configuration_manager, parameters, model.dataset_json, trainer_name,
             ckpts[0].get("inference_allowed_mirroring_axes"))
@@ -186,13 +257,25 @@ def complete_outputs(targets: dict[str, Path], reader_class, with_probabilities:
     return done, broken
 
 
-def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path, *, device, disable_tta: bool,
-                  save_probabilities: bool, step_size: float, num_processes: int,
+def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path, *, options: PredictOptions,
+                  device, num_processes: int, save_probabilities: bool,
                   prev_stage_predictions: Path | None = None) -> None:
-    """Predict ``{case: channel files}`` with nnU-Net's predictor into ``output_dir`` (files ``<case><ending>``)."""
+    """Predict ``{case: channel files}`` with nnU-Net's predictor into ``output_dir`` (files ``<case><ending>``).
+
+    Args:
+        model: the model.
+        cases: ``{case: channel files}``.
+        output_dir: the folder written.
+        options: the run's options (mirroring and step size are read from it).
+        device: the resolved device.
+        num_processes: preprocessing and export processes.
+        save_probabilities: also write ``case.npz``/``case.pkl``.
+        prev_stage_predictions: the previous stage's segmentations of a cascade.
+    """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
+    predictor = nnUNetPredictor(tile_step_size=options.step_size, use_gaussian=True,
+                                use_mirroring=not options.disable_tta,
                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=True)
     predictor.manual_initialization(*load_model(model))
@@ -226,39 +309,38 @@ def _previous_stage(model: ModelRef) -> str | None:
     return PlansManager(model.plans).get_configuration(model.configuration).previous_stage_name
 
 
-def predict(input_dir: str | Path, output_dir: str | Path, *, dataset: str | int | None = None,
-            configuration: str | None = None, trainer: str = "nnUNetTrainer", plans: str | None = None,
-            labeled: int | float | str | None = None, model_dir: str | Path | None = None,
-            folds: list[str] | None = None, checkpoint: str = "checkpoint_final.pth", device: str = "auto",
-            disable_tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
-            continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
-            prev_stage_predictions: str | Path | None = None, step_size: float = 0.5,
-            num_processes: int | None = None) -> list[Path]:
-    """Predict every case of a folder (or this part of it).
+def check_options(o: PredictOptions) -> None:
+    """The checks of the options that need no model (for ``predict`` and ``predict_ensemble``).
+
+    Raises:
+        NnzooError: naming the flag and the value.
+    """
+    if o.model_dir is not None and o.dataset is not None:
+        raise NnzooError(f"give -m {o.model_dir} or -d {o.dataset}, not both (-m names the model folder itself)")
+    if o.num_parts < 1:
+        raise NnzooError(f"-num_parts {o.num_parts}: must be at least 1")
+    if not 0 <= o.part_id < o.num_parts:
+        raise NnzooError(f"-part_id {o.part_id}: must be between 0 and -num_parts - 1 ({o.num_parts - 1})")
+    if not 0 < o.step_size <= 1:
+        raise NnzooError(f"-step_size {o.step_size}: must be in (0, 1] (a fraction of the patch size)")
+    if o.num_processes is not None and o.num_processes < 1:
+        raise NnzooError(f"-np {o.num_processes}: must be at least 1")
+    if o.overwrite and o.continue_prediction:
+        raise NnzooError("--overwrite and --continue cannot be combined")
+    out = Path(o.output_dir)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NnzooError(f"-o {o.output_dir}: {folder} is a file, not a folder")
+            break
+
+
+def predict(options: PredictOptions) -> list[Path]:
+    """Predict every case of a folder (or this part of it) with one model (``options.model_dir``, or the
+    model of ``options.dataset``/``configuration``/``trainer``/``plans``/``labeled``).
 
     Args:
-        input_dir: images, ``case.ext`` (one channel) or ``case_XXXX.ext`` as in nnU-Net.
-        output_dir: where ``case<file_ending>`` segmentations are written; not the input folder.
-        dataset: dataset id or name the model was trained on (not needed with ``model_dir``).
-        configuration: e.g. ``3d_fullres`` (not needed with ``model_dir``); ``3d_cascade_fullres``
-            runs the ``3d_lowres`` stage first unless ``prev_stage_predictions`` are given.
-        trainer: trainer name of the model folder.
-        plans: plans name (default: the trainer's planner's plans, else ``nnUNetPlans``).
-        labeled: the label budget the model was trained with (its folder's ``_labeled<N>``).
-        model_dir: a model folder anywhere (``plans.json``, ``dataset.json``, ``fold_*/``), e.g. an unzipped export.
-        folds: folds to ensemble (default: every fold with the checkpoint).
-        checkpoint: checkpoint file name.
-        device: ``auto``, ``cpu``, ``cuda``.
-        disable_tta: no mirroring test-time augmentation.
-        save_probabilities: also write ``case.npz``/``case.pkl`` with class probabilities.
-        overwrite: replace existing predictions in ``output_dir``.
-        continue_prediction: keep complete predictions in ``output_dir`` and predict the rest
-            (half-written files are redone).
-        num_parts: split the (sorted) cases into this many parts, as nnU-Net's ``-num_parts``.
-        part_id: the part this call predicts (``cases[part_id::num_parts]``).
-        prev_stage_predictions: folder of the previous stage's segmentations for a cascade.
-        step_size: sliding-window step as a fraction of the patch size.
-        num_processes: processes for preprocessing and export (default: cores, at most 4).
+        options: what to predict, with which model, how (see :class:`PredictOptions`).
 
     Returns:
         The segmentation files of this part (predicted now or kept).
@@ -271,31 +353,31 @@ def predict(input_dir: str | Path, output_dir: str | Path, *, dataset: str | int
     from .env import resolve_device, setup_folders
     from .train import parse_labeled
 
+    o = options
     setup_folders(quiet=True)
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    check_options(o)
+    input_dir, output_dir = Path(o.input_dir).resolve(), Path(o.output_dir).resolve()
+    num_parts, part_id, checkpoint, save_probabilities = o.num_parts, o.part_id, o.checkpoint, o.save_probabilities
+    prev_stage_predictions = o.prev_stage_predictions
     if output_dir == input_dir:
         raise NnzooError(f"output folder {output_dir} is the input folder; choose another one")
-    if not 0 <= part_id < num_parts:
-        raise NnzooError(f"-part_id {part_id}: must be between 0 and -num_parts - 1 ({num_parts - 1})")
-    if overwrite and continue_prediction:
-        raise NnzooError("--overwrite and --continue cannot be combined")
-    model = resolve_model(model_dir=model_dir, dataset=dataset, configuration=configuration, trainer=trainer,
-                          plans=plans, labeled=parse_labeled(labeled), folds=folds, checkpoint=checkpoint)
+    model = resolve_model(model_dir=o.model_dir, dataset=o.dataset, configuration=o.configuration, trainer=o.trainer,
+                          plans=o.plans, labeled=parse_labeled(o.labeled), folds=o.folds, checkpoint=checkpoint)
     cases, in_ending = scan_image_folder(input_dir, len(model.dataset_json["channel_names"]), "input")
     reader = _check_reader(model, in_ending)
     cases = {c: cases[c] for c in sorted(cases)[part_id::num_parts]}  # nnU-Net's sharding rule
-    check_cases([Case(c, f) for c, f in cases.items()], None, num_processes, what=f"input folder {input_dir}",
+    check_cases([Case(c, f) for c, f in cases.items()], None, o.num_processes, what=f"input folder {input_dir}",
                 reader_class=reader)
     targets = {c: output_dir / f"{c}{model.file_ending}" for c in cases}
     todo = dict(cases)
-    if continue_prediction:
+    if o.continue_prediction:
         done, broken = complete_outputs(targets, reader, save_probabilities)
         for f in broken:
             f.unlink()
         todo = {c: f for c, f in cases.items() if c not in done}
         print(f"nnzoo: --continue: {len(done)} complete prediction(s) kept" +
               (f", {len(broken)} half-written file(s) redone" if broken else ""))
-    elif not overwrite:
+    elif not o.overwrite:
         clash = [str(t) for t in targets.values() if t.exists()]
         if clash:
             raise NnzooError(f"{len(clash)} prediction(s) already exist in {output_dir} (e.g. {clash[0]}); use "
@@ -312,13 +394,13 @@ def predict(input_dir: str | Path, output_dir: str | Path, *, dataset: str | int
     elif prev is not None:
         prev_model = resolve_model(model_dir=model.folder.parent / model.folder.name.replace(
             f"__{model.configuration}", f"__{prev}", 1), folds=[str(f) for f in model.folds], checkpoint=checkpoint)
-    dev = resolve_device(device)
-    nproc = max(1, num_processes or min(4, os.cpu_count() or 1))
+    dev = resolve_device(o.device)
+    nproc = max(1, o.num_processes or min(4, os.cpu_count() or 1))
     part = f" (part {part_id + 1} of {num_parts})" if num_parts > 1 else ""
     print(f"nnzoo: predicting {len(todo)} case(s){part} with {model.folder.name} folds {model.folds} on {dev}"
-          f"{' (no TTA)' if disable_tta else ''} -> {output_dir}")
+          f"{' (no TTA)' if o.disable_tta else ''} -> {output_dir}")
     if todo:
-        kwargs = dict(device=dev, disable_tta=disable_tta, step_size=step_size, num_processes=nproc)
+        kwargs = dict(options=o, device=dev, num_processes=nproc)
         if prev is not None and prev_stage_predictions is None:
             with tempfile.TemporaryDirectory(prefix="nnzoo-prev-stage-") as tmp:
                 print(f"nnzoo: cascade: predicting the {prev} stage first ({prev_model.folder.name})")

@@ -111,7 +111,11 @@ def read_segmentation(path: str | os.PathLike, reader_class=None) -> tuple[np.nd
         NnzooError: missing, empty or unreadable file.
     """
     seg, props = read_label(path, reader_class or reader_for(None, path))
-    return np.asarray(seg)[0], tuple(float(s) for s in props["spacing"])
+    seg = np.asarray(seg)
+    if seg.shape[0] != 1:
+        raise NnzooError(f"{path}: holds {seg.shape[0]} channels (or vector components) in one file (read as an "
+                         f"array of shape {seg.shape}); a label map has one value per voxel")
+    return seg[0], tuple(float(s) for s in props["spacing"])
 
 
 def find_cases(folder: str | os.PathLike) -> dict[str, Path]:

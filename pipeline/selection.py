@@ -19,9 +19,11 @@ import json
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from .errors import NnzooError
+from .errors import NnzooError, read_json
+from .predict import PredictOptions
 
 __all__ = ["METRICS", "find_models", "check_complete", "check_compatible", "find_best", "predict_ensemble",
            "RESULT_FILE"]
@@ -36,7 +38,7 @@ def _folds_string(folds) -> str:
     return "_".join(str(f) for f in folds)
 
 
-def find_models(dataset_name: str, configurations: list[str] | None = None,
+def find_models(dataset_name: str, *, configurations: list[str] | None = None,
                 trainers: list[str] | None = None) -> list[dict]:
     """Trained model folders of a dataset: ``{"folder", "trainer", "plans", "configuration", "labeled"}``."""
     root = Path(os.environ["nnUNet_results"]) / dataset_name
@@ -58,8 +60,10 @@ def check_complete(folder: str | Path, folds, preprocessed_base: Path) -> str | 
     """Why a model's cross-validation is incomplete (None: complete, with ``.npz`` for ensembling)."""
     folder = Path(folder)
     splits_file = preprocessed_base / "splits_final.json"
-    splits = json.loads(splits_file.read_text()) if splits_file.is_file() else None
-    ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
+    splits = read_json(splits_file, kind=list, hint="fix or delete it") if splits_file.is_file() else None
+    ending = read_json(folder / "dataset.json", hint="the model folder is damaged").get("file_ending")
+    if not isinstance(ending, str):
+        raise NnzooError(f"{folder / 'dataset.json'}: no file_ending; the model folder is damaged")
     for f in folds:
         fold = folder / f"fold_{f}"
         if not (fold / "checkpoint_final.pth").is_file():
@@ -84,8 +88,16 @@ def check_compatible(folders: list[str | Path]) -> None:
         NnzooError: naming the first difference and the two models.
     """
     def facts(folder: Path) -> dict:
-        dj = json.loads((folder / "dataset.json").read_text())
-        plans = json.loads((folder / "plans.json").read_text())
+        if not folder.is_dir():
+            raise NnzooError(f"{folder}: model folder not found")
+        dj = read_json(folder / "dataset.json", hint=f"{folder} is not an nnU-Net model folder")
+        plans = read_json(folder / "plans.json", hint=f"{folder} is not an nnU-Net model folder")
+        missing = [k for k in ("labels", "file_ending") if k not in dj] + [
+            k for k in ("image_reader_writer", "transpose_forward", "original_median_spacing_after_transp")
+            if k not in plans]
+        if missing:
+            raise NnzooError(f"{folder}: its dataset.json/plans.json lack {', '.join(missing)}; the model folder is "
+                             "damaged")
         return {"labels": dj["labels"], "regions_class_order": dj.get("regions_class_order"),
                 "file_ending": dj["file_ending"], "image_reader_writer": plans["image_reader_writer"],
                 "transpose_forward": plans["transpose_forward"],
@@ -154,7 +166,7 @@ def find_best(dataset: str | int, *, configurations: list[str] | None = None, tr
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
     gt = pre / "gt_segmentations"
     out = Path(output_dir) if output_dir else Path(os.environ["nnUNet_results"]) / name / "nnzoo_find_best"
-    models = find_models(name, configurations, trainers)
+    models = find_models(name, configurations=configurations, trainers=trainers)
     incomplete, complete = [], []
     for m in models:
         why = check_complete(m["folder"], folds, pre)
@@ -259,11 +271,7 @@ def _instructions(result: dict, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def predict_ensemble(input_dir: str | Path, output_dir: str | Path, *, from_best: str | Path | None = None,
-                     model_dirs: list[str] | None = None, folds: list[str] | None = None,
-                     checkpoint: str = "checkpoint_final.pth", device: str = "auto", disable_tta: bool = False,
-                     overwrite: bool = False, continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
-                     step_size: float = 0.5, num_processes: int | None = None) -> list[Path]:
+def predict_ensemble(options: PredictOptions) -> list[Path]:
     """``nnzoo predict --from-best DIR`` / ``--ensemble FOLDERS``: members' probabilities, averaged, postprocessed.
 
     Each member predicts with ``save_probabilities`` into ``<output_dir>/.nnzoo_members/<i>`` (kept
@@ -271,37 +279,53 @@ def predict_ensemble(input_dir: str | Path, output_dir: str | Path, *, from_best
     averages them (a single member's segmentation is used as it is) and nnU-Net's
     ``apply_postprocessing_to_folder`` applies the postprocessing ``find-best`` determined.
 
+    Args:
+        options: ``from_best`` or ``ensemble`` names the members; input, output, folds, checkpoint,
+            device, mirroring, parts, step size and processes apply to every member.
+
+    Returns:
+        The ensemble's segmentation files.
+
     Raises:
-        NnzooError: no ``find_best.json`` in ``from_best``, incompatible members, or any error of ``predict``.
+        NnzooError: both or neither of ``from_best``/``ensemble``, no ``find_best.json`` in ``from_best``,
+            incompatible members, or any error of ``predict``.
     """
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
     from nnunetv2.ensembling.ensemble import ensemble_folders
     from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing_to_folder
 
-    from .predict import predict
+    from .predict import check_options, predict
 
+    from_best, model_dirs, folds = options.from_best, options.ensemble, options.folds
+    if (from_best is None) == (model_dirs is None):
+        raise NnzooError("give --from-best or --ensemble, not both" if from_best else
+                         "give --from-best DIR or --ensemble MODEL_FOLDER ...")
+    check_options(options)
     pp = None
     if from_best is not None:
         f = Path(from_best) / RESULT_FILE
         if not f.is_file():
             raise NnzooError(f"--from-best {from_best}: no {RESULT_FILE} (the output folder of `nnzoo find-best`)")
-        best = json.loads(f.read_text())["best"]
+        best = read_json(f, hint="re-run `nnzoo find-best`").get("best")
+        if not isinstance(best, dict) or not {"members", "folds", "postprocessing_file"} <= set(best):
+            raise NnzooError(f"{f}: no complete 'best' entry; re-run `nnzoo find-best`")
         model_dirs, folds = best["members"], [str(x) for x in best["folds"]] if folds is None else folds
         pp = load_pickle(best["postprocessing_file"])
     check_compatible(model_dirs)
-    output_dir = Path(output_dir).resolve()
+    output_dir = Path(options.output_dir).resolve()
     work = output_dir / ".nnzoo_members"
-    common = dict(folds=folds, checkpoint=checkpoint, device=device, disable_tta=disable_tta,
-                  num_parts=num_parts, part_id=part_id, step_size=step_size, num_processes=num_processes)
-    if not overwrite and not continue_prediction and output_dir.is_dir() and any(
+    num_processes = options.num_processes
+    if not options.overwrite and not options.continue_prediction and output_dir.is_dir() and any(
             p.is_file() and not p.name.startswith(".") for p in output_dir.iterdir()):
         raise NnzooError(f"{output_dir} is not empty; use --continue, --overwrite or another output folder")
     members = []
     for i, folder in enumerate(model_dirs):
         target = work / str(i)
         print(f"nnzoo: ensemble member {i + 1}/{len(model_dirs)}: {Path(folder).name}")
-        predict(input_dir, target, model_dir=folder, save_probabilities=len(model_dirs) > 1,
-                continue_prediction=continue_prediction or target.is_dir(), **common)
+        predict(replace(options, output_dir=target, model_dir=folder, from_best=None, ensemble=None, folds=folds,
+                        dataset=None, configuration=None, labeled=None, prev_stage_predictions=None,
+                        save_probabilities=len(model_dirs) > 1, overwrite=False,
+                        continue_prediction=options.continue_prediction or target.is_dir()))
         members.append(str(target))
     dataset_json = json.loads((Path(model_dirs[0]) / "dataset.json").read_text())
     plans = json.loads((Path(model_dirs[0]) / "plans.json").read_text())

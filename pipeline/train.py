@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .dataset import resolve_dataset_name
-from .errors import NnzooError
+from .errors import NnzooError, read_json
 from .experiment import (
     budget_suffix,
     check_configuration,
@@ -31,7 +32,7 @@ from .experiment import (
     trainer_for,
 )
 
-__all__ = ["train", "parse_labeled", "evaluate_validation", "RUN_FILE", "TrainRun"]
+__all__ = ["train", "TrainOptions", "TrainRun", "resolve_run", "parse_labeled", "evaluate_validation", "RUN_FILE"]
 
 RUN_FILE = "nnzoo_run.json"
 
@@ -61,36 +62,98 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-@dataclass
-class TrainRun:
-    """Everything a training process needs, resolved and checked before any process starts."""
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """What ``nnzoo train`` is asked to do: one field per flag, built once (``from_namespace`` for the CLI).
 
-    dataset_name: str
+    :func:`resolve_run` checks it all, in one place, before anything is built or written.
+
+    Attributes:
+        dataset: dataset id or name.
+        configuration: e.g. ``3d_fullres`` or ``2d``.
+        fold: fold index or ``"all"``.
+        trainer: registered nnzoo trainer or any nnU-Net trainer name (``-tr``).
+        plans: plans name (``-p``; default: the trainer's planner's plans, else ``nnUNetPlans``).
+        device: ``auto``, ``cpu``, ``cuda`` (``-device``).
+        num_gpus: processes on this node (``-num_gpus``; one GPU each on CUDA, Gloo on the CPU).
+        resume: continue the fold from its latest checkpoint (``--continue``; schedule, seed and
+            hyperparameters from ``nnzoo_run.json``).
+        epochs: number of epochs (default: the trainer's, 1000 for nnU-Net).
+        iters: training iterations per epoch (default: the trainer's, 250).
+        val_iters: validation iterations per epoch (default: the trainer's, or iters/5 with ``iters``).
+        save_every: write ``checkpoint_latest.pth`` every this many epochs (default: the trainer's, 50).
+        labeled: keep only this many (or this fraction of) labeled training cases; the rest of the
+            fold's training cases count as unlabeled (their labels are never read).
+        seed: seed Python's, numpy's and torch's generators before the trainer is built
+            (initialisation, patch sampling and, with ``nnUNet_n_proc_DA=0``, augmentation) and the
+            choice of labeled cases.
+        overwrite: start a new training over a fold folder that already holds checkpoints.
+        validate: run nnU-Net's final validation (``--no-val`` turns it off).
+        npz: also save the validation softmax as ``.npz`` (nnU-Net's ``--npz``; needed by find-best).
+        validation_only: only run the final validation of a finished fold (nnU-Net's ``--val``).
+        val_best: validate with ``checkpoint_best.pth`` instead of the final one (``--val_best``).
+        pretrained_weights: nnU-Net checkpoint to initialise the network from (``-pretrained_weights``).
+        disable_checkpointing: write no checkpoints (``--disable_checkpointing``).
+        hparams: ``{NAME: VALUE}`` overrides of the trainer's UPPER_CASE hyperparameters (``--hparam``),
+            logged and recorded in ``nnzoo_run.json``.
+    """
+
+    dataset: str | int
     configuration: str
-    fold: int | str
-    trainer: str
-    plans: str
-    device: str
-    continue_training: bool
-    num_epochs: int | None
-    num_iterations_per_epoch: int | None
-    num_val_iterations_per_epoch: int | None
-    save_every: int | None
-    labeled: int | float | None
-    seed: int | None
-    validate: bool
-    validation_only: bool
-    npz: bool
-    val_best: bool
-    pretrained_weights: str | None
-    disable_checkpointing: bool
+    fold: str | int
+    trainer: str = "nnUNetTrainer"
+    plans: str | None = None
+    device: str = "auto"
+    num_gpus: int = 1
+    resume: bool = False
+    epochs: int | None = None
+    iters: int | None = None
+    val_iters: int | None = None
+    save_every: int | None = None
+    labeled: str | int | float | None = None
+    seed: int | None = None
+    overwrite: bool = False
+    validate: bool = True
+    npz: bool = False
+    validation_only: bool = False
+    val_best: bool = False
+    pretrained_weights: str | None = None
+    disable_checkpointing: bool = False
+    hparams: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_namespace(cls, args) -> TrainOptions:
+        """The options of an ``argparse`` namespace whose destinations are the field names."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """A checked run: its options resolved (dataset name, plans, fold, label budget, the schedule, seed and
+    hyperparameters of the run being continued) plus nnU-Net's folders; what every training process gets."""
+
+    options: TrainOptions
     folders: dict
-    hparams: dict | None = None
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.options.dataset)
 
     @property
     def fold_dir(self) -> Path:
-        return model_folder(self.dataset_name, self.trainer, self.plans, self.configuration, self.labeled) / \
-            f"fold_{self.fold}"
+        o = self.options
+        return model_folder(self.dataset_name, o.trainer, o.plans, o.configuration, o.labeled) / f"fold_{o.fold}"
+
+    def record(self) -> dict:
+        """``nnzoo_run.json``: the resolved options (schedule under nnU-Net's attribute names)."""
+        o = self.options
+        return {"dataset_name": self.dataset_name, "configuration": o.configuration, "fold": o.fold,
+                "trainer": o.trainer, "plans": o.plans, "device": o.device, "resume": o.resume,
+                "num_epochs": o.epochs, "num_iterations_per_epoch": o.iters, "num_val_iterations_per_epoch": o.val_iters,
+                "save_every": o.save_every, "labeled": o.labeled, "seed": o.seed, "validate": o.validate,
+                "validation_only": o.validation_only, "npz": o.npz, "val_best": o.val_best,
+                "pretrained_weights": o.pretrained_weights, "disable_checkpointing": o.disable_checkpointing,
+                "hparams": dict(o.hparams) or None}
 
 
 def _plan_method_plans_on_the_spot(name: str, trainer: str, plans_name: str, configuration: str) -> None:
@@ -110,30 +173,30 @@ def _plan_method_plans_on_the_spot(name: str, trainer: str, plans_name: str, con
     plan_and_preprocess(name, configurations=[configuration], planner=info.planner)
 
 
-def _check_budget(run: TrainRun, plans: dict, pre: Path) -> None:
+def _check_budget(o: TrainOptions, plans: dict, pre: Path) -> None:
     from nnzoo.trainers.label_budget import resolve_labeled_budget
 
-    if run.labeled is None:
+    if o.labeled is None:
         return
-    folder = pre / data_identifier(plans, run.configuration)
-    n = len(fold_training_cases(pre, folder, run.fold))
+    folder = pre / data_identifier(plans, o.configuration)
+    n = len(fold_training_cases(pre, folder, o.fold))
     try:
-        resolve_labeled_budget(run.labeled, n)
+        resolve_labeled_budget(o.labeled, n)
     except ValueError as e:
-        raise NnzooError(f"--labeled {run.labeled}: {e}") from None
+        raise NnzooError(f"--labeled {o.labeled}: {e}") from None
 
 
-def _check_unlabeled_available(run: TrainRun, plans: dict, pre: Path) -> None:
+def _check_unlabeled_available(o: TrainOptions, plans: dict, pre: Path) -> None:
     """A semi-supervised trainer needs unlabeled images: imagesUnlabeled/ or a label budget."""
     from nnzoo.trainers.registry import find_trainer_info
     from nnzoo.trainers.unlabeled_data import unlabeled_folder, unlabeled_identifiers
 
-    info = find_trainer_info(run.trainer)
-    if info is None or not info.semi_supervised or run.labeled is not None:
+    info = find_trainer_info(o.trainer)
+    if info is None or not info.semi_supervised or o.labeled is not None:
         return
-    folder = unlabeled_folder(pre, data_identifier(plans, run.configuration))
+    folder = unlabeled_folder(pre, data_identifier(plans, o.configuration))
     if not unlabeled_identifiers(folder):
-        raise NnzooError(f"{run.trainer} is semi-supervised and needs unlabeled images, but {folder} holds none: add "
+        raise NnzooError(f"{o.trainer} is semi-supervised and needs unlabeled images, but {folder} holds none: add "
                          "them (`nnzoo dataset create --unlabeled DIR`, or imagesUnlabeled/ in the raw dataset) and "
                          "re-run plan_and_preprocess, or train with --labeled N to treat the fold's other training "
                          "cases as unlabeled")
@@ -151,116 +214,152 @@ def _check_trainer_supports(trainer_cls: type, plans: dict, configuration: str, 
         raise NnzooError(f"{problem}; dataset {plans['dataset_name']} ({'configuration ' + configuration if cascaded else 'its labels'})")
 
 
-def _check_schedule(**flags: int | None) -> None:
-    for flag, v in flags.items():
+#: the flag of each TrainOptions field that must be a positive count
+_COUNT_FLAGS = {"epochs": "--epochs", "iters": "--iters", "val_iters": "--val-iters", "save_every": "--save-every",
+                "num_gpus": "-num_gpus"}
+
+
+def _check_schedule(o: TrainOptions) -> None:
+    for name, flag in _COUNT_FLAGS.items():
+        v = getattr(o, name)
         if v is not None and int(v) < 1:
-            raise NnzooError(f"--{flag.replace('_', '-')} must be at least 1, got {v}")
+            raise NnzooError(f"{flag} must be at least 1, got {v}")
 
 
-def train(dataset: str | int, configuration: str, fold: str | int, *, trainer: str = "nnUNetTrainer",
-          plans: str | None = None, device: str = "auto", num_gpus: int = 1, continue_training: bool = False,
-          epochs: int | None = None, iters: int | None = None, val_iters: int | None = None,
-          save_every: int | None = None, labeled: str | int | float | None = None, overwrite: bool = False,
-          validate: bool = True, seed: int | None = None, npz: bool = False, validation_only: bool = False,
-          val_best: bool = False, pretrained_weights: str | None = None,
-          disable_checkpointing: bool = False, hparams: dict[str, str] | None = None) -> Path:
-    """Train one fold (on ``num_gpus`` processes, or as one rank of a torchrun launch).
+def resolve_run(options: TrainOptions) -> TrainRun:
+    """Check every option and resolve the run, before any process starts or anything is written.
+
+    Names are resolved (dataset, trainer, plans: a method's plans are planned on the spot when only
+    nnU-Net's default plans exist), the fold and label budget parsed, and with ``resume``/
+    ``validation_only`` the schedule, seed and hyperparameters of the run being continued read
+    back from its ``nnzoo_run.json`` (flags given now win; other hyperparameters are an error).
+
+    Raises:
+        NnzooError: unknown dataset, plans, configuration, fold or trainer; a trainer that does not
+            support the dataset's labels or configuration; a label budget larger than the fold;
+            existing checkpoints without ``resume``/``overwrite``; a bad schedule or flag
+            combination; a damaged checkpoint or pretrained-weights file.
+    """
+    from .env import setup_folders
+
+    o = options
+    folders = setup_folders(quiet=True)
+    name = resolve_dataset_name(o.dataset)
+    trainer_cls = trainer_for(o.trainer, o.configuration)
+    plans_name = o.plans or default_plans_name(o.trainer)
+    if o.plans is None:
+        _plan_method_plans_on_the_spot(name, o.trainer, plans_name, o.configuration)
+    plans_dict, pre = load_plans(name, plans_name)
+    check_configuration(plans_dict, o.configuration, pre)
+    fold = parse_fold(o.fold, pre)
+    _check_schedule(o)
+    if o.resume and o.validation_only:
+        raise NnzooError("--continue and --val cannot be combined: --val only validates a finished fold")
+    if o.val_best and o.disable_checkpointing:
+        raise NnzooError("--val_best needs checkpoint_best.pth, which --disable_checkpointing does not write")
+    if o.pretrained_weights is not None and (o.resume or o.validation_only):
+        raise NnzooError("-pretrained_weights only applies to a new training (not with --continue or --val)")
+    dataset_json = read_json(pre / "dataset.json", hint="re-run plan_and_preprocess")
+    _check_trainer_supports(trainer_cls, plans_dict, o.configuration, dataset_json)
+
+    budget = parse_labeled(o.labeled)
+    overrides = _parse_hparams(trainer_cls, dict(o.hparams or {}))
+    out = model_folder(name, trainer_cls.__name__, plans_name, o.configuration, budget) / f"fold_{fold}"
+    run_file = out / RUN_FILE
+    prev = _previous_record(run_file) if (o.resume or o.validation_only) else {}
+    if overrides and prev.get("hparams") not in (None, overrides):
+        raise NnzooError(f"--hparam {overrides} differs from the run being continued ({prev['hparams']})")
+    resolved = replace(
+        o, dataset=name, fold=fold, plans=plans_name, labeled=budget,
+        epochs=o.epochs or prev.get("num_epochs"), iters=o.iters or prev.get("num_iterations_per_epoch"),
+        val_iters=o.val_iters or (max(1, round(o.iters / 5)) if o.iters else None)
+        or prev.get("num_val_iterations_per_epoch"), save_every=o.save_every or prev.get("save_every"),
+        seed=o.seed if o.seed is not None else prev.get("seed"), validate=o.validate or o.validation_only,
+        pretrained_weights=str(Path(o.pretrained_weights).resolve()) if o.pretrained_weights else None,
+        hparams=overrides or prev.get("hparams") or {})
+    run = TrainRun(resolved, folders)
+    _check_budget(resolved, plans_dict, pre)
+    if not o.validation_only:
+        _check_unlabeled_available(resolved, plans_dict, pre)
+    _check_model_folder(run)
+    if o.resume:
+        _check_checkpoint_to_continue(run, trainer_cls)
+    if o.pretrained_weights is not None:
+        from nnzoo.trainers.base import nnzoo_trainer_class
+
+        _check_pretrained_weights(resolved, nnzoo_trainer_class(trainer_cls, dict(resolved.hparams) or None),
+                                  plans_dict, dataset_json)
+    return run
+
+
+def _check_pretrained_weights(o: TrainOptions, trainer_cls: type, plans: dict, dataset_json: dict) -> None:
+    """The file loads safely and its weights fit the network to be trained (nnU-Net's rule: every parameter
+    but the segmentation heads, same shapes), before anything is written."""
+    from .checkpoint import check_weights_fit, load_checkpoint_safely
+
+    ckpt = load_checkpoint_safely(o.pretrained_weights)  # a clear error for a missing, unreadable or unsafe file
+    check_weights_fit(_network_on_meta(trainer_cls, plans, o.configuration, dataset_json), ckpt["network_weights"],
+                      o.pretrained_weights, what=f"the {o.configuration} network of {trainer_cls.__name__}",
+                      skip=(".seg_layers.",))
+
+
+def _network_on_meta(trainer_cls: type, plans: dict, configuration: str, dataset_json: dict):
+    """The trainer's network (deep supervision on, as trained) on the meta device: shapes without memory."""
+    import torch
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    args = (pm, cm, determine_num_input_channels(pm, cm, dataset_json),
+            pm.get_label_manager(dataset_json).num_segmentation_heads)
+    try:
+        with torch.device("meta"):
+            return trainer_cls.build_network_architecture(*args, enable_deep_supervision=True)
+    except Exception:  # noqa: BLE001 - a network that cannot be built without data: build it for real
+        return trainer_cls.build_network_architecture(*args, enable_deep_supervision=True)
+
+
+def _previous_record(run_file: Path) -> dict:
+    if not run_file.is_file():
+        return {}
+    try:
+        record = json.loads(run_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NnzooError(f"{run_file}: cannot be read ({e}); remove it to continue with the flags given now") from None
+    if not isinstance(record, dict):
+        raise NnzooError(f"{run_file}: not a JSON object; remove it to continue with the flags given now")
+    return record
+
+
+def train(options: TrainOptions) -> Path:
+    """Train one fold (on ``options.num_gpus`` processes, or as one rank of a torchrun launch).
 
     Args:
-        dataset: dataset id or name.
-        configuration: e.g. ``3d_fullres`` or ``2d``.
-        fold: fold index or ``"all"``.
-        trainer: registered nnzoo trainer or any nnU-Net trainer name.
-        plans: plans name (default: the trainer's planner's plans, else ``nnUNetPlans``).
-        device: ``auto``, ``cpu``, ``cuda``.
-        num_gpus: processes on this node (``-num_gpus``; one GPU each on CUDA, Gloo on the CPU).
-        continue_training: resume from the fold's latest checkpoint (schedule from ``nnzoo_run.json``).
-        epochs: number of epochs (default: the trainer's, 1000 for nnU-Net).
-        iters: training iterations per epoch (default: the trainer's, 250).
-        val_iters: validation iterations per epoch (default: the trainer's, or iters/5 with ``iters``).
-        save_every: write ``checkpoint_latest.pth`` every this many epochs (default: the trainer's, 50).
-        labeled: keep only this many (or this fraction of) labeled training cases; the rest of the
-            fold's training cases count as unlabeled (their labels are never read).
-        overwrite: start a new training over a fold folder that already holds checkpoints.
-        validate: run nnU-Net's final validation (sliding-window prediction of the validation cases).
-        seed: seed Python's, numpy's and torch's random generators before the trainer is built
-            (initialisation, patch sampling and, with ``nnUNet_n_proc_DA=0``, augmentation) and the
-            choice of labeled cases; recorded in ``nnzoo_run.json`` and reused by ``--continue``.
-        npz: also save the validation softmax as ``.npz`` (nnU-Net's ``--npz``; needed by find-best).
-        validation_only: only run the final validation of a finished fold (nnU-Net's ``--val``).
-        val_best: validate with ``checkpoint_best.pth`` instead of the final one (``--val_best``).
-        pretrained_weights: nnU-Net checkpoint to initialise the network from (``-pretrained_weights``).
-        disable_checkpointing: write no checkpoints (``--disable_checkpointing``).
-        hparams: ``{NAME: VALUE}`` overrides of the trainer's UPPER_CASE hyperparameters
-            (``--hparam NAME=VALUE``), logged and recorded in ``nnzoo_run.json``.
+        options: what to train (see :class:`TrainOptions`).
 
     Returns:
         The fold's output folder.
 
     Raises:
-        NnzooError: unknown dataset, plans, configuration, fold or trainer; a trainer that does not
-            support the dataset's labels or configuration; a label budget larger than the fold;
-            existing checkpoints without ``continue_training``/``overwrite``; a bad schedule or
-            flag combination; a failed training process.
+        NnzooError: any problem :func:`resolve_run` finds, a batch too small for the number of
+            processes, or a failed training process.
     """
     from . import distributed
-    from .env import resolve_device, setup_folders
+    from .env import resolve_device
 
-    folders = setup_folders(quiet=True)
-    name = resolve_dataset_name(dataset)
-    trainer_cls = trainer_for(trainer, configuration)
-    plans_name = plans or default_plans_name(trainer)
-    if plans is None:
-        _plan_method_plans_on_the_spot(name, trainer, plans_name, configuration)
-    plans_dict, pre = load_plans(name, plans_name)
-    check_configuration(plans_dict, configuration, pre)
-    fold = parse_fold(fold, pre)
-    _check_schedule(epochs=epochs, iters=iters, val_iters=val_iters, save_every=save_every, num_gpus=num_gpus)
-    if continue_training and validation_only:
-        raise NnzooError("--continue and --val cannot be combined: --val only validates a finished fold")
-    if val_best and disable_checkpointing:
-        raise NnzooError("--val_best needs checkpoint_best.pth, which --disable_checkpointing does not write")
-    if pretrained_weights is not None and (continue_training or validation_only):
-        raise NnzooError("-pretrained_weights only applies to a new training (not with --continue or --val)")
-    dataset_json = json.loads((pre / "dataset.json").read_text())
-    _check_trainer_supports(trainer_cls, plans_dict, configuration, dataset_json)
-
-    budget = parse_labeled(labeled)
-    overrides = _parse_hparams(trainer_cls, hparams)
-    out = model_folder(name, trainer_cls.__name__, plans_name, configuration, budget) / f"fold_{fold}"
-    run_file = out / RUN_FILE
-    prev = json.loads(run_file.read_text()) if (continue_training or validation_only) and run_file.is_file() else {}
-    run = TrainRun(
-        dataset_name=name, configuration=configuration, fold=fold, trainer=trainer, plans=plans_name,
-        device=device, continue_training=continue_training,
-        num_epochs=epochs or prev.get("num_epochs"), num_iterations_per_epoch=iters or prev.get("num_iterations_per_epoch"),
-        num_val_iterations_per_epoch=val_iters or (max(1, round(iters / 5)) if iters else None)
-        or prev.get("num_val_iterations_per_epoch"), save_every=save_every or prev.get("save_every"),
-        labeled=budget, seed=seed if seed is not None else prev.get("seed"),
-        validate=validate or validation_only, validation_only=validation_only, npz=npz, val_best=val_best,
-        pretrained_weights=str(Path(pretrained_weights).resolve()) if pretrained_weights else None,
-        disable_checkpointing=disable_checkpointing, folders=folders,
-        hparams=overrides if hparams else prev.get("hparams"))
-    if hparams and prev.get("hparams") not in (None, overrides):
-        raise NnzooError(f"--hparam {overrides} differs from the run being continued ({prev['hparams']})")
-    _check_budget(run, plans_dict, pre)
-    if not validation_only:
-        _check_unlabeled_available(run, plans_dict, pre)
-    _check_model_folder(run, overwrite)
-    if continue_training:
-        _check_checkpoint_to_continue(run)
-    if pretrained_weights is not None:
-        from .checkpoint import load_checkpoint_safely
-
-        load_checkpoint_safely(run.pretrained_weights)  # a clear error for a missing, unreadable or unsafe file
-    _print_memory_note(plans_dict, configuration)
+    run = resolve_run(options)
+    o = run.options
+    plans_dict, _ = load_plans(run.dataset_name, o.plans)
+    _print_memory_note(plans_dict, o)
     world = distributed.launched_by_torchrun()
-    dev = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", 0)) if world else None)
-    _check_world_size(configuration_manager(plans_dict, configuration).batch_size,
-                      int(os.environ["WORLD_SIZE"]) if world else num_gpus)
-    if pretrained_weights is not None and dev.type != "cuda" and (world or num_gpus > 1):
+    dev = resolve_device(o.device, local_rank=int(os.environ.get("LOCAL_RANK", 0)) if world else None)
+    _check_world_size(configuration_manager(plans_dict, o.configuration).batch_size,
+                      int(os.environ["WORLD_SIZE"]) if world else o.num_gpus)
+    if o.pretrained_weights is not None and dev.type != "cuda" and (world or o.num_gpus > 1):
         raise NnzooError("-pretrained_weights with several CPU processes is not supported (nnU-Net loads them onto "
                          "cuda:<rank>); train on one process or on GPUs")
+    out = run.fold_dir
     if world:
         import torch.distributed as dist
 
@@ -268,20 +367,23 @@ def train(dataset: str | int, configuration: str, fold: str | int, *, trainer: s
             if dist.get_rank() == 0:
                 _start_record(run, out)
             run_process(run)
-    elif num_gpus > 1:
+    elif o.num_gpus > 1:
         _start_record(run, out)
-        distributed.spawn_processes(run_process, (run,), num_gpus, dev.type)
+        distributed.spawn_processes(run_process, (run,), o.num_gpus, dev.type)
     else:
         _start_record(run, out)
         run_process(run)
     return out
 
 
-def _print_memory_note(plans: dict, configuration: str) -> None:
-    """What the method planner recorded about the method's GPU memory at the planned patch."""
-    from nnzoo.plans.base import MEMORY_KEY
+def _print_memory_note(plans: dict, o: TrainOptions) -> None:
+    """What the method planner recorded about the method's GPU memory at the planned patch, for the number of
+    patches per step this run uses (``UNLABELED_BATCH_RATIO`` may be overridden with ``--hparam``)."""
+    from nnzoo.plans.base import memory_note
 
-    note = plans.get(MEMORY_KEY, {}).get(configuration)
+    ratio = getattr(trainer_for(o.trainer), "UNLABELED_BATCH_RATIO", None)
+    ratio = float(o.hparams.get("UNLABELED_BATCH_RATIO", ratio)) if ratio is not None else None
+    note = memory_note(plans, o.configuration, None if ratio is None else 1 + ratio)
     if note:
         print(f"nnzoo: plans {plans['plans_name']} ({plans.get('experiment_planner_used')}): patch {note['patch_size']}, "
               f"batch {note['batch_size']}; the method needs about {note['gpu_memory_target_gb']} GB of GPU memory "
@@ -305,28 +407,33 @@ def _check_world_size(batch_size: int, world_size: int) -> None:
                          f"needs at least one patch; use at most {batch_size} processes (nnU-Net splits the batch)")
 
 
-def _check_model_folder(run: TrainRun, overwrite: bool) -> None:
-    out = run.fold_dir
-    if run.validation_only:
-        ckpt = "checkpoint_best.pth" if run.val_best else "checkpoint_final.pth"
+def _check_model_folder(run: TrainRun) -> None:
+    out, o = run.fold_dir, run.options
+    if o.validation_only:
+        ckpt = "checkpoint_best.pth" if o.val_best else "checkpoint_final.pth"
         if not (out / ckpt).is_file():
             raise NnzooError(f"{out / ckpt}: not found; --val validates a finished fold (train it first)")
         return
     existing = sorted(p.name for p in out.glob("checkpoint_*.pth"))
-    if existing and not run.continue_training and not overwrite:
+    if existing and not o.resume and not o.overwrite:
         raise NnzooError(f"{out} already holds {', '.join(existing)}; use --continue to resume it or --overwrite "
                          "to start a new training over it")
 
 
-def _check_checkpoint_to_continue(run: TrainRun) -> None:
-    """The checkpoint ``--continue`` resumes from (nnU-Net's order: final, latest, best) must load safely;
-    without any, a run of the same fold under another label budget is what was meant."""
+def _check_checkpoint_to_continue(run: TrainRun, trainer_cls: type) -> None:
+    """The checkpoint ``--continue`` resumes from (nnU-Net's order: final, latest, best) must load safely and be
+    of this trainer and configuration; without any, a run of the same fold under another label budget is what
+    was meant."""
     from .checkpoint import load_checkpoint_safely
 
-    fold_dir = run.fold_dir
+    fold_dir, o = run.fold_dir, run.options
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
         if (fold_dir / name).is_file():
-            load_checkpoint_safely(fold_dir / name)  # a clear error for a damaged or unsafe file
+            ckpt = load_checkpoint_safely(fold_dir / name)  # a clear error for a damaged or unsafe file
+            config = (ckpt.get("init_args") or {}).get("configuration", o.configuration)
+            if ckpt["trainer_name"] != trainer_cls.__name__ or config != o.configuration:
+                raise NnzooError(f"{fold_dir / name}: a checkpoint of {ckpt['trainer_name']} ({config}), not of "
+                                 f"{trainer_cls.__name__} ({o.configuration}); --continue resumes the same run")
             return
     model = fold_dir.parent
     others = sorted(p.parent.name for p in model.parent.glob(f"{model.name.split('_labeled')[0]}*/{fold_dir.name}")
@@ -341,16 +448,16 @@ def _start_record(run: TrainRun, out: Path) -> None:
     """Write ``nnzoo_run.json`` and forget a previous run's labeled split (rank 0 / the launcher only)."""
     from nnzoo.trainers.label_budget import LABELED_SPLIT_FILE
 
+    o = run.options
     out.mkdir(parents=True, exist_ok=True)
-    if not run.continue_training and not run.validation_only:  # a new run chooses its labeled cases anew
+    if not o.resume and not o.validation_only:  # a new run chooses its labeled cases anew
         (out / LABELED_SPLIT_FILE).unlink(missing_ok=True)
-    record = {k: v for k, v in asdict(run).items() if k not in ("folders",)}
-    _write_json_atomic(out / RUN_FILE, record)
-    what = "validating" if run.validation_only else "training"
-    print(f"nnzoo: {what} {run.trainer} on {run.dataset_name} {run.configuration} fold {run.fold} ({run.device})"
-          + (f", {run.labeled} labeled cases" if run.labeled is not None else "")
-          + (f", seed {run.seed}" if run.seed is not None else "")
-          + (f", hyperparameters {run.hparams}" if run.hparams else ""))
+    _write_json_atomic(out / RUN_FILE, run.record())
+    what = "validating" if o.validation_only else "training"
+    print(f"nnzoo: {what} {o.trainer} on {run.dataset_name} {o.configuration} fold {o.fold} ({o.device})"
+          + (f", {o.labeled} labeled cases" if o.labeled is not None else "")
+          + (f", seed {o.seed}" if o.seed is not None else "")
+          + (f", hyperparameters {dict(o.hparams)}" if o.hparams else ""))
 
 
 def run_process(run: TrainRun):
@@ -362,47 +469,40 @@ def run_process(run: TrainRun):
 
     from .env import resolve_device
 
+    o = run.options
     os.environ.update(run.folders)
     ddp = torch.distributed.is_initialized()
-    dev = resolve_device(run.device, local_rank=int(os.environ.get("LOCAL_RANK", 0)) if ddp else None)
-    if run.seed is not None:  # per rank, so that ranks draw different patches (DDP starts all from rank 0's weights)
+    dev = resolve_device(o.device, local_rank=int(os.environ.get("LOCAL_RANK", 0)) if ddp else None)
+    if o.seed is not None:  # per rank, so that ranks draw different patches (DDP starts all from rank 0's weights)
         import random
 
         import numpy as np
 
-        seed = run.seed + (torch.distributed.get_rank() if ddp else 0)
+        seed = o.seed + (torch.distributed.get_rank() if ddp else 0)
         random.seed(seed)
         np.random.seed(seed % 2 ** 32)
         torch.manual_seed(seed)
     pre = Path(os.environ["nnUNet_preprocessed"]) / run.dataset_name
-    plans_dict, _ = load_plans(run.dataset_name, run.plans)
-    dataset_json = json.loads((pre / "dataset.json").read_text())
-    plans_dict["continue_training"] = run.continue_training
-    cls = nnzoo_trainer_class(trainer_for(run.trainer), result_suffix=budget_suffix(run.labeled),
-                              hyperparameters=run.hparams)
-    t = cls(plans=plans_dict, configuration=run.configuration, fold=run.fold, dataset_json=dataset_json, device=dev)
+    plans_dict, _ = load_plans(run.dataset_name, o.plans)
+    dataset_json = read_json(pre / "dataset.json", hint="re-run plan_and_preprocess")
+    cls = nnzoo_trainer_class(trainer_for(o.trainer), hyperparameters=dict(o.hparams) or None)
+    suffix = budget_suffix(o.labeled)
+    t = compat.build_trainer(cls, plans=plans_dict, configuration=o.configuration, fold=o.fold,
+                             dataset_json=dataset_json, device=dev, resume=o.resume,
+                             model_folder_name=run.fold_dir.parent.name if suffix else None)
     if Path(t.output_folder) != run.fold_dir:  # a trainer that moved its output folder: checks above were elsewhere
-        raise RuntimeError(f"{run.trainer} writes to {t.output_folder}, expected {run.fold_dir}")
-    for attr, value in (("num_epochs", run.num_epochs), ("num_iterations_per_epoch", run.num_iterations_per_epoch),
-                        ("num_val_iterations_per_epoch", run.num_val_iterations_per_epoch),
-                        ("save_every", run.save_every)):
+        raise RuntimeError(f"{o.trainer} writes to {t.output_folder}, expected {run.fold_dir}")
+    for attr, value in (("num_epochs", o.epochs), ("num_iterations_per_epoch", o.iters),
+                        ("num_val_iterations_per_epoch", o.val_iters), ("save_every", o.save_every)):
         if value is not None:
             setattr(t, attr, int(value))
-    t.labeled_budget = run.labeled
-    t.labeled_seed = run.seed
-    t.disable_checkpointing = run.disable_checkpointing
-    compat.load_checkpoint_for_run(t, run.continue_training, run.validation_only, run.pretrained_weights)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if not run.validation_only:
-        t.run_training()
-    if run.val_best:
-        t.load_checkpoint(str(run.fold_dir / "checkpoint_best.pth"))
-    if run.validate:
-        with compat.validation_on_rank_zero(t) as here:
-            if here:
-                t.perform_actual_validation(run.npz)
-                evaluate_validation(run.dataset_name, run.fold_dir, t.dataset_json)
+    t.labeled_budget = o.labeled
+    t.labeled_seed = o.seed
+    t.disable_checkpointing = o.disable_checkpointing
+    compat.run_nnunet_training(
+        t, resume=o.resume, validation_only=o.validation_only, pretrained_weights=o.pretrained_weights,
+        val_best=o.val_best, validate=o.validate, npz=o.npz,
+        after_validation=lambda: evaluate_validation(run.dataset_name, run.fold_dir, t.dataset_json))
     return t
 
 

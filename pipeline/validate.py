@@ -68,6 +68,11 @@ def _geometry_problems(ref_path: str, ref: tuple, path: str, other: tuple) -> li
             for k in ref_geo if k in geo and not np.allclose(geo[k], ref_geo[k], **_TOLERANCE[k])]
 
 
+def _several_channels(shape: tuple[int, ...]) -> str:
+    return (f"holds {shape[0]} channels (or vector components) in one file (read as an array of shape {tuple(shape)}); "
+            "nnU-Net needs one file per channel (CASE_0000, CASE_0001, ...) and label files with one value per voxel")
+
+
 def check_case(case: Case, allowed_labels: set[int] | None = None, reader_class=None) -> tuple[list[str], set[int]]:
     """Check one case.
 
@@ -91,8 +96,15 @@ def check_case(case: Case, allowed_labels: set[int] | None = None, reader_class=
         except NnzooError as e:
             problems.append(str(e))
             continue
+        if data.shape[0] != 1:
+            problems.append(f"{path}: {_several_channels(data.shape)}")
+            continue
         if np.issubdtype(data.dtype, np.floating):
-            raw = _raw_nifti_values(path) if path.lower().endswith((".nii", ".nii.gz")) else data
+            try:
+                raw = _raw_nifti_values(path) if path.lower().endswith((".nii", ".nii.gz")) else data
+            except Exception as e:  # noqa: BLE001 - a truncated .gz that ITK read in part: EOFError, OSError...
+                problems.append(f"{path}: cannot be read as an image ({type(e).__name__}: {str(e)[:200]})")
+                continue
             if not np.isfinite(raw).all():
                 problems.append(f"{path}: contains {int(np.isnan(raw).sum())} NaN and {int(np.isinf(raw).sum())} "
                                 "Inf voxels")
@@ -107,6 +119,8 @@ def check_case(case: Case, allowed_labels: set[int] | None = None, reader_class=
             seg, props = read_label(case.label, reader_class)
         except NnzooError as e:
             return problems + [str(e)], values
+        if seg.shape[0] != 1:
+            return problems + [f"{case.label}: {_several_channels(seg.shape)}"], values
         if ref is not None:
             problems += _geometry_problems(ref_path, ref, case.label, (tuple(seg.shape[1:]), _geometry(props)))
         uniq = np.unique(seg)
@@ -156,10 +170,18 @@ def check_cases(cases: list[Case], allowed_labels: set[int] | None = None, num_w
 
 def declared_label_values(dataset_json: dict) -> set[int]:
     """Integer label values declared in a dataset.json (regions contribute their member labels)."""
+    labels = dataset_json.get("labels") if isinstance(dataset_json, dict) else None
+    if not isinstance(labels, dict):
+        raise NnzooError(f"'labels' must map names to label values (e.g. {{\"background\": 0, "
+                         f"\"liver\": 1}}), got {labels!r:.100}")
     out: set[int] = set()
-    for v in dataset_json["labels"].values():
-        if isinstance(v, (list, tuple)):
-            out.update(int(i) for i in v)
-        else:
-            out.add(int(v))
+    for name, v in labels.items():
+        try:
+            if isinstance(v, (list, tuple)):
+                out.update(int(i) for i in v)
+            else:
+                out.add(int(v))
+        except (TypeError, ValueError):
+            raise NnzooError(f"label {name!r} has the value {v!r}, not an integer "
+                             "(or a list of integers for a region)") from None
     return out

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 __all__ = ["MethodPlannerMixin", "SharedPreprocessingMixin", "NetworkEstimateMixin", "estimate_network_feature_maps",
-           "MEMORY_KEY"]
+           "MEMORY_KEY", "memory_note"]
 
 #: plans key holding the method's memory needs per configuration (written by NetworkEstimateMixin)
 MEMORY_KEY = "nnzoo_memory"
 
 
-def estimate_network_feature_maps(network_class: type, patch_size: Sequence[int], input_channels: int,
+def estimate_network_feature_maps(network_class: type, patch_size: Sequence[int], *, input_channels: int,
                                   output_channels: int, arch_class_name: str, arch_kwargs: dict,
                                   arch_kwargs_req_import: Sequence[str], **network_kwargs) -> np.int64:
     """nnU-Net's VRAM proxy (stored feature-map elements per sample) for a method network.
@@ -49,9 +49,40 @@ def estimate_network_feature_maps(network_class: type, patch_size: Sequence[int]
     from nnzoo.trainers.networks.common import network_from_arch
 
     with torch.device("meta"):
-        net = network_from_arch(network_class, arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
-                                output_channels, deep_supervision=False, allow_init=False, **network_kwargs)
+        net = network_from_arch(network_class, arch_class_name, arch_kwargs=arch_kwargs,
+                                kw_requires_import=arch_kwargs_req_import, input_channels=input_channels,
+                                num_classes=output_channels, deep_supervision=False, allow_init=False,
+                                **network_kwargs)
     return np.int64(net.compute_conv_feature_map_size(list(patch_size)))
+
+
+def memory_note(plans: dict, configuration: str, patches_per_sample: float | None = None) -> dict | None:
+    """The method planner's memory note of a configuration (``plans[MEMORY_KEY]``), for the batch actually trained.
+
+    The planner estimated the memory for its trainer's default number of patches per planned batch
+    element (``patches_per_sample`` in the note, e.g. 2 for one unlabeled patch per labeled one). A run
+    with another number (``--hparam UNLABELED_BATCH_RATIO=2``: 3 patches) needs proportionally more
+    memory for the method's share: the note is rescaled to it.
+
+    Args:
+        plans: the plans (a dict as in ``plans.json``).
+        configuration: the configuration's name.
+        patches_per_sample: patches per planned batch element of the run (None: as planned), e.g.
+            ``1 + trainer_class.UNLABELED_BATCH_RATIO`` for a semi-supervised trainer.
+
+    Returns:
+        ``{"patch_size", "batch_size", "method_vs_unet", "gpu_memory_target_gb", ...}`` or None when the
+        plans hold no note for the configuration.
+    """
+    note = plans.get(MEMORY_KEY, {}).get(configuration)
+    if not note:
+        return None
+    planned = note.get("patches_per_sample")
+    if patches_per_sample is None or planned is None or patches_per_sample == planned:
+        return dict(note)
+    f = patches_per_sample / planned
+    return {**note, "patches_per_sample": patches_per_sample, "method_vs_unet": round(note["method_vs_unet"] * f, 3),
+            "gpu_memory_target_gb": round(note["gpu_memory_target_gb"] * f, 1)}
 
 
 class MethodPlannerMixin:
@@ -115,12 +146,18 @@ class NetworkEstimateMixin:
       batch shrink until the method fits ``gpu_memory_target_in_gb`` (for small GPUs).
 
     Attributes:
-        PATCHES_PER_SAMPLE: patches that share the memory of one planned batch element (2 for a
-            semi-supervised method that adds one unlabeled patch per labeled patch).
+        PATCHES_PER_SAMPLE: patches that share the memory of one planned batch element; a
+            semi-supervised method's planner derives it from its trainer instead (overriding
+            :meth:`patches_per_sample`: 1 + the trainer's ``UNLABELED_BATCH_RATIO``).
     """
 
     FIT_MEMORY = False
     PATCHES_PER_SAMPLE = 1
+
+    @classmethod
+    def patches_per_sample(cls) -> float:
+        """Patches that share the memory of one planned batch element (default ``PATCHES_PER_SAMPLE``)."""
+        return cls.PATCHES_PER_SAMPLE
 
     @classmethod
     def network_class(cls) -> type:
@@ -133,9 +170,9 @@ class NetworkEstimateMixin:
     def method_estimate(self, patch_size, input_channels: int, output_channels: int, arch_class_name: str,
                         arch_kwargs: dict, arch_kwargs_req_import) -> np.int64:
         """The method's VRAM proxy for one planned batch element (nnU-Net's units)."""
-        return self.PATCHES_PER_SAMPLE * estimate_network_feature_maps(
-            self.network_class(), patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
-            arch_kwargs_req_import)
+        return self.patches_per_sample() * estimate_network_feature_maps(
+            self.network_class(), patch_size, input_channels=input_channels, output_channels=output_channels,
+            arch_class_name=arch_class_name, arch_kwargs=arch_kwargs, arch_kwargs_req_import=arch_kwargs_req_import)
 
     def static_estimate_VRAM_usage(self, patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
                                    arch_kwargs_req_import):
@@ -158,7 +195,7 @@ class NetworkEstimateMixin:
             unet = super().static_estimate_VRAM_usage(*args)  # type: ignore[misc]
             ratio = float(self.method_estimate(*args)) / float(unet)
             notes[name] = {"patch_size": list(cfg["patch_size"]), "batch_size": cfg["batch_size"],
-                           "method_vs_unet": round(ratio, 3),
+                           "patches_per_sample": self.patches_per_sample(), "method_vs_unet": round(ratio, 3),
                            "gpu_memory_target_gb": round(self.UNet_vram_target_GB * (1 if self.FIT_MEMORY else ratio), 1)}
             fitted = "fitted to" if self.FIT_MEMORY else "nnU-Net's patch; needs about"
             print(f"  {name}: {type(self).__name__}: {fitted} {notes[name]['gpu_memory_target_gb']} GB "

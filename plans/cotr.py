@@ -13,7 +13,8 @@ __all__ = ["nnUNetPlannerCoTr", "nnUNetPlannerCoTrFit"]
 class _CoTr(MethodPlannerMixin, NetworkEstimateMixin, SharedPreprocessingMixin):
     """CoTr's memory estimate and architecture entry on top of nnU-Net's planning.
 
-    The estimate is :func:`~nnzoo.trainers.networks.cotr.estimate_train_memory_elements`
+    The architecture is ``nnUNetTrainerCoTr.network_kwargs()`` (the trainer's hyperparameters). The
+    estimate is :func:`~nnzoo.trainers.networks.cotr.estimate_train_memory_elements`
     (convolutions plus the Transformer's tokens x d_model x layers activations and sampling
     tensors) for the CoTr strides derived from the U-Net nnU-Net plans for the patch. Every
     configuration's ``architecture`` entry is replaced by CoTr's
@@ -26,18 +27,20 @@ class _CoTr(MethodPlannerMixin, NetworkEstimateMixin, SharedPreprocessingMixin):
 
     def method_estimate(self, patch_size, input_channels: int, output_channels: int, arch_class_name: str,
                         arch_kwargs: dict, arch_kwargs_req_import) -> int:
-        from nnzoo.trainers.networks.cotr import COTR_ARCH, cotr_strides, estimate_train_memory_elements
+        from nnzoo.trainers.cotr import nnUNetTrainerCoTr
+        from nnzoo.trainers.networks.cotr import cotr_strides, estimate_train_memory_elements
 
-        strides = cotr_strides(arch_kwargs["strides"], len(patch_size), 1 + len(COTR_ARCH["stage_channels"]))
-        return self.PATCHES_PER_SAMPLE * estimate_train_memory_elements(patch_size, strides, input_channels,
-                                                                        output_channels, **COTR_ARCH)
+        arch = nnUNetTrainerCoTr.network_kwargs()
+        strides = cotr_strides(arch_kwargs["strides"], len(patch_size), 1 + len(arch["stage_channels"]))
+        return self.patches_per_sample() * estimate_train_memory_elements(
+            patch_size, strides, input_channels=input_channels, num_classes=output_channels, **arch)
 
     def method_architecture(self, configuration: dict) -> dict:
+        from nnzoo.trainers.cotr import nnUNetTrainerCoTr
         from nnzoo.trainers.networks.cotr import cotr_plan_architecture
 
         return cotr_plan_architecture(configuration["architecture"]["arch_kwargs"]["strides"],
-                                      len(configuration["patch_size"]))
-
+                                      len(configuration["patch_size"]), nnUNetTrainerCoTr.network_kwargs())
 
 @register_planner
 class nnUNetPlannerCoTr(_CoTr, ExperimentPlanner):

@@ -12,11 +12,18 @@ __all__ = ["nnUNetPlannerMCNet", "nnUNetPlannerMCNetFit"]
 
 class _MCNet(MethodPlannerMixin, NetworkEstimateMixin, SharedPreprocessingMixin):
     """MC-Net+ stores the feature maps of the shared encoder and three decoders for every patch, and
-    each step adds one unlabeled patch per labeled one (``PATCHES_PER_SAMPLE = 2``): at equal patch
-    size about six times the plain U-Net's memory (``MCNet.compute_conv_feature_map_size``)."""
+    each step adds ``UNLABELED_BATCH_RATIO`` unlabeled patches per labeled one (the trainer's; 1 by
+    default, so 2 patches per planned batch element): at equal patch size about six times the plain
+    U-Net's memory (``MCNet.compute_conv_feature_map_size``)."""
 
     PLANS_NAME = "nnUNetPlans_MCNet"
-    PATCHES_PER_SAMPLE = 2
+
+    @classmethod
+    def patches_per_sample(cls) -> float:
+        """1 labeled + ``nnUNetTrainerMCNet.UNLABELED_BATCH_RATIO`` unlabeled patches per planned batch element."""
+        from nnzoo.trainers.mcnet import nnUNetTrainerMCNet
+
+        return 1 + nnUNetTrainerMCNet.UNLABELED_BATCH_RATIO
 
     @classmethod
     def network_class(cls) -> type:

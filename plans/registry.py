@@ -6,9 +6,7 @@ planners (``ExperimentPlanner``, ``nnUNetPlannerResEncM``...), with a "did you m
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import pkgutil
+from nnzoo.trainers._discovery import did_you_mean, import_submodules
 
 __all__ = ["UnknownPlannerError", "register_planner", "list_planners", "get_planner_class", "plans_name_of"]
 
@@ -41,10 +39,7 @@ def _discover() -> None:
     """Import every planner module of this package once (on the first lookup), so that their decorators run."""
     global _discovered
     if not _discovered:
-        package = importlib.import_module(__package__)
-        for mod in pkgutil.iter_modules(package.__path__):
-            if not mod.name.startswith("_") and mod.name not in _NOT_PLANNER_MODULES:
-                importlib.import_module(f"{__package__}.{mod.name}")
+        import_submodules(__package__, _NOT_PLANNER_MODULES)
         _discovered = True
 
 
@@ -73,9 +68,7 @@ def get_planner_class(name: str) -> type:
         return cls
     known = list_planners() + ["ExperimentPlanner", "nnUNetPlannerResEncM", "nnUNetPlannerResEncL",
                                "nnUNetPlannerResEncXL", "ResEncUNetPlanner"]
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownPlannerError(f"Unknown planner {name!r}.{hint} nnzoo planners: {', '.join(list_planners()) or 'none'}; "
+    raise UnknownPlannerError(f"Unknown planner {name!r}.{did_you_mean(name, known)} nnzoo planners: {', '.join(list_planners()) or 'none'}; "
                               f"nnU-Net planners: ExperimentPlanner, nnUNetPlannerResEnc(M|L|XL).")
 
 

@@ -92,12 +92,11 @@ def step_rank(rank: int, world: int, plans: dict, dataset_json: dict, batch: dic
 
 def build_step_trainer(cls: type, plans: dict, dataset_json: dict):
     """An initialized CPU trainer (weights seeded: the same on every process), in the current nnU-Net folders."""
-    import copy
+    from nnzoo.trainers.nnunet_compat import build_trainer
 
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
     torch.manual_seed(0)
-    t = cls(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json, device=torch.device("cpu"))
+    t = build_trainer(cls, plans=plans, configuration="2d", fold=0, dataset_json=dataset_json,
+                      device=torch.device("cpu"))
     Path(t.preprocessed_dataset_folder).mkdir(parents=True, exist_ok=True)
     (Path(t.preprocessed_dataset_folder) / "marker.b2nd").touch()
     t.initialize()
@@ -117,12 +116,10 @@ def gpu_rank(rank: int, world: int, plans: dict, dataset_json: dict, out_dir: st
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[k] = os.path.join(out_dir, k)
     with process_group("nccl", rank, world):
-        import copy
+        from nnzoo.trainers.nnunet_compat import build_trainer
 
-        p = copy.deepcopy(plans)
-        p["continue_training"] = False
-        t = nnzoo_trainer_class(nnUNetTrainer)(plans=p, configuration="2d", fold=0, dataset_json=dataset_json,
-                                               device=torch.device("cuda"))
+        t = build_trainer(nnzoo_trainer_class(nnUNetTrainer), plans=plans, configuration="2d", fold=0,
+                          dataset_json=dataset_json, device=torch.device("cuda"))
         Path(t.preprocessed_dataset_folder).mkdir(parents=True, exist_ok=True)
         (Path(t.preprocessed_dataset_folder) / "marker.b2nd").touch()
         t.initialize()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from contextlib import contextmanager
@@ -49,9 +48,10 @@ def make_trainer(trainer_class: type, tmp_path: Path, configuration: str = "3d_f
     preprocessed folder, so an empty marker file stands in for them.
     """
     assert os.environ["nnUNet_preprocessed"] == str(tmp_path / "nnUNet_preprocessed"), "conftest sets the folders"
-    plans = copy.deepcopy(plans if plans is not None else tiny_plans(configuration))
-    plans["continue_training"] = False
-    trainer = trainer_class(plans=plans, configuration=configuration, fold=fold,
+    from nnzoo.trainers.nnunet_compat import build_trainer
+
+    trainer = build_trainer(trainer_class, plans=plans if plans is not None else tiny_plans(configuration),
+                            configuration=configuration, fold=fold,
                             dataset_json=dataset_json if dataset_json is not None else tiny_dataset_json(),
                             device=torch.device("cpu"))
     if initialize:
@@ -105,6 +105,8 @@ def dataset_dir(variable: str, dataset_id: int) -> Path:
 def deep_supervision_targets(trainer, label: torch.Tensor) -> list[torch.Tensor]:
     """``label`` (``N, 1, *patch``) at every deep-supervision scale of ``trainer``, as nnU-Net's loader
     downsamples targets (nearest)."""
+    from nnzoo.trainers.nnunet_compat import deep_supervision_scales
+
     patch = label.shape[2:]
     return [torch.nn.functional.interpolate(label, size=[round(p * s) for p, s in zip(patch, sc)], mode="nearest-exact")
-            for sc in trainer._get_deep_supervision_scales()]
+            for sc in deep_supervision_scales(trainer)]

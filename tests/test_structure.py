@@ -1,8 +1,9 @@
 """The package's import structure: dependencies point one way and nothing imports in a circle.
 
-pipeline (CLI -> API) -> plans, trainers -> trainers.networks. plans use nothing of trainers but
-trainers.networks (memory estimates); trainers never import pipeline or plans; networks import
-only networks. Every import counts, also those inside functions.
+pipeline (CLI -> API) -> plans -> trainers -> trainers.networks. plans read the facts a planner
+budgets from the trainers (a method's hyperparameters are declared once, on its trainer); trainers
+never import pipeline or plans; networks import only networks. Every import counts, also those
+inside functions.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _layer(module: str) -> str:
     return module.split(".")[1]
 
 
-ALLOWED = {"pipeline": {"pipeline", "plans", "trainers", "networks"}, "plans": {"plans", "networks"},
+ALLOWED = {"pipeline": {"pipeline", "plans", "trainers", "networks"}, "plans": {"plans", "trainers", "networks"},
            "trainers": {"trainers", "networks"}, "networks": {"networks"}}
 
 
@@ -98,7 +99,57 @@ def test_the_checks_can_fail():
     assert "nnzoo.trainers.networks.common" in g["nnzoo.trainers.networks.mcnet"]
     assert "nnzoo.trainers.nnunet_compat" in g["nnzoo.trainers.semisup"]
     assert "nnzoo.pipeline.metrics" in g["nnzoo.pipeline.evaluate"]
-    assert _upward({"nnzoo.plans.cotr": {"nnzoo.trainers.cotr"}}) == ["nnzoo.plans.cotr imports nnzoo.trainers.cotr"]
+    assert _upward({"nnzoo.trainers.cotr": {"nnzoo.plans.cotr"}}) == ["nnzoo.trainers.cotr imports nnzoo.plans.cotr"]
     assert _upward({"nnzoo.trainers.semisup": {"nnzoo.pipeline.unlabeled"}}) != []
     assert _cycles({"nnzoo.pipeline.a": {"nnzoo.pipeline.b"}, "nnzoo.pipeline.b": {"nnzoo.pipeline.a"}}) == [
         "nnzoo.pipeline.a -> nnzoo.pipeline.b -> nnzoo.pipeline.a"]
+
+
+# ---------------------------------------------------------------------------------------------- API signatures
+MAX_API_PARAMETERS = 8
+
+
+def _api_functions() -> list[str]:
+    """``module.function`` of every pipeline function the CLI calls (the API under the CLI): what ``cli.py``
+    imports from the pipeline's modules."""
+    tree = ast.parse((REPO / "pipeline" / "cli.py").read_text())
+    return sorted({f"nnzoo.pipeline.{node.module}.{a.name}" for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module not in (None, "errors")
+                   for a in node.names if a.name[0].islower()})
+
+
+def _signature_problems(fn) -> list[str]:
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    problems = []
+    if len(params) > MAX_API_PARAMETERS:
+        problems.append(f"{len(params)} parameters (at most {MAX_API_PARAMETERS}: group them in an options object)")
+    if len(positional) > 2:
+        problems.append(f"positional parameters {positional} (at most two; the rest keyword-only)")
+    return problems
+
+
+def test_api_functions_take_an_options_object_or_few_keyword_only_arguments():
+    import importlib
+
+    names = _api_functions()
+    assert {"nnzoo.pipeline.train.train", "nnzoo.pipeline.predict.predict"} <= set(names)
+    problems = {}
+    for name in names:
+        module, fn = name.rsplit(".", 1)
+        obj = getattr(importlib.import_module(module), fn)
+        if callable(obj) and not isinstance(obj, type):
+            found = _signature_problems(obj)
+            if found:
+                problems[name] = found
+    assert problems == {}
+
+
+def test_the_signature_check_can_fail():
+    def wide(a, b, c, *, d=0, e=0, f=0, g=0, h=0, i=0):
+        return a
+
+    assert len(_signature_problems(wide)) == 2
+    assert _signature_problems(lambda options: options) == []

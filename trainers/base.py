@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
@@ -18,6 +17,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from . import nnunet_compat as compat
+from .label_budget import LabelBudgetMixin
 
 __all__ = ["AtomicCheckpointMixin", "NnzooTrainerMixin", "NnzooTrainer", "PlanNetworkMixin", "nnzoo_trainer_class",
            "method_hyperparameters", "parse_hyperparameters", "label_support_problem"]
@@ -26,20 +26,30 @@ _HPARAM_TYPES = (bool, int, float, str, tuple)
 
 
 class AtomicCheckpointMixin:
-    """Writes checkpoints to a temporary file and renames it over the target.
+    """Checkpoints written atomically, with a method's extra state in the same file.
 
-    A process killed while saving leaves the previous checkpoint intact: ``os.replace`` is
-    atomic on POSIX and Windows file systems, and the temporary file is flushed to disk first.
+    nnU-Net's ``save_checkpoint`` builds its dict; :meth:`_extra_checkpoint_state` is added to it and
+    the one write goes to a temporary file, flushed to disk and renamed over the target
+    (:func:`~nnzoo.trainers.nnunet_compat.checkpoint_saved_with`): a process killed while saving
+    leaves the previous checkpoint intact. ``load_checkpoint`` hands the dict it read to
+    :meth:`_restore_extra_checkpoint_state`. Subclasses extend the two hooks (calling ``super()``).
     """
 
+    def _extra_checkpoint_state(self) -> dict:
+        """Entries added to every checkpoint this trainer writes (default none)."""
+        return {}
+
+    def _restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        """Restore what :meth:`_extra_checkpoint_state` saved from a loaded checkpoint dict."""
+
     def save_checkpoint(self, filename: str) -> None:
-        tmp = f"{filename}.tmp-{os.getpid()}"
-        super().save_checkpoint(tmp)  # type: ignore[misc]
-        if not os.path.isfile(tmp):  # not rank 0, or checkpointing disabled
-            return
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
+        with compat.checkpoint_saved_with(self._extra_checkpoint_state()):
+            super().save_checkpoint(filename)  # type: ignore[misc]
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        with compat.checkpoint_loaded() as read:
+            super().load_checkpoint(filename_or_checkpoint)  # type: ignore[misc]
+        self._restore_extra_checkpoint_state(read.get("checkpoint", filename_or_checkpoint))
 
 
 def method_hyperparameters(trainer_class: type) -> dict:
@@ -126,19 +136,14 @@ class NnzooTrainerMixin(AtomicCheckpointMixin):
       or ``supports_cascade`` to False refuses such datasets or configurations in its constructor
       (``nnzoo train`` checks the same with :func:`label_support_problem` before building it).
 
-    - a model folder with a suffix (``result_suffix``, e.g. ``_labeled4`` for a label budget:
-      ``<trainer>__<plans>__<configuration>_labeled4``), so that runs of the same trainer with
-      different label budgets keep their own models.
 
     Attributes:
-        result_suffix: appended to the model folder's name (empty: nnU-Net's name).
         supports_regions: False: refuse region-based (sigmoid) plans.
         supports_ignore_label: False: refuse datasets with an ignore label.
         supports_cascade: False: refuse cascaded configurations (``3d_cascade_fullres``).
         unsupported_labels_reason: why, appended to the error message.
     """
 
-    result_suffix: str = ""
     supports_regions: bool = True
     supports_ignore_label: bool = True
     supports_cascade: bool = True
@@ -146,13 +151,7 @@ class NnzooTrainerMixin(AtomicCheckpointMixin):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
-        if self.result_suffix:
-            with compat.results_elsewhere():
-                super().__init__(plans, configuration, fold, dataset_json, device)
-            compat.retarget_output_folder(self, f"{type(self).__name__}__{self.plans_manager.plans_name}__"
-                                                f"{configuration}{self.result_suffix}")
-        else:
-            super().__init__(plans, configuration, fold, dataset_json, device)
+        super().__init__(plans, configuration, fold, dataset_json, device)
         problem = label_support_problem(type(self), self.label_manager, self.is_cascaded)
         if problem:
             raise NotImplementedError(f"{problem}; dataset {dataset_json.get('name', '')!r}, configuration "
@@ -179,30 +178,34 @@ class NnzooTrainerMixin(AtomicCheckpointMixin):
             self.logger.update_config({"method_hparams": hp})
 
 
-def nnzoo_trainer_class(trainer_class: type, result_suffix: str = "", hyperparameters: dict | None = None) -> type:
-    """``trainer_class`` with what ``nnzoo train`` adds to any trainer.
+def nnzoo_trainer_class(trainer_class: type, hyperparameters: dict | None = None) -> type:
+    """The class ``nnzoo train`` runs for ``trainer_class``.
 
-    That is :class:`NnzooTrainerMixin` and low-label runs
-    (:class:`~nnzoo.trainers.label_budget.LabelBudgetMixin`), and a model-folder suffix. Classes
-    that have both mixins are returned as they are (without a suffix); any other case gets a
-    subclass of the same name (nnU-Net derives result folders and the checkpoint's
-    ``trainer_name`` from the class name, so models stay interchangeable with stock
-    ``nnUNetv2_train`` ones). ``hyperparameters`` replace UPPER_CASE class attributes (see
-    :func:`parse_hyperparameters`).
+    nnzoo's own trainers (subclasses of :class:`NnzooTrainer`) run as they are written: the class in
+    their file. Two cases need a class made here, of the same name (nnU-Net derives model folders and
+    the checkpoint's ``trainer_name`` from the class name, so models stay interchangeable with stock
+    ``nnUNetv2_train`` ones):
+
+    - a trainer that is not nnzoo's (nnU-Net's own, or a user's variant) gets
+      :class:`NnzooTrainerMixin` and the label budget
+      (:class:`~nnzoo.trainers.label_budget.LabelBudgetMixin`) in front of it;
+    - ``hyperparameters`` (``--hparam``, see :func:`parse_hyperparameters`) replace UPPER_CASE class
+      attributes (they are read by class methods such as ``build_network_architecture`` too).
+
+    The model folder (e.g. a label budget's ``..._labeled4``) is not part of the class: see
+    :func:`~nnzoo.trainers.nnunet_compat.build_trainer`.
     """
     from .label_budget import LabelBudgetMixin
 
     missing = tuple(m for m in (NnzooTrainerMixin, LabelBudgetMixin) if not issubclass(trainer_class, m))
-    if not missing and not result_suffix and not hyperparameters:
+    if not missing and not hyperparameters:
         return trainer_class
     attrs = {"__doc__": trainer_class.__doc__, "__module__": trainer_class.__module__, **(hyperparameters or {})}
-    if result_suffix:
-        attrs["result_suffix"] = result_suffix
     return type(trainer_class.__name__, (*missing, trainer_class), attrs)
 
 
-class NnzooTrainer(NnzooTrainerMixin, nnUNetTrainer):
-    """nnU-Net's trainer with :class:`NnzooTrainerMixin`; base of every nnzoo method trainer.
+class NnzooTrainer(LabelBudgetMixin, NnzooTrainerMixin, nnUNetTrainer):
+    """nnU-Net's trainer with :class:`NnzooTrainerMixin` and the label budget; base of every nnzoo method trainer.
 
     Subclasses declare their hyperparameters as UPPER_CASE class attributes (logged when training
     starts). A method with its own optimisation step runs it through :meth:`nnunet_step`, so that
@@ -221,6 +224,38 @@ class NnzooTrainer(NnzooTrainerMixin, nnUNetTrainer):
         """One step of nnU-Net's ``train_step`` with the method's ``forward(network, data)`` and
         ``loss(outputs, target)`` (see :func:`~nnzoo.trainers.nnunet_compat.nnunet_train_step`)."""
         return compat.nnunet_train_step(self, data, target, forward, loss)
+
+    def nnunet_step_with_parts(self, data: torch.Tensor, target, forward: Callable, loss: Callable,
+                               total_key: str = "loss") -> dict:
+        """:meth:`nnunet_step` with a loss made of named parts that are logged too.
+
+        Args:
+            data: the step's network input.
+            target: nnU-Net's target (or whatever ``loss`` expects).
+            forward: ``(network, data) -> outputs``.
+            loss: ``(outputs, target) -> (total, parts)`` with ``parts`` a dict of scalar tensors;
+                ``total`` is optimised.
+            total_key: the name under which the optimised total is returned.
+
+        Returns:
+            ``{total_key: total, **parts}``, every value detached as a numpy scalar (a part may
+            also be called ``"loss"`` when ``total_key`` is another name).
+        """
+        parts: dict = {}
+
+        def total(outputs, t):
+            value, step_parts = loss(outputs, t)
+            parts.update(step_parts)
+            return value
+
+        out = self.nnunet_step(data, target, forward, total)
+        return {total_key: out["loss"], **{k: v.detach().cpu().numpy() for k, v in parts.items()}}
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-head probabilities of logits ``(b, c, ...)`` in float32: softmax over the classes, or a
+        sigmoid per region for region-based plans."""
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
 
 class PlanNetworkMixin:
@@ -268,7 +303,8 @@ class PlanNetworkMixin:
 
         ndim = len(configuration_manager.patch_size)
         return network_from_arch(cls.network_class, configuration_manager.network_arch_class_name,
-                                 configuration_manager.network_arch_init_kwargs,
-                                 configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
-                                 num_output_channels, deep_supervision=enable_deep_supervision,
+                                 arch_kwargs=configuration_manager.network_arch_init_kwargs,
+                                 kw_requires_import=configuration_manager.network_arch_init_kwargs_req_import,
+                                 input_channels=num_input_channels, num_classes=num_output_channels,
+                                 deep_supervision=enable_deep_supervision,
                                  encoder_kwargs=cls.encoder_kwargs(ndim), **cls.extra_network_kwargs(ndim))

@@ -14,7 +14,8 @@ from .registry import register_trainer
 from .semisup import EMATeacher, SemiSupervisedTrainer
 
 __all__ = ["nnUNetTrainerBCP", "bcp_mask", "mix", "resize_nearest", "largest_component_per_class",
-           "single_component_counts", "masked_dice_ce", "bcp_region_loss", "STAGE1_KEY"]
+           "single_component_counts", "masked_dice_ce", "bcp_region_loss", "halves", "unlabeled_halves",
+           "one_object_classes", "bcp_stage1_loss", "bcp_stage2_loss", "STAGE1_KEY"]
 
 #: checkpoint key of the best stage-1 weights (and optimizer state) and of the connectivity statistics
 STAGE1_KEY = "nnzoo_bcp_stage1"
@@ -138,7 +139,7 @@ def masked_dice_ce(logits: torch.Tensor, target: torch.Tensor, region: torch.Ten
     return dice_loss, ce_loss
 
 
-def bcp_region_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight_ones: float,
+def bcp_region_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, weight_ones: float,
                     weight_zeros: float, ddp: bool = False) -> torch.Tensor:
     """BCP's loss of one mixed batch: ``(w1 (Dice+CE)[M=1] + w0 (Dice+CE)[M=0]) / 2``.
 
@@ -153,6 +154,84 @@ def bcp_region_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     d1, c1 = masked_dice_ce(logits, target, mask, ddp=ddp)
     d0, c0 = masked_dice_ce(logits, target, 1.0 - mask, ddp=ddp)
     return (weight_ones * (d1 + c1) + weight_zeros * (d0 + c0)) / 2
+
+
+def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Halves ``a, b`` of ``ceil(n / 2)`` samples each: an odd batch shares its middle sample (every
+    sample is used), a batch of one is paired with itself."""
+    n = x.shape[0]
+    h = (n + 1) // 2
+    return x[:h], x[n - h:]
+
+
+def unlabeled_halves(unlabeled: torch.Tensor, h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Halves ``u_a, u_b`` of ``h`` unlabeled samples each (:func:`halves`; an unlabeled batch of another
+    size is cycled through to give ``2 h`` samples)."""
+    u_a, u_b = halves(unlabeled)
+    if u_a.shape[0] != h:  # unlabeled batch size differs: take as many as needed
+        idx = torch.arange(2 * h, device=unlabeled.device) % unlabeled.shape[0]
+        u_a, u_b = unlabeled[idx[:h]], unlabeled[idx[h:]]
+    return u_a, u_b
+
+
+def one_object_classes(counts: np.ndarray, min_single_fraction: float) -> list[int]:
+    """Foreground classes that are one connected object in at least ``min_single_fraction`` of the patches
+    they occur in (or never occurred), from :func:`single_component_counts` sums ``(classes, 2)``."""
+    return [c for c in range(1, counts.shape[0])
+            if counts[c, 1] == 0 or counts[c, 0] >= min_single_fraction * counts[c, 1]]
+
+
+def bcp_stage1_loss(outputs, targets: Sequence[torch.Tensor], mask: torch.Tensor, *, weights: Sequence[float],
+                    ddp: bool = False) -> torch.Tensor:
+    """Loss of a labeled-only step: the mixed labeled pairs ``a M + b (1 - M)``, (Dice + CE) / 2 per output.
+
+    Args:
+        outputs: the network's output on the mixed images (deep-supervision list or tensor).
+        targets: nnU-Net's targets of the labeled batch, one per output.
+        mask: copy-paste mask M ``(1, 1, *patch)``, nearest-resized to every output.
+        weights: deep-supervision weight of each output.
+        ddp: see :func:`masked_dice_ce`.
+    """
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    loss = 0.0
+    for w, out, tgt in zip(weights, outputs, targets):
+        y_a, y_b = halves(tgt)
+        m = resize_nearest(mask, tuple(out.shape[2:]))
+        dice, ce = masked_dice_ce(out, mix(y_a, y_b, m), ddp=ddp)
+        loss = loss + w * (dice + ce) / 2
+    return loss
+
+
+def bcp_stage2_loss(outputs, targets: Sequence[torch.Tensor], mask: torch.Tensor, p_a: torch.Tensor,
+                    p_b: torch.Tensor, *, weights: Sequence[float], unlabeled_weight: float,
+                    ddp: bool = False) -> torch.Tensor:
+    """Loss of a bidirectional copy-paste step.
+
+    The student saw ``cat(X1, X2)`` with ``X1 = u_a M + l_a (1 - M)`` and ``X2 = l_b M + u_b (1 - M)``;
+    targets are mixed alike from the pseudo-labels ``p_a, p_b`` and the labels, and each half gets
+    :func:`bcp_region_loss` with ``unlabeled_weight`` on its pseudo-labelled region.
+
+    Args:
+        outputs: the student's output on ``cat(X1, X2)`` (deep-supervision list or tensor).
+        targets: nnU-Net's targets of the labeled batch, one per output.
+        mask: copy-paste mask M ``(1, 1, *patch)``.
+        p_a, p_b: the teacher's pseudo-labels of ``u_a, u_b`` ``(h, 1, *patch)``.
+        weights: deep-supervision weight of each output.
+        unlabeled_weight: weight of pseudo-labelled voxels (``alpha``).
+        ddp: see :func:`masked_dice_ce`.
+    """
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    h = p_a.shape[0]
+    loss = 0.0
+    for w, out, tgt in zip(weights, outputs, targets):
+        shape = tuple(out.shape[2:])
+        m = resize_nearest(mask, shape)
+        y_a, y_b = halves(tgt)
+        y1 = mix(resize_nearest(p_a, shape), y_a, m)  # pseudo-labels where M = 1
+        y2 = mix(y_b, resize_nearest(p_b, shape), m)  # ground truth where M = 1
+        loss = loss + w * (bcp_region_loss(out[:h], y1, m, weight_ones=unlabeled_weight, weight_zeros=1.0, ddp=ddp)
+                           + bcp_region_loss(out[h:], y2, m, weight_ones=1.0, weight_zeros=unlabeled_weight, ddp=ddp))
+    return loss
 
 
 @register_trainer(
@@ -267,34 +346,16 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
         """Classes whose pseudo-labels are reduced to their largest component (see ``LCC_MIN_SINGLE_FRACTION``)."""
         n = self.label_manager.num_segmentation_heads
         counts = self.component_counts if self.component_counts is not None else np.zeros((n, 2), np.int64)
-        return [c for c in range(1, n) if counts[c, 1] == 0 or counts[c, 0] >= self.LCC_MIN_SINGLE_FRACTION * counts[c, 1]]
-
-    def _ds_weights(self, n: int) -> list[float]:
-        if n == 1:
-            return [1.0]
-        w = np.array([1 / (2 ** i) for i in range(n)])
-        w[-1] = 0  # as nnU-Net; the output stays in the graph (weight 0), so DDP sees a gradient
-        return list(w / w.sum())
+        return one_object_classes(counts, self.LCC_MIN_SINGLE_FRACTION)
 
     # ---------------------------------------------------------------- steps
-    @staticmethod
-    def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Halves ``a, b`` of ``ceil(n / 2)`` samples each: an odd batch shares its middle sample (every
-        sample is used), a batch of one is paired with itself."""
-        n = x.shape[0]
-        h = (n + 1) // 2
-        return x[:h], x[n - h:]
+    def _output_weights(self) -> list[float]:
+        """Weight of each network output: nnU-Net's deep-supervision weights (``[1.0]`` without deep supervision)."""
+        return compat.deep_supervision_weights(self.loss) or [1.0]
 
     def stage1_loss(self, outputs, targets: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """Loss of a labeled-only step: the mixed labeled pairs, (Dice + CE) / 2 per output."""
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        loss = 0.0
-        for w, out, tgt in zip(self._ds_weights(len(outputs)), outputs, targets):
-            y_a, y_b = self._halves(tgt)
-            m = resize_nearest(mask, tuple(out.shape[2:]))
-            dice, ce = masked_dice_ce(out, mix(y_a, y_b, m), ddp=self.is_ddp)
-            loss = loss + w * (dice + ce) / 2
-        return loss
+        """:func:`bcp_stage1_loss` with the deep-supervision weights of nnU-Net's loss."""
+        return bcp_stage1_loss(outputs, targets, mask, weights=self._output_weights(), ddp=self.is_ddp)
 
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
@@ -306,31 +367,17 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mixed images ``cat(X1, X2)`` of a bidirectional copy-paste step and the teacher's pseudo-labels
         ``(p_a, p_b)`` of the unlabeled halves."""
-        l_a, l_b = self._halves(data)
-        u_a, u_b = self._halves(unlabeled)
+        l_a, l_b = halves(data)
         h = l_a.shape[0]
-        if u_a.shape[0] != h:  # unlabeled batch size differs: take as many as needed
-            idx = torch.arange(2 * h, device=unlabeled.device) % unlabeled.shape[0]
-            u_a, u_b = unlabeled[idx[:h]], unlabeled[idx[h:]]
+        u_a, u_b = unlabeled_halves(unlabeled, h)
         plab = self.pseudo_labels(torch.cat((u_a, u_b)))
         return torch.cat((mix(u_a, l_a, mask), mix(l_b, u_b, mask))), plab[:h], plab[h:]
 
     def stage2_loss(self, outputs, targets: list[torch.Tensor], mask: torch.Tensor, p_a: torch.Tensor,
                     p_b: torch.Tensor) -> torch.Tensor:
-        """Loss of a bidirectional copy-paste step (``outputs`` of the student on ``cat(X1, X2)``)."""
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        h = p_a.shape[0]
-        alpha = self.UNLABELED_WEIGHT
-        loss = 0.0
-        for w, out, tgt in zip(self._ds_weights(len(outputs)), outputs, targets):
-            shape = tuple(out.shape[2:])
-            m = resize_nearest(mask, shape)
-            y_a, y_b = self._halves(tgt)
-            y1 = mix(resize_nearest(p_a, shape), y_a, m)  # pseudo-labels where M = 1
-            y2 = mix(y_b, resize_nearest(p_b, shape), m)  # ground truth where M = 1
-            loss = loss + w * (bcp_region_loss(out[:h], y1, m, alpha, 1.0, self.is_ddp)
-                               + bcp_region_loss(out[h:], y2, m, 1.0, alpha, self.is_ddp))
-        return loss
+        """:func:`bcp_stage2_loss` with the deep-supervision weights of nnU-Net's loss."""
+        return bcp_stage2_loss(outputs, targets, mask, p_a, p_b, weights=self._output_weights(),
+                               unlabeled_weight=self.UNLABELED_WEIGHT, ddp=self.is_ddp)
 
     def train_step(self, batch: dict) -> dict:
         data, target = self.batch_to_device(batch)
@@ -340,7 +387,7 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
             full = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
             counts = single_component_counts(np.asarray(full.cpu()), self.label_manager.num_segmentation_heads)
             self.component_counts = counts if self.component_counts is None else self.component_counts + counts
-            img_a, img_b = self._halves(data)
+            img_a, img_b = halves(data)
             return self.nnunet_step(mix(img_a, img_b, mask), targets, lambda net, x: net(x),
                                     lambda out, t: self.stage1_loss(out, t, mask))
         if self.teacher is None:
@@ -356,11 +403,6 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
                                lambda out, t: self.stage2_loss(out, t, mask, pseudo["a"], pseudo["b"]))
         self.teacher.update(self.network, self.EMA_DECAY)
         return out
-
-    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
-        """Unlabeled batches and stage 2 (teacher and copy-paste), so that ``train_step`` runs at its real cost."""
-        super().prepare_train_step_benchmark(unlabeled)
-        self.current_epoch = self.stage2_start_epoch
 
     # ---------------------------------------------------------------- checkpoints
     def _extra_checkpoint_state(self) -> dict:

@@ -15,7 +15,7 @@ from .base import NnzooTrainer, PlanNetworkMixin
 from .networks.banet import BoundaryAwareUNet
 from .registry import register_trainer
 
-__all__ = ["BOUNDARY_IGNORE", "label_boundary", "region_boundary", "downsample_boundary",
+__all__ = ["BOUNDARY_IGNORE", "label_boundary", "region_boundary", "downsample_boundary", "batch_boundary_targets",
            "nnUNetTrainerBoundaryAware"]
 
 #: value of ignored voxels in boundary targets (the boundary classes are 0 and 1)
@@ -106,6 +106,37 @@ def downsample_boundary(boundary: torch.Tensor, targets: list[torch.Tensor]) -> 
     return out
 
 
+def batch_boundary_targets(target: torch.Tensor | list[torch.Tensor], *, has_regions: bool,
+                           ignore_label: int | None = None,
+                           has_ignore_channel: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    """Boundary ground truth for an nnU-Net batch target, with the structure of ``target``.
+
+    Computed (without gradient) from the full-resolution target (:func:`label_boundary` or
+    :func:`region_boundary`) and nearest-downsampled to every deep-supervision scale
+    (:func:`downsample_boundary`).
+
+    Args:
+        target: nnU-Net's batch target: one tensor, or a list (deep supervision, highest
+            resolution first). Label plans: ``(b, 1, ...)`` labels; region plans: ``(b, r, ...)``
+            region channels, plus a last ignore channel if ``has_ignore_channel``.
+        has_regions: region-based (sigmoid) plans.
+        ignore_label: the ignore label of label plans, or None.
+        has_ignore_channel: region plans whose target ends with an ignore channel.
+
+    Returns:
+        Boundary maps ``(b, 1, ...)`` (0, 1, :data:`BOUNDARY_IGNORE`), one per target.
+    """
+    targets = target if isinstance(target, (list, tuple)) else [target]
+    full = targets[0]
+    with torch.no_grad():
+        if has_regions:
+            bdr = region_boundary(full[:, :-1], full[:, -1:]) if has_ignore_channel else region_boundary(full)
+        else:
+            bdr = label_boundary(full, ignore_label)
+        out = downsample_boundary(bdr, list(targets))
+    return out if isinstance(target, (list, tuple)) else out[0]
+
+
 @register_trainer(
     description="BA-Net: boundary decoder whose boundary maps gate the segmentation decoder, Dice+CE on both",
     paper="Hu, Liao, Ye, Xia, Boundary-Aware Network for Kidney Parsing, KiPA 2022 (MICCAI 2022 challenges, "
@@ -173,30 +204,10 @@ class nnUNetTrainerBoundaryAware(PlanNetworkMixin, NnzooTrainer):
         return seg_loss
 
     def boundary_targets(self, target: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """Boundary ground truth for a batch target, with the structure of ``target``.
-
-        Args:
-            target: nnU-Net's batch target on the device: one tensor, or a list (deep supervision,
-                highest resolution first). Label plans: ``(b, 1, ...)`` labels; region plans:
-                ``(b, r, ...)`` region channels, plus a last ignore channel if the dataset has an
-                ignore label.
-
-        Returns:
-            Boundary maps ``(b, 1, ...)`` (0, 1, :data:`BOUNDARY_IGNORE`), one per target.
-        """
-        targets = target if isinstance(target, (list, tuple)) else [target]
-        full = targets[0]
+        """:func:`batch_boundary_targets` of a batch target for this dataset's labels."""
         lm = self.label_manager
-        with torch.no_grad():
-            if lm.has_regions:
-                if lm.has_ignore_label:
-                    bdr = region_boundary(full[:, :-1], full[:, -1:])
-                else:
-                    bdr = region_boundary(full)
-            else:
-                bdr = label_boundary(full, lm.ignore_label)
-            out = downsample_boundary(bdr, list(targets))
-        return out if isinstance(target, (list, tuple)) else out[0]
+        return batch_boundary_targets(target, has_regions=lm.has_regions, ignore_label=lm.ignore_label,
+                                      has_ignore_channel=lm.has_regions and lm.has_ignore_label)
 
     def train_step(self, batch: dict) -> dict:
         """One optimisation step (nnU-Net's ``train_step``) on segmentation + boundary loss.
@@ -207,16 +218,14 @@ class nnUNetTrainerBoundaryAware(PlanNetworkMixin, NnzooTrainer):
         """
         data, target = self.batch_to_device(batch)
         bdr_target = self.boundary_targets(target)
-        parts = {}
 
         def loss(outputs, target):
             seg_out, bdr_out = outputs
-            parts["loss"] = self.loss(seg_out, target)
-            parts["boundary_loss"] = self.boundary_loss(bdr_out, bdr_target)
-            return parts["loss"] + self.BOUNDARY_LOSS_WEIGHT * parts["boundary_loss"]
+            seg, bdr = self.loss(seg_out, target), self.boundary_loss(bdr_out, bdr_target)
+            return seg + self.BOUNDARY_LOSS_WEIGHT * bdr, {"loss": seg, "boundary_loss": bdr}
 
-        out = self.nnunet_step(data, target, lambda net, x: net(x, return_boundary=True), loss)
-        return {"total_loss": out["loss"], **{k: v.detach().cpu().numpy() for k, v in parts.items()}}
+        return self.nnunet_step_with_parts(data, target, lambda net, x: net(x, return_boundary=True), loss,
+                                           total_key="total_loss")
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)

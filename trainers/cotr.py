@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -9,7 +11,6 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from .base import NnzooTrainer
 from .networks.cotr import (
-    COTR_ARCH,
     COTR_CLASS_NAME,
     CoTr,
     cotr_strides,
@@ -18,7 +19,7 @@ from .networks.cotr import (
 )
 from .registry import register_trainer
 
-__all__ = ["nnUNetTrainerCoTr", "strides_for_configuration"]
+__all__ = ["nnUNetTrainerCoTr", "strides_for_configuration", "normalized_ds_weights"]
 
 
 def strides_for_configuration(configuration_manager: ConfigurationManager, n_down: int = 4) -> list[tuple[int, ...]]:
@@ -37,6 +38,13 @@ def strides_for_configuration(configuration_manager: ConfigurationManager, n_dow
             raise ValueError(f"the plan's CoTr architecture has {len(plan_strides)} strides, the trainer needs {n_down}")
         return [tuple(int(v) for v in s) for s in plan_strides]
     return cotr_strides(plan_strides, ndim, n_down)
+
+
+def normalized_ds_weights(n_outputs: int, weights: Sequence[float]) -> tuple[float, ...]:
+    """Deep-supervision loss weights of ``n_outputs`` outputs, normalised to sum to 1: ``weights[i]``, and
+    ``0.5 ** i`` for outputs beyond them."""
+    w = [float(weights[i]) if i < len(weights) else 0.5 ** i for i in range(n_outputs)]
+    return tuple(x / sum(w) for x in w)
 
 
 @register_trainer(
@@ -74,22 +82,25 @@ class nnUNetTrainerCoTr(NnzooTrainer):
           target instead.
     """
 
-    STEM_CHANNELS = COTR_ARCH["stem_channels"]
-    STAGE_CHANNELS = COTR_ARCH["stage_channels"]
-    BLOCKS_PER_STAGE = COTR_ARCH["blocks_per_stage"]
-    STEM_KERNEL_SIZE = COTR_ARCH["stem_kernel_size"]
-    D_MODEL = COTR_ARCH["d_model"]
-    N_HEADS = COTR_ARCH["n_heads"]
-    N_POINTS = COTR_ARCH["n_points"]
-    N_LAYERS = COTR_ARCH["n_layers"]
-    FFN_DIM = COTR_ARCH["ffn_dim"]
-    DROPOUT = COTR_ARCH["dropout"]
-    AXIS_ORDER = COTR_ARCH["axis_order"]
+    # the paper's architecture (official ``ResTranUnet``), declared here only: the network has no defaults
+    # and the CoTr planners read network_kwargs()
+    STEM_CHANNELS = 64
+    STAGE_CHANNELS = (192, 384, 384)
+    BLOCKS_PER_STAGE = (3, 3, 2)
+    STEM_KERNEL_SIZE = 7
+    D_MODEL = 384
+    N_HEADS = 6
+    N_POINTS = 4
+    N_LAYERS = 6
+    FFN_DIM = 1536
+    DROPOUT = 0.1
+    AXIS_ORDER = "grid"
     DS_WEIGHTS = (1.0, 0.5, 0.25, 0.125)
 
     @classmethod
     def network_kwargs(cls) -> dict:
-        """Architecture keywords of :class:`CoTr` taken from the class attributes (U-Net plans)."""
+        """Architecture keywords of :class:`CoTr` (:data:`~nnzoo.trainers.networks.cotr.ARCH_KEYS`) from the
+        class attributes: used on U-Net plans and written into plans by the CoTr planners."""
         return {
             "stem_channels": cls.STEM_CHANNELS, "stage_channels": tuple(cls.STAGE_CHANNELS),
             "blocks_per_stage": tuple(cls.BLOCKS_PER_STAGE), "stem_kernel_size": cls.STEM_KERNEL_SIZE,
@@ -123,7 +134,7 @@ class nnUNetTrainerCoTr(NnzooTrainer):
                                           num_input_channels, num_output_channels, allow_init=True,
                                           deep_supervision=enable_deep_supervision)
         conv_op = torch.nn.Conv3d if len(patch) == 3 else torch.nn.Conv2d
-        return CoTr(num_input_channels, num_output_channels, conv_op, strides,
+        return CoTr(num_input_channels, num_output_channels, conv_op=conv_op, strides=strides,
                     deep_supervision=enable_deep_supervision, **cls.network_kwargs())
 
     def _get_deep_supervision_scales(self):
@@ -143,7 +154,5 @@ class nnUNetTrainerCoTr(NnzooTrainer):
         """nnU-Net's loss with CoTr's deep-supervision weights (1, 1/2, 1/4, ... normalised)."""
         loss = super()._build_loss()
         if isinstance(loss, DeepSupervisionWrapper):
-            n = len(loss.weight_factors)
-            w = [float(self.DS_WEIGHTS[i]) if i < len(self.DS_WEIGHTS) else 0.5 ** i for i in range(n)]
-            loss.weight_factors = tuple(x / sum(w) for x in w)
+            loss.weight_factors = normalized_ds_weights(len(loss.weight_factors), self.DS_WEIGHTS)
         return loss

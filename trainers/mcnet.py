@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from .networks.mcnet import MCNet
 from .registry import register_trainer
 from .semisup import SemiSupervisedTrainer, sigmoid_rampup
 
-__all__ = ["nnUNetTrainerMCNet", "sharpen", "mutual_consistency_loss", "sigmoid_rampup"]
+__all__ = ["nnUNetTrainerMCNet", "sharpen", "mutual_consistency_loss", "mcnet_loss", "sigmoid_rampup"]
 
 
 def sharpen(p: torch.Tensor, temperature: float = 0.1, over_classes: bool = False) -> torch.Tensor:
@@ -68,6 +68,44 @@ def mutual_consistency_loss(probs: Sequence[torch.Tensor], temperature: float = 
             if i != j:
                 loss = loss + F.mse_loss(p, s)
     return loss
+
+
+def mcnet_loss(outputs: Sequence, target, *, n_labeled: int, supervised_loss: Callable,
+               probabilities: Callable[[torch.Tensor], torch.Tensor], temperature: float, over_classes: bool,
+               supervised_weight: float, consistency_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MC-Net+ loss of one forward pass over labeled + unlabeled images.
+
+    ``supervised_weight * sum_d supervised_loss(decoder d on labeled) + consistency_weight *
+    mutual_consistency_loss(p_d at full resolution on all images)``.
+
+    Args:
+        outputs: every decoder's output (a deep-supervision list or a tensor), batch = the
+            ``n_labeled`` labeled images first, then the unlabeled ones.
+        target: nnU-Net's target of the labeled images (tensor or deep-supervision list).
+        n_labeled: number of labeled images at the start of the batch.
+        supervised_loss: nnU-Net's loss, ``(outputs, target) -> scalar``.
+        probabilities: logits -> probabilities (softmax, or sigmoid for regions), float32.
+        temperature: sharpening temperature.
+        over_classes: see :func:`sharpen`.
+        supervised_weight: ``lambda`` of the official code.
+        consistency_weight: current weight of the consistency term.
+
+    Returns:
+        ``(total, supervised, consistency)``.
+    """
+    supervised = 0.0
+    probs = []
+    for out in outputs:
+        if isinstance(out, (list, tuple)):
+            supervised = supervised + supervised_loss([o[:n_labeled] for o in out], target)
+            full = out[0]
+        else:
+            supervised = supervised + supervised_loss(out[:n_labeled], target)
+            full = out
+        probs.append(probabilities(full))
+    consistency = mutual_consistency_loss(probs, temperature, over_classes)
+    total = supervised_weight * supervised + consistency_weight * consistency
+    return total, supervised, consistency
 
 
 @register_trainer(
@@ -200,54 +238,26 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
         return w * sigmoid_rampup(epoch, frac * self.num_epochs)
 
     # ---------------------------------------------------------------- steps
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities of a batch (softmax; sigmoid per region for region plans), float32."""
-        logits = logits.float()
-        return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
-
     def compute_loss(self, outputs: Sequence, target: torch.Tensor | list[torch.Tensor], n_labeled: int,
                      consistency_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """MC-Net+ loss of one forward pass over labeled + unlabeled images.
-
-        Args:
-            outputs: every decoder's output (a deep-supervision list or a tensor), batch = the
-                ``n_labeled`` labeled images first, then the unlabeled ones.
-            target: nnU-Net's target of the labeled images (tensor or deep-supervision list).
-            n_labeled: number of labeled images at the start of the batch.
-            consistency_weight: current weight of the consistency term.
-
-        Returns:
-            ``(total, supervised, consistency)`` with ``total = lambda * supervised + weight * consistency``.
-        """
-        supervised = 0.0
-        probs = []
-        for out in outputs:
-            if isinstance(out, (list, tuple)):
-                supervised = supervised + self.loss([o[:n_labeled] for o in out], target)
-                full = out[0]
-            else:
-                supervised = supervised + self.loss(out[:n_labeled], target)
-                full = out
-            probs.append(self.probabilities(full))
-        consistency = mutual_consistency_loss(probs, self.TEMPERATURE, self.sharpen_over_classes)
-        total = self.supervised_weight * supervised + consistency_weight * consistency
-        return total, supervised, consistency
+        """:func:`mcnet_loss` with this trainer's loss, probabilities and settings."""
+        return mcnet_loss(outputs, target, n_labeled=n_labeled, supervised_loss=self.loss,
+                          probabilities=self.probabilities, temperature=self.TEMPERATURE,
+                          over_classes=self.sharpen_over_classes, supervised_weight=self.supervised_weight,
+                          consistency_weight=consistency_weight)
 
     def train_step(self, batch: dict) -> dict:
         data, target = self.batch_to_device(batch)
         unlabeled = self.next_unlabeled_batch()
         weight = self.consistency_weight()
         self._last_consistency_weight = weight
-        parts = {}
 
         def loss(outputs, target):
-            total, parts["supervised_loss"], parts["consistency_loss"] = self.compute_loss(
-                outputs, target, data.shape[0], weight)
-            return total
+            total, sup, cons = self.compute_loss(outputs, target, data.shape[0], weight)
+            return total, {"supervised_loss": sup, "consistency_loss": cons}
 
-        out = self.nnunet_step(torch.cat((data, unlabeled.to(data.dtype))), target,
-                               lambda net, x: net(x, all_decoders=True), loss)
-        return {**out, **{k: v.detach().cpu().numpy() for k, v in parts.items()}}
+        return self.nnunet_step_with_parts(torch.cat((data, unlabeled.to(data.dtype))), target,
+                                           lambda net, x: net(x, all_decoders=True), loss)
 
     # ---------------------------------------------------------------- logging
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:

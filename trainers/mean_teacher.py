@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from .registry import register_trainer
 from .semisup import EMATeacher, SemiSupervisedTrainer, sigmoid_rampup
 
-__all__ = ["nnUNetTrainerMeanTeacher", "consistency_mse", "noisy"]
+__all__ = ["nnUNetTrainerMeanTeacher", "consistency_mse", "noisy", "ramped_consistency_weight", "ema_decay",
+           "mean_teacher_loss"]
 
 
 def noisy(images: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:
@@ -18,6 +21,61 @@ def noisy(images: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Te
 def consistency_mse(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of two probability maps, over every element (batch, classes, voxels)."""
     return torch.mean((student_probs.float() - teacher_probs.float()) ** 2)
+
+
+def ramped_consistency_weight(progress: float, *, weight: float, rampup: float, warmup: float) -> float:
+    """``weight * sigmoid_rampup(progress, rampup)``, 0 while ``progress < warmup`` (SSL4MIS's schedule).
+
+    Args:
+        progress: fraction of training done.
+        weight: final weight of the consistency term.
+        rampup: ramp length, as a fraction of training.
+        warmup: fraction of training without consistency term.
+
+    Returns:
+        The consistency weight.
+    """
+    return 0.0 if progress < warmup else weight * sigmoid_rampup(progress, rampup)
+
+
+def ema_decay(step: int, max_decay: float) -> float:
+    """SSL4MIS's EMA decay of update ``step`` (0-based): ``min(1 - 1 / (step + 1), max_decay)``; the first
+    update copies the student.
+
+    Args:
+        step: 0-based index of the teacher update.
+        max_decay: the decay once ramped up (``EMA_DECAY``).
+    """
+    return min(1.0 - 1.0 / (step + 1), max_decay)
+
+
+def mean_teacher_loss(outputs: torch.Tensor | Sequence[torch.Tensor], target, teacher_probs: torch.Tensor, *,
+                      n_labeled: int, supervised_loss: Callable, probabilities: Callable[[torch.Tensor], torch.Tensor],
+                      weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean Teacher's loss of one student pass over labeled + unlabeled images.
+
+    ``supervised_loss(student on labeled, target) + weight * consistency_mse(p(student on unlabeled),
+    teacher_probs)``, the consistency on the full-resolution output only.
+
+    Args:
+        outputs: the student's outputs (deep-supervision list or tensor), the ``n_labeled`` labeled
+            images first, then the unlabeled ones.
+        target: nnU-Net's target of the labeled images.
+        teacher_probs: the teacher's probabilities of the (noisy) unlabeled images.
+        n_labeled: labeled images at the start of the batch.
+        supervised_loss: nnU-Net's loss, ``(outputs, target) -> scalar``.
+        probabilities: logits -> probabilities (softmax, or sigmoid for regions).
+        weight: the consistency weight.
+
+    Returns:
+        ``(total, {"supervised_loss": ..., "consistency_loss": ...})``.
+    """
+    deep = isinstance(outputs, (list, tuple))
+    full = outputs[0] if deep else outputs
+    labeled = [o[:n_labeled] for o in outputs] if deep else outputs[:n_labeled]
+    sup = supervised_loss(labeled, target)
+    cons = consistency_mse(probabilities(full[n_labeled:]), teacher_probs)
+    return sup + weight * cons, {"supervised_loss": sup, "consistency_loss": cons}
 
 
 @register_trainer(
@@ -67,18 +125,14 @@ class nnUNetTrainerMeanTeacher(SemiSupervisedTrainer):
         return self.ema_steps / max(1, self.num_epochs * self.num_iterations_per_epoch)
 
     def consistency_weight(self, progress: float | None = None) -> float:
-        """``CONSISTENCY_WEIGHT * sigmoid_rampup(progress, RAMPUP_FRACTION)``, 0 during the warm-up."""
+        """:func:`ramped_consistency_weight` with the class's settings (default: the current progress)."""
         t = self.training_progress() if progress is None else progress
-        return 0.0 if t < self.WARMUP_FRACTION else self.CONSISTENCY_WEIGHT * sigmoid_rampup(t, self.RAMPUP_FRACTION)
+        return ramped_consistency_weight(t, weight=self.CONSISTENCY_WEIGHT, rampup=self.RAMPUP_FRACTION,
+                                         warmup=self.WARMUP_FRACTION)
 
     def ema_decay(self, step: int) -> float:
-        """SSL4MIS's decay of update ``step`` (0-based): ``min(1 - 1 / (step + 1), EMA_DECAY)``; the first
-        update copies the student."""
-        return min(1.0 - 1.0 / (step + 1), self.EMA_DECAY)
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
+        """:func:`ema_decay` with ``EMA_DECAY``."""
+        return ema_decay(step, self.EMA_DECAY)
 
     def train_step(self, batch: dict) -> dict:
         data, target = self.batch_to_device(batch)
@@ -87,7 +141,6 @@ class nnUNetTrainerMeanTeacher(SemiSupervisedTrainer):
             self.teacher = EMATeacher(self.network)
         n = data.shape[0]
         weight = self._last_weight = self.consistency_weight()
-        parts = {}
 
         def forward(net, x):
             out = net(x)
@@ -97,21 +150,13 @@ class nnUNetTrainerMeanTeacher(SemiSupervisedTrainer):
 
         def loss(outputs, target):
             out, teacher = outputs
-            full = out[0] if isinstance(out, (list, tuple)) else out
-            labeled = [o[:n] for o in out] if isinstance(out, (list, tuple)) else out[:n]
-            parts["supervised_loss"] = self.loss(labeled, target)
-            parts["consistency_loss"] = consistency_mse(self.probabilities(full[n:]), teacher)
-            return parts["supervised_loss"] + weight * parts["consistency_loss"]
+            return mean_teacher_loss(out, target, teacher, n_labeled=n, supervised_loss=self.loss,
+                                     probabilities=self.probabilities, weight=weight)
 
-        out = self.nnunet_step(torch.cat((data, unlabeled)), target, forward, loss)
+        out = self.nnunet_step_with_parts(torch.cat((data, unlabeled)), target, forward, loss)
         self.teacher.update(self.network, self.ema_decay(self.ema_steps))
         self.ema_steps += 1
-        return {**out, **{k: v.detach().cpu().numpy() for k, v in parts.items()}}
-
-    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
-        """Unlabeled batches and a past warm-up schedule, so that ``train_step`` runs at its real cost."""
-        super().prepare_train_step_benchmark(unlabeled)
-        self.ema_steps = self.num_epochs * self.num_iterations_per_epoch // 2
+        return out
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)

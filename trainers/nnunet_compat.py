@@ -6,23 +6,57 @@ Where those do not reach, the code below is the only place in nnzoo that touches
 internal (a private method, a module global, a file layout); each item says why the public API
 does not serve. ``tests/trainers/test_nnunet_compat.py`` checks that every item still exists with
 the signature used here, so an nnunetv2 upgrade fails there, loudly, first.
+
+:data:`INTERNALS` names every nnunetv2 internal nnzoo relies on (the test has one check per name and
+fails if the two lists differ): nowhere else in nnzoo — pipeline, trainers, benchmarks or tests —
+sets ``plans["continue_training"]``, calls a private nnU-Net method or rebuilds one of its formulas.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-__all__ = ["PREPROCESSED_FILE_ENDINGS", "preprocessed_case_files", "load_preprocessed_image", "foreground_locations",
+__all__ = ["INTERNALS", "build_trainer", "run_nnunet_training", "checkpoint_saved_with", "checkpoint_loaded",
+           "deep_supervision_weights", "PREPROCESSED_FILE_ENDINGS", "preprocessed_case_files", "load_preprocessed_image", "foreground_locations",
            "unwrap_network",
            "build_augmenter", "shutdown_augmenter", "do_i_compile", "deep_supervision_scales",
            "load_checkpoint_for_run", "nnunet_train_step", "ddp_device", "ddp_wrapping", "writes_of_this_rank",
            "validation_on_rank_zero", "nnunet_trainer_module", "results_elsewhere", "retarget_output_folder"]
+
+#: Every nnunetv2 internal nnzoo relies on, and the function of this module that uses it.
+#: ``tests/trainers/test_nnunet_compat.py`` holds one check per entry (and fails if an entry has none).
+INTERNALS: dict[str, str] = {
+    "nnUNetTrainer.__init__ pops plans['continue_training']": "build_trainer",
+    "nnUNetTrainer.__init__ derives its model folder from nnunetv2.paths.nnUNet_results": "results_elsewhere",
+    "nnunetv2.paths reads nnUNet_* environment variables when used, not when imported": "results_elsewhere",
+    "nnUNetTrainer attributes output_folder_base/output_folder/log_file/folder_with_segs_from_previous_stage":
+        "retarget_output_folder",
+    "MetaLogger.output_folder and MetaLogger.update_config": "retarget_output_folder",
+    "nnUNetTrainer.save_checkpoint writes its dict with the module global torch.save": "checkpoint_saved_with",
+    "nnUNetTrainer.load_checkpoint reads a file with the module global torch.load": "checkpoint_loaded",
+    "nnunetv2.run.run_training.maybe_load_checkpoint": "load_checkpoint_for_run",
+    "nnunetv2.run.run_training.run_training's order of steps": "run_nnunet_training",
+    "nnUNetTrainer._build_loss (hook the method trainers override; initialize calls it)": "(trainers override it)",
+    "nnUNetTrainer._do_i_compile": "do_i_compile",
+    "nnUNetTrainer._get_deep_supervision_scales": "deep_supervision_scales",
+    "DeepSupervisionWrapper.weight_factors": "deep_supervision_weights",
+    "nnUNetTrainer.train_step calls self.network(data) and self.loss(output, target)": "nnunet_train_step",
+    "nnUNetTrainer.get_dataloaders reads the attributes the view replaces": "build_augmenter",
+    "batchgenerators' augmenters stop with _finish()": "shutdown_augmenter",
+    "DefaultPreprocessor._sample_foreground_locations": "foreground_locations",
+    "DefaultPreprocessor.run_case_save": "(pipeline.unlabeled preprocesses unlabeled images with it)",
+    "nnUNetDatasetBlosc2.save_case's file layout": "preprocessed_case_files",
+    "module global DDP of nnunetv2's trainer module, called with device_ids=[self.local_rank]": "ddp_wrapping",
+    "nnUNetTrainer.on_train_start writes into output_folder_base": "writes_of_this_rank",
+}
 
 #: What ``nnUNetDatasetBlosc2.save_case`` writes per case, in this order (the ``.pkl`` last).
 #: Why internal: the preprocessed file layout is an implementation detail of nnU-Net's dataset
@@ -164,6 +198,158 @@ def deep_supervision_scales(trainer) -> list | None:
     overrides it; benchmarks need the scales to build targets).
     """
     return trainer._get_deep_supervision_scales()
+
+
+def deep_supervision_weights(loss) -> list[float] | None:
+    """The weight of each deep-supervision output in nnU-Net's loss (None: no deep supervision).
+
+    Why internal: ``DeepSupervisionWrapper`` keeps its weights in the attribute ``weight_factors``;
+    a method that weighs extra outputs as nnU-Net does reads them there instead of repeating
+    nnU-Net's formula (``1 / 2**i``, the lowest resolution dropped, normalised).
+    """
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    if isinstance(loss, nn.Module) and hasattr(loss, "_orig_mod"):  # a compiled loss
+        loss = loss._orig_mod
+    if not isinstance(loss, DeepSupervisionWrapper):
+        return None
+    return [float(w) for w in loss.weight_factors]
+
+
+def build_trainer(trainer_class: type, *, plans: dict, configuration: str, fold: int | str, dataset_json: dict,
+                  device: torch.device, resume: bool = False, model_folder_name: str | None = None):
+    """Construct a trainer as ``nnUNetv2_train`` does, for every caller in nnzoo (CLI, benchmarks, tests).
+
+    Args:
+        trainer_class: an nnU-Net trainer class.
+        plans: the plans dict (not modified: the trainer gets a copy).
+        configuration: configuration name.
+        fold: fold index or ``"all"``.
+        dataset_json: the dataset's ``dataset.json`` contents.
+        device: the training device.
+        resume: whether the run continues an earlier one (nnU-Net's loggers resume their files).
+        model_folder_name: a model folder other than nnU-Net's ``<trainer>__<plans>__<configuration>``
+            (e.g. a label budget's ``..._labeled4``); the constructor's own writes go to a scratch
+            folder, then the trainer is pointed at this one (:func:`retarget_output_folder`).
+
+    Returns:
+        The constructed (not yet initialised) trainer.
+
+    Why internal: ``nnUNetTrainer.__init__`` pops the key ``continue_training`` from the plans
+    (``get_trainer_from_args`` sets it in ``nnunetv2.run.run_training``); it is not a parameter.
+    """
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = bool(resume)
+    kwargs = dict(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json, device=device)
+    if model_folder_name is None:
+        return trainer_class(**kwargs)
+    with results_elsewhere():
+        trainer = trainer_class(**kwargs)
+    retarget_output_folder(trainer, model_folder_name)
+    return trainer
+
+
+def run_nnunet_training(trainer, *, resume: bool, validation_only: bool = False, pretrained_weights: str | None = None,
+                        val_best: bool = False, validate: bool = True, npz: bool = False,
+                        after_validation: Callable[[], None] | None = None) -> None:
+    """What ``nnunetv2.run.run_training.run_training`` does with a constructed trainer, in its order.
+
+    Load the checkpoint to continue from or the pretrained weights (:func:`load_checkpoint_for_run`),
+    let cuDNN pick its kernels, train (unless ``validation_only``), load ``checkpoint_best.pth`` for
+    ``val_best``, and run the final validation (``validate``; under DDP on rank 0 alone, see
+    :func:`validation_on_rank_zero`), then ``after_validation`` on the same rank.
+
+    Why internal: ``run_training`` builds its trainer itself from a class name and plans on disk;
+    nnzoo's trainer is built by :func:`build_trainer` (schedule, label budget, hyperparameters), so
+    the sequence after construction is followed here, step for step (the test checks nnU-Net's order).
+    """
+    load_checkpoint_for_run(trainer, resume, validation_only, pretrained_weights)
+    if trainer.device.type == "cuda":
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+    if not validation_only:
+        trainer.run_training()
+    if val_best:
+        trainer.load_checkpoint(os.path.join(trainer.output_folder, "checkpoint_best.pth"))
+    if validate:
+        with validation_on_rank_zero(trainer) as here:
+            if here:
+                trainer.perform_actual_validation(npz)
+                if after_validation is not None:
+                    after_validation()
+
+
+class _TorchWithCheckpointHooks(SimpleNamespace):
+    """Stands in for the module global ``torch`` of nnU-Net's trainer module during one save or load."""
+
+    def __init__(self, save=None, load=None) -> None:
+        super().__init__()
+        self._save, self._load = save, load
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    def save(self, obj, f, *args, **kwargs):
+        return (self._save or torch.save)(obj, f, *args, **kwargs)
+
+    def load(self, f, *args, **kwargs):
+        return (self._load or torch.load)(f, *args, **kwargs)
+
+
+@contextmanager
+def _nnunet_torch(**hooks) -> Iterator[None]:
+    module = nnunet_trainer_module()
+    original = module.torch
+    module.torch = _TorchWithCheckpointHooks(**hooks)
+    try:
+        yield
+    finally:
+        module.torch = original
+
+
+@contextmanager
+def checkpoint_saved_with(extra: dict | None = None) -> Iterator[None]:
+    """While active, the checkpoint nnU-Net's ``save_checkpoint`` writes gets ``extra`` and is written atomically.
+
+    The dict nnU-Net builds (weights, optimizer, logging, epoch, init args, trainer name...) gets
+    ``extra`` (e.g. an EMA teacher) added before its one write, which goes to a temporary file that
+    is flushed to disk and renamed over the target: a process killed while saving leaves the previous
+    checkpoint intact. nnU-Net's rules stay: nothing is written on ranks > 0 or with checkpointing
+    disabled. Wrap the call to ``super().save_checkpoint(filename)``.
+
+    Why internal: nnU-Net builds the dict inside ``save_checkpoint`` and saves it at once with the
+    module global ``torch.save``; there is no hook for extra state or for the write itself.
+    """
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and extra:
+            obj = {**obj, **extra}
+        tmp = f"{os.fspath(f)}.tmp-{os.getpid()}"
+        torch.save(obj, tmp, *args, **kwargs)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, f)
+
+    with _nnunet_torch(save=save):
+        yield
+
+
+@contextmanager
+def checkpoint_loaded() -> Iterator[dict]:
+    """While active, the checkpoint dict nnU-Net's ``load_checkpoint`` reads is kept (yielded dict, key
+    ``"checkpoint"``), so that a trainer restores its extra state from the same read.
+
+    Why internal: ``load_checkpoint`` reads the file with the module global ``torch.load`` and keeps
+    nothing of the dict beyond what it restores.
+    """
+    read: dict = {}
+
+    def load(*args, **kwargs):
+        read["checkpoint"] = torch.load(*args, **kwargs)
+        return read["checkpoint"]
+
+    with _nnunet_torch(load=load):
+        yield read
 
 
 def load_checkpoint_for_run(trainer, continue_training: bool, validation_only: bool = False,

@@ -7,17 +7,19 @@ in that entry. :func:`list_trainers` lists them, :func:`get_trainer_class` resol
 "did you mean" error for typos; ``nnzoo list-trainers``, the README's methods table, the
 benchmarks and the tests read the entries.
 
-Trainer modules are the ``.py`` files of the ``nnzoo.trainers`` package; they are imported
-the first time the registry is queried, so adding a trainer means adding one file.
+Trainer modules are the ``.py`` files of the ``nnzoo.trainers`` package (except the support
+modules listed in ``_NOT_TRAINER_MODULES``); they are imported the first time the registry is
+queried, so a new trainer module needs no import anywhere else. A method is more than that module,
+though: its network under ``trainers/networks/``, often a planner under ``plans/``, tests and a
+benchmark entry (see "Adding a method" in the README).
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ._discovery import did_you_mean, import_submodules
 
 __all__ = [
     "TrainerInfo",
@@ -149,10 +151,7 @@ def _discover() -> None:
     that their registration decorators run."""
     global _discovered
     if not _discovered:
-        package = importlib.import_module(__package__)
-        for mod in pkgutil.iter_modules(package.__path__):
-            if not mod.name.startswith("_") and mod.name not in _NOT_TRAINER_MODULES:
-                importlib.import_module(f"{__package__}.{mod.name}")
+        import_submodules(__package__, _NOT_TRAINER_MODULES)
         _discovered = True
 
 
@@ -164,10 +163,8 @@ def list_trainers() -> list[TrainerInfo]:
 
 def _unknown(name: str) -> UnknownTrainerError:
     names = [i.name for i in list_trainers()]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return UnknownTrainerError(
-        f"Unknown trainer {name!r}.{hint} Registered trainers: {', '.join(names)} "
+        f"Unknown trainer {name!r}.{did_you_mean(name, names)} Registered trainers: {', '.join(names)} "
         f"(see `nnzoo list-trainers`)."
     )
 

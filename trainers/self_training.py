@@ -146,31 +146,7 @@ class nnUNetTrainerSelfTraining(SemiSupervisedTrainer):
         return self.nnunet_step(torch.cat((data, p_data.to(data.dtype))), both, lambda net, x: net(x),
                                 lambda out, t: self.loss(out, t))
 
-    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
-        """Stage 2 with a stand-in pseudo-labeled loader (the unlabeled images with random label maps)."""
-        super().prepare_train_step_benchmark(unlabeled)
-        self.dataloader_pseudo = _PseudoBatches(self, unlabeled)
-
     def on_train_end(self) -> None:
         super().on_train_end()
         compat.shutdown_augmenter(self.dataloader_pseudo)
 
-
-class _PseudoBatches:
-    """A stand-in pseudo-labeled loader for benchmarks: fixed images with random blob label maps at every
-    deep-supervision scale."""
-
-    def __init__(self, trainer, images: torch.Tensor) -> None:
-        import torch.nn.functional as F
-
-        n, shape = images.shape[0], images.shape[2:]
-        classes = trainer.label_manager.num_segmentation_heads
-        label = torch.randint(0, classes, (n, 1, *[max(1, s // 4) for s in shape]), device=images.device).float()
-        label = F.interpolate(label, size=tuple(shape), mode="nearest")
-        scales = compat.deep_supervision_scales(trainer)
-        target = label if scales is None else [
-            F.interpolate(label, size=[round(s * f) for s, f in zip(shape, sc)], mode="nearest-exact") for sc in scales]
-        self.batch = {"data": images, "target": target}
-
-    def __next__(self) -> dict:
-        return self.batch

@@ -28,16 +28,13 @@ Not supported: cascaded configurations (unlabeled cases have no previous-stage s
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from . import nnunet_compat as compat
 from .base import NnzooTrainer
-from .label_budget import LabelBudgetMixin
 from .unlabeled_data import UnlabeledImageDataset, unlabeled_folder, unlabeled_identifiers
 
 __all__ = ["EMATeacher", "SemiSupervisedTrainer", "TEACHER_KEY", "sigmoid_rampup"]
@@ -107,40 +104,7 @@ class EMATeacher:
         self.module.load_state_dict(state_dict)
 
 
-class ExtraCheckpointStateMixin(nnUNetTrainer):
-    """Adds ``self._extra_checkpoint_state()`` to the file nnU-Net's ``save_checkpoint`` writes.
-
-    It derives from ``nnUNetTrainer`` so that it sits between
-    :class:`~nnzoo.trainers.base.AtomicCheckpointMixin` and nnU-Net's trainer in the MRO: it amends
-    the temporary file before that mixin renames it over the checkpoint, so writes stay atomic.
-    nnU-Net builds and saves its checkpoint dict in one call, so the extra state is added by
-    reading the file back (nnU-Net 2.8.1's ``load_checkpoint`` of a dict fails, so restoring reads
-    the file too).
-    """
-
-    def _extra_checkpoint_state(self) -> dict:
-        return {}
-
-    def _restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
-        """Restore what :meth:`_extra_checkpoint_state` saved (called by :meth:`load_checkpoint`)."""
-
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
-        self._restore_extra_checkpoint_state(checkpoint)
-
-    def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        extra = self._extra_checkpoint_state()
-        if extra and self.local_rank == 0 and os.path.isfile(filename):
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint.update(extra)
-            torch.save(checkpoint, filename)
-
-
-class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, ExtraCheckpointStateMixin):
+class SemiSupervisedTrainer(NnzooTrainer):
     """nnU-Net trainer with a labeled and an unlabeled data loader and an optional EMA teacher.
 
     Attributes:
@@ -207,11 +171,6 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, ExtraCheckpointState
         """The step's unlabeled images (``unlabeled_batch_size`` patches) on the training device."""
         return next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
 
-    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
-        """Feed ``unlabeled`` as every unlabeled batch (no data on disk): benchmarks time ``train_step``
-        at its real cost. Subclasses also put the trainer into its main semi-supervised stage."""
-        self.dataloader_unlabeled = _Repeat({"data": unlabeled})
-
     def on_train_end(self) -> None:
         super().on_train_end()
         compat.shutdown_augmenter(self.dataloader_unlabeled)
@@ -229,12 +188,3 @@ class SemiSupervisedTrainer(LabelBudgetMixin, NnzooTrainer, ExtraCheckpointState
         else:
             self.teacher = None
 
-
-class _Repeat:
-    """An endless 'augmenter' returning the same batch."""
-
-    def __init__(self, batch: dict) -> None:
-        self.batch = batch
-
-    def __next__(self) -> dict:
-        return self.batch

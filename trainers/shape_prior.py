@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +20,106 @@ from .networks.shape_prior import (
 from .registry import register_trainer
 from .semisup import SemiSupervisedTrainer
 
-__all__ = ["nnUNetTrainerShapePrior", "CRITIC_KEY"]
+__all__ = ["nnUNetTrainerShapePrior", "CRITIC_KEY", "foreground_probabilities", "hard_pseudo_labels",
+           "one_hot_foreground", "critic_updates", "critic_auc", "shape_prior_loss"]
 
 CRITIC_KEY = "nnzoo_shape_critic"
+
+
+def foreground_probabilities(probs: torch.Tensor, *, regions: bool) -> torch.Tensor:
+    """The shape critic's channels of probabilities ``(B, C, ...)``: every region, or the classes without
+    the background (channel 0)."""
+    return probs if regions else probs[:, 1:]
+
+
+def hard_pseudo_labels(logits: torch.Tensor, *, regions: bool) -> torch.Tensor:
+    """Hard pseudo-labels in nnU-Net's target format: label map ``(B, 1, ...)`` (argmax) or regions
+    ``(B, R, ...)`` (``sigmoid > 0.5``), float."""
+    if regions:
+        return (logits > 0).float()  # sigmoid > 0.5
+    return logits.argmax(1, keepdim=True).float()
+
+
+def one_hot_foreground(target: torch.Tensor, *, num_heads: int, regions: bool) -> torch.Tensor:
+    """One channel per foreground class (one-hot of a ``(B, 1, ...)`` label map with ``num_heads`` classes)
+    or per region (the region target as it is), float."""
+    if regions:
+        return target.float()
+    return F.one_hot(target[:, 0].long(), num_heads).movedim(-1, 1)[:, 1:].float()
+
+
+def critic_updates(n_masks: int, *, epochs: int, batch_size: int) -> int:
+    """Critic updates of ``epochs`` passes over ``n_masks`` masks in batches of ``batch_size`` (at least 1)."""
+    return max(1, epochs * math.ceil(n_masks / batch_size))
+
+
+def critic_auc(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, *,
+               device: torch.device | str = "cpu", seed: int = 0) -> float:
+    """AUC of a critic telling real masks from corrupted copies of them (lower score = more real).
+
+    Corruptions: 15 % of the voxels flipped, or the mask replaced by thresholded smooth noise
+    (blobs of the same size).
+
+    Args:
+        critic: masks ``(B, C, size, ...)`` -> scores ``(B,)``.
+        real: real masks ``(B, C, size, ...)``.
+        device: where the critic runs.
+        seed: seed of the corruptions.
+
+    Returns:
+        0.5 = chance (ties count half), 1 = every real mask scores below every corrupted one.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    real = real.float().cpu()
+    flipped = torch.where(torch.rand(real.shape, generator=g) < 0.15, 1 - real, real)
+    coarse = torch.rand((real.shape[0], real.shape[1], *[4] * (real.ndim - 2)), generator=g)
+    blobs = (resize_to_critic(coarse, real.shape[-1]) > 0.6).float()
+    with torch.no_grad():
+        s_real = critic(real.to(device)).cpu()
+        s_bad = torch.cat([critic(x.to(device)).cpu() for x in (flipped, blobs)])
+    below = (s_real[:, None] < s_bad[None, :]).float().mean()
+    ties = (s_real[:, None] == s_bad[None, :]).float().mean()
+    return float(below + 0.5 * ties)
+
+
+def shape_prior_loss(outputs: tuple, targets_l: list[torch.Tensor], *, supervised_loss: Callable,
+                     shape_score: Callable[[list[torch.Tensor]], torch.Tensor], regions: bool,
+                     deep_supervision: bool, supervised_weight: float,
+                     shape_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Prior-aware pseudo-labeling's loss of one training pass.
+
+    ``supervised_weight * L(D_l(x_l), y) + L(D_p(x_u), pseudo) + shape_weight * shape_score(D_p(x_u))``
+    with ``pseudo`` the hard pseudo-labels of D_l's full-resolution logits on the unlabeled images,
+    nearest-downsampled to D_p's deep-supervision scales.
+
+    Args:
+        outputs: the training pass ``network(cat(labeled, unlabeled), n_labeled=n)``: D_l's
+            outputs on the labeled images, D_l's full-resolution logits on the unlabeled ones
+            (no gradient) and D_p's outputs on the unlabeled ones at every scale.
+        targets_l: nnU-Net's targets of the labeled images (deep-supervision list).
+        supervised_loss: nnU-Net's loss, ``(outputs, targets) -> scalar``.
+        shape_score: D_p's outputs (every scale) -> mean critic score.
+        regions: region-based plans (sigmoid pseudo-labels).
+        deep_supervision: the loss takes every scale (else the full-resolution output and target).
+        supervised_weight: weight of the supervised term.
+        shape_weight: weight of the shape term.
+
+    Returns:
+        ``(total, {"sup", "pseudo", "shape"})``, the parts as scalar tensors.
+    """
+    def loss(out, targets):
+        if deep_supervision:
+            return supervised_loss(out, targets)
+        return supervised_loss(out[0] if isinstance(out, (list, tuple)) else out, targets[0])
+
+    lab, pseudo_logits, dp = outputs
+    l_s = loss(lab, targets_l)
+    pseudo = hard_pseudo_labels(pseudo_logits, regions=regions)
+    pseudo_targets = [pseudo] + [F.interpolate(pseudo, size=o.shape[2:], mode="nearest-exact") for o in dp[1:]]
+    l_p = loss(dp if deep_supervision else dp[0], pseudo_targets)
+    shape = shape_score(dp)
+    total = supervised_weight * l_s + l_p + shape_weight * shape
+    return total, {"sup": l_s, "pseudo": l_p, "shape": shape}
 
 
 @register_trainer(
@@ -122,24 +220,14 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
         return {"dropout": cls.DROPOUT}
 
     # ---------------------------------------------------------------- masks
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Foreground probabilities: softmax without background (labels) or sigmoid (regions)."""
-        if self.label_manager.has_regions:
-            return torch.sigmoid(logits.float())
-        return torch.softmax(logits.float(), 1)[:, 1:]
-
     def pseudo_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        """Hard pseudo-labels in nnU-Net's target format: label map ``(B, 1, ...)`` or regions ``(B, R, ...)``."""
-        if self.label_manager.has_regions:
-            return (logits > 0).float()  # sigmoid > 0.5
-        return logits.argmax(1, keepdim=True).float()
+        """:func:`hard_pseudo_labels` for this dataset's labels."""
+        return hard_pseudo_labels(logits, regions=self.label_manager.has_regions)
 
     def real_masks(self, target: torch.Tensor) -> torch.Tensor:
-        """One channel per foreground class (one-hot) or region, float, from an nnU-Net target."""
-        if self.label_manager.has_regions:
-            return target.float()
-        n = self.label_manager.num_segmentation_heads
-        return F.one_hot(target[:, 0].long(), n).movedim(-1, 1)[:, 1:].float()
+        """:func:`one_hot_foreground` of an nnU-Net target for this dataset's labels."""
+        lm = self.label_manager
+        return one_hot_foreground(target, num_heads=lm.num_segmentation_heads, regions=lm.has_regions)
 
     # ---------------------------------------------------------------- shape critic
     @property
@@ -158,28 +246,13 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
         return ShapeCritic(*self._critic_args()).to(self.device)
 
     def critic_steps(self, n_masks: int) -> int:
-        """Critic updates of the pre-training: ``CRITIC_EPOCHS`` passes over ``n_masks`` masks in batches of
-        ``CRITIC_BATCH_SIZE`` (the official run: 10001 epochs over the labeled masks)."""
-        return max(1, self.CRITIC_EPOCHS * math.ceil(n_masks / self.CRITIC_BATCH_SIZE))
+        """Critic updates of the pre-training (:func:`critic_updates`): ``CRITIC_EPOCHS`` passes over ``n_masks``
+        masks in batches of ``CRITIC_BATCH_SIZE`` (the official run: 10001 epochs over the labeled masks)."""
+        return critic_updates(n_masks, epochs=self.CRITIC_EPOCHS, batch_size=self.CRITIC_BATCH_SIZE)
 
     def critic_separation(self, critic: ShapeCritic, real: torch.Tensor, seed: int = 0) -> float:
-        """AUC of the critic telling real masks from corrupted copies of them (lower score = more real).
-
-        Corruptions: 15 % of the voxels flipped, or the mask replaced by thresholded smooth noise
-        (blobs of the same size). 0.5 = chance (ties count half), 1 = every real mask scores below every
-        corrupted one.
-        """
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        real = real.float().cpu()
-        flipped = torch.where(torch.rand(real.shape, generator=g) < 0.15, 1 - real, real)
-        coarse = torch.rand((real.shape[0], real.shape[1], *[4] * (real.ndim - 2)), generator=g)
-        blobs = (resize_to_critic(coarse, real.shape[-1]) > 0.6).float()
-        with torch.no_grad():
-            s_real = critic(real.to(self.device)).cpu()
-            s_bad = torch.cat([critic(x.to(self.device)).cpu() for x in (flipped, blobs)])
-        below = (s_real[:, None] < s_bad[None, :]).float().mean()
-        ties = (s_real[:, None] == s_bad[None, :]).float().mean()
-        return float(below + 0.5 * ties)
+        """:func:`critic_auc` of ``critic`` on ``real`` masks, on the training device."""
+        return critic_auc(critic, real, device=self.device, seed=seed)
 
     def collect_real_masks(self, n_batches: int) -> torch.Tensor:
         """Critic-sized masks of ``n_batches`` batches of the labeled training loader."""
@@ -208,15 +281,16 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
             n_held = max(1, int(round(real.shape[0] * self.CRITIC_HELD_OUT))) if real.shape[0] > 1 else 0
             train, held = real[n_held:], real[:n_held]
             n_real = train.shape[0]
-            generator = ShapeGenerator(dim, channels, size, features, self.CRITIC_LATENT,
+            generator = ShapeGenerator(dim, channels, size=size, features=features, latent_dim=self.CRITIC_LATENT,
                                        exclusive=not self.label_manager.has_regions).to(self.device)
 
             def sample_real(n: int) -> torch.Tensor:
                 return train[torch.randint(0, train.shape[0], (n,), device=train.device)]
 
-            stats = train_wgan_critic(critic, generator, sample_real, self.critic_steps(n_real), self.CRITIC_BATCH_SIZE,
-                                      self.CRITIC_LR, self.CRITIC_CLIP, self.CRITIC_ITERS_PER_G,
-                                      self.CRITIC_WARMUP_G_STEPS, self.CRITIC_WARMUP_ITERS)
+            stats = train_wgan_critic(critic, generator, sample_real=sample_real, steps=self.critic_steps(n_real),
+                                      batch_size=self.CRITIC_BATCH_SIZE, lr=self.CRITIC_LR, clip=self.CRITIC_CLIP,
+                                      iters_per_g=self.CRITIC_ITERS_PER_G, warmup_g_steps=self.CRITIC_WARMUP_G_STEPS,
+                                      warmup_iters=self.CRITIC_WARMUP_ITERS)
             if n_held:
                 auc = self.critic_separation(critic, held)
         if self.is_ddp:
@@ -237,16 +311,11 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
                                        "longer (--hparam CRITIC_EPOCHS=...).")
         return critic
 
-    def prepare_train_step_benchmark(self, unlabeled: torch.Tensor) -> None:
-        """Unlabeled batches, and an (untrained, frozen) critic for a trainer built without data, so that
-        ``train_step`` runs at its real cost."""
-        super().prepare_train_step_benchmark(unlabeled)
-        if self.critic is None:
-            self.critic = self.build_critic().requires_grad_(False).eval()
-
     def shape_score(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         """Mean critic score of D_p's outputs (every scale, every sample); differentiable w.r.t. them."""
-        probs = torch.cat([resize_to_critic(self.probabilities(o), self.critic_size) for o in outputs])
+        regions = self.label_manager.has_regions
+        probs = torch.cat([resize_to_critic(foreground_probabilities(self.probabilities(o), regions=regions),
+                                            self.critic_size) for o in outputs])
         return self.critic(probs).mean()
 
     def on_train_start(self) -> None:
@@ -257,28 +326,14 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
             self.print_to_log_file("Shape critic restored from the checkpoint (not retrained)")
 
     # ---------------------------------------------------------------- steps
-    def _loss(self, outputs: list[torch.Tensor] | torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        if self.enable_deep_supervision:
-            return self.loss(outputs, targets)
-        return self.loss(outputs[0] if isinstance(outputs, (list, tuple)) else outputs, targets[0])
-
     def compute_loss(self, outputs: tuple, targets_l: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Total loss of one step and its parts (``sup``, ``pseudo``, ``shape``, detached floats).
-
-        Args:
-            outputs: the training pass ``network(cat(labeled, unlabeled), n_labeled=n)``: D_l's
-                outputs on the labeled images, D_l's full-resolution logits on the unlabeled ones
-                (no gradient) and D_p's outputs on the unlabeled ones at every scale.
-            targets_l: nnU-Net's targets of the labeled images (deep-supervision list).
-        """
-        lab, pseudo_logits, dp = outputs
-        l_s = self._loss(lab, targets_l)
-        pseudo = self.pseudo_labels(pseudo_logits)
-        pseudo_targets = [pseudo] + [F.interpolate(pseudo, size=o.shape[2:], mode="nearest-exact") for o in dp[1:]]
-        l_p = self._loss(dp if self.enable_deep_supervision else dp[0], pseudo_targets)
-        shape = self.shape_score(dp)
-        loss = self.SUPERVISED_WEIGHT * l_s + l_p + self.SHAPE_WEIGHT * shape
-        return loss, {"sup": float(l_s.detach()), "pseudo": float(l_p.detach()), "shape": float(shape.detach())}
+        """Total loss of one step (:func:`shape_prior_loss` with this trainer's settings) and its parts
+        (``sup``, ``pseudo``, ``shape``, detached floats)."""
+        loss, parts = shape_prior_loss(outputs, targets_l, supervised_loss=self.loss, shape_score=self.shape_score,
+                                       regions=self.label_manager.has_regions,
+                                       deep_supervision=self.enable_deep_supervision,
+                                       supervised_weight=self.SUPERVISED_WEIGHT, shape_weight=self.SHAPE_WEIGHT)
+        return loss, {k: float(v.detach()) for k, v in parts.items()}
 
     def train_step(self, batch: dict) -> dict:
         if self.critic is None:

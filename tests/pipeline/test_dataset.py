@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnzoo.pipeline.cli import main
-from nnzoo.pipeline.dataset import create_dataset
+from nnzoo.pipeline.dataset import LabelSpec, create_dataset
 from nnzoo.pipeline.errors import NnzooError
 from nnzoo.pipeline.synthetic import write_synthetic_folders
 
@@ -37,7 +37,7 @@ def _create(src, **kw):
 
 @pytest.mark.slow
 def test_create_writes_valid_nnunet_raw_folder(workdir, src):
-    target = _create(src, label_names={1: "outer"})
+    target = _create(src, label_spec=LabelSpec(names={1: "outer"}))
     dj = json.loads((target / "dataset.json").read_text())
     assert dj["labels"] == {"background": 0, "outer": 1, "label_2": 2}
     assert dj["numTraining"] == 3 and dj["file_ending"] == ".nii.gz" and dj["channel_names"] == {"0": "MR"}

@@ -27,7 +27,7 @@ from helpers import tiny_dataset_json, tiny_plans
 
 from nnzoo.pipeline.cli import main
 from nnzoo.pipeline.experiment import default_plans_name
-from nnzoo.pipeline.train import TrainRun
+from nnzoo.pipeline.train import TrainOptions, TrainRun
 from nnzoo.trainers import list_trainers
 
 pytestmark = pytest.mark.slow
@@ -105,12 +105,11 @@ def test_two_process_run_of_every_trainer(in_planned, tmp_path, trainer):
     info = next(i for i in list_trainers() if i.name == trainer)
     semi = info.semi_supervised
     folders = {k: str(base / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    run = TrainRun(dataset_name="Dataset503_Toy2d", configuration="2d", fold=1, trainer=trainer,
-                   plans=default_plans_name(trainer), device="cpu", continue_training=False, num_epochs=2,
-                   num_iterations_per_epoch=2, num_val_iterations_per_epoch=1, save_every=None,
-                   labeled=2 if semi else None, seed=3, validate=False, validation_only=False, npz=False,
-                   val_best=False, pretrained_weights=None, disable_checkpointing=False, folders=folders,
-                   hparams=dict(info.quick_hparams) or None)  # e.g. the shape critic's pre-training shortened
+    options = TrainOptions(dataset="Dataset503_Toy2d", configuration="2d", fold=1, trainer=trainer,
+                           plans=default_plans_name(trainer), device="cpu", epochs=2, iters=2, val_iters=1,
+                           labeled=2 if semi else None, seed=3, validate=False,
+                           hparams=dict(info.quick_hparams))  # e.g. the shape critic's pre-training shortened
+    run = TrainRun(options, folders)
     shutil.rmtree(run.fold_dir.parent, ignore_errors=True)
     _spawn(train_rank, 2, run, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))

@@ -15,10 +15,10 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnzoo.plans.base import MEMORY_KEY
+from nnzoo.plans.base import MEMORY_KEY, memory_note
 from nnzoo.plans.registry import get_planner_class, list_planners, plans_name_of
 from nnzoo.trainers.cotr import nnUNetTrainerCoTr, strides_for_configuration
-from nnzoo.trainers.networks.cotr import COTR_CLASS_NAME, total_stride
+from nnzoo.trainers.networks.cotr import ARCH_KEYS, COTR_CLASS_NAME, total_stride
 
 PLANNERS = list_planners()
 OFFICIAL = [p for p in PLANNERS if not get_planner_class(p).FIT_MEMORY]
@@ -118,3 +118,29 @@ def test_cotr_plans_describe_a_buildable_cotr(toy_dataset, monkeypatch, name, sp
                                          deep_supervision=False)
     assert list(net.state_dict()) == list(generic.state_dict())
     assert [tuple(s) for s in net.encoder.strides] == [tuple(s) for s in strides]
+    arch = cfg["architecture"]["arch_kwargs"]
+    assert {k: arch[k] for k in ARCH_KEYS} == {k: list(v) if isinstance(v, tuple) else v
+                                               for k, v in nnUNetTrainerCoTr.network_kwargs().items()}
+
+
+@pytest.mark.parametrize("name", ["nnUNetPlannerMCNet", "nnUNetPlannerMCNetFit"])
+def test_mcnet_planners_count_the_trainers_unlabeled_patches(monkeypatch, name):
+    """The planners' patches per batch element are the trainer's labeled + unlabeled patches (one declaration)."""
+    from nnzoo.trainers.mcnet import nnUNetTrainerMCNet
+
+    cls = get_planner_class(name)
+    assert cls.patches_per_sample() == 1 + nnUNetTrainerMCNet.UNLABELED_BATCH_RATIO == 2
+    monkeypatch.setattr(nnUNetTrainerMCNet, "UNLABELED_BATCH_RATIO", 2.0)
+    assert cls.patches_per_sample() == 3
+
+
+def test_memory_note_follows_the_unlabeled_patches_of_the_run():
+    note = {"patch_size": [32, 32, 32], "batch_size": 2, "patches_per_sample": 2, "method_vs_unet": 6.0,
+            "gpu_memory_target_gb": 48.0}
+    plans = {MEMORY_KEY: {"3d_fullres": note}}
+    assert memory_note(plans, "3d_fullres") == note and memory_note(plans, "2d") is None
+    assert memory_note(plans, "3d_fullres", 2.0) == note
+    three = memory_note(plans, "3d_fullres", 3.0)  # --hparam UNLABELED_BATCH_RATIO=2
+    assert three["method_vs_unet"] == 9.0 and three["gpu_memory_target_gb"] == 72.0
+    old = {k: v for k, v in note.items() if k != "patches_per_sample"}  # plans written before the field
+    assert memory_note({MEMORY_KEY: {"3d_fullres": old}}, "3d_fullres", 3.0) == old

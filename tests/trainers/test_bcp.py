@@ -16,6 +16,7 @@ from helpers import make_trainer, tiny_plans
 from nnzoo.trainers.bcp import (
     bcp_mask,
     bcp_region_loss,
+    halves,
     largest_component_per_class,
     masked_dice_ce,
     mix,
@@ -118,13 +119,13 @@ def test_alpha_weighted_region_loss():
     m[..., 1:5, 2:6] = 0
     d1, c1 = masked_dice_ce(logits, target, m)
     d0, c0 = masked_dice_ce(logits, target, 1 - m)
-    torch.testing.assert_close(bcp_region_loss(logits, target, m, 0.5, 1.0), (0.5 * (d1 + c1) + (d0 + c0)) / 2)
-    torch.testing.assert_close(bcp_region_loss(logits, target, m, 1.0, 0.5), ((d1 + c1) + 0.5 * (d0 + c0)) / 2)
+    torch.testing.assert_close(bcp_region_loss(logits, target, m, weight_ones=0.5, weight_zeros=1.0), (0.5 * (d1 + c1) + (d0 + c0)) / 2)
+    torch.testing.assert_close(bcp_region_loss(logits, target, m, weight_ones=1.0, weight_zeros=0.5), ((d1 + c1) + 0.5 * (d0 + c0)) / 2)
     # a perfect prediction inside the pseudo-labelled region: only the other region's loss remains
     perfect = logits.clone()
     onehot = torch.nn.functional.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float()
     perfect = torch.where(m.bool(), 50 * onehot, perfect)
-    loss = bcp_region_loss(perfect, target, m, 0.5, 1.0)
+    loss = bcp_region_loss(perfect, target, m, weight_ones=0.5, weight_zeros=1.0)
     d0, c0 = masked_dice_ce(perfect, target, 1 - m)
     torch.testing.assert_close(loss, (d0 + c0) / 2, atol=1e-4, rtol=1e-4)
 
@@ -203,6 +204,17 @@ def test_stage2_step_every_parameter_gets_a_gradient_and_teacher_follows(tmp_pat
         torch.testing.assert_close(p, 0.99 * a + 0.01 * s.detach())
 
 
+def test_output_weights_are_the_loss_weights(tmp_path):
+    t = _trainer(tmp_path)
+    w = t._output_weights()
+    n = len(t.network(torch.zeros(1, 1, *t.configuration_manager.patch_size)))
+    expected = np.array([1 / 2 ** i for i in range(n)])
+    expected[-1] = 0
+    np.testing.assert_allclose(w, expected / expected.sum())  # nnU-Net's formula, read from the loss
+    t.loss = torch.nn.MSELoss()  # no deep supervision: one output of weight 1
+    assert t._output_weights() == [1.0]
+
+
 def test_stage1_step_uses_labeled_data_only(tmp_path):
     t = _trainer(tmp_path)
     t.num_epochs = 10
@@ -215,7 +227,7 @@ def test_stage1_step_uses_labeled_data_only(tmp_path):
     # a batch of one is mixed with itself
     t.optimizer.zero_grad()
     mask = bcp_mask(tuple(data.shape[2:]), t.MASK_RATIO)
-    a, b = t._halves(data[:1])
+    a, b = halves(data[:1])
     t.stage1_loss(t.network(mix(a, b, mask)), [x[:1] for x in targets], mask).backward()
     assert all(p.grad is not None for p in t.network.parameters())
 
@@ -293,11 +305,13 @@ def test_training_never_reads_unlabeled_label_files(dataset_root, monkeypatch, c
     plans = json.loads((pp / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((pp / "dataset.json").read_text())
 
+    from nnzoo.trainers.nnunet_compat import build_trainer
+
     def new_trainer():
         p = json.loads(json.dumps(plans))
-        p["continue_training"] = False
         p["configurations"]["2d"]["batch_size"] = 2  # keep the 2D run fast
-        t = nnUNetTrainerBCP(p, configuration, 0, dataset_json, torch.device("cpu"))
+        t = build_trainer(nnUNetTrainerBCP, plans=p, configuration=configuration, fold=0, dataset_json=dataset_json,
+                          device=torch.device("cpu"))
         t.labeled_budget = 2
         t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch = 2, 2, 1
         t.PRETRAIN_FRACTION = 0.5  # epoch 0: stage 1, epoch 1: stage 2

@@ -18,6 +18,7 @@ from nnzoo.trainers.boundary_aware import (
     region_boundary,
 )
 from nnzoo.trainers.networks.banet import BoundaryAwareUNet
+from nnzoo.trainers.nnunet_compat import deep_supervision_scales
 
 PATCH = {"3d_fullres": (16, 16, 16), "2d": (16, 16)}
 
@@ -157,7 +158,7 @@ def _batch(tr, label: torch.Tensor) -> dict:
     """Batch as nnU-Net's data loader delivers it: target list, one nearest-downsampled map per DS scale."""
     spatial = label.shape[2:]
     targets = []
-    for scale in tr._get_deep_supervision_scales():
+    for scale in deep_supervision_scales(tr):
         size = [round(i * s) for i, s in zip(spatial, scale)]
         targets.append(label if list(size) == list(spatial) else
                        F.interpolate(label.float(), size=size, mode="nearest-exact").to(label.dtype))
@@ -184,7 +185,7 @@ def test_network_outputs_match_deep_supervision_scales(tmp_path, configuration):
     assert isinstance(net, BoundaryAwareUNet)
     patch = PATCH[configuration]
     x = torch.randn(2, 1, *patch)
-    scales = tr._get_deep_supervision_scales()
+    scales = deep_supervision_scales(tr)
     expected = [tuple(round(p * s) for p, s in zip(patch, sc)) for sc in scales]
     seg = net(x)
     assert [tuple(t.shape[2:]) for t in seg] == expected and all(t.shape[1] == 3 for t in seg)

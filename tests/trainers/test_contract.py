@@ -9,6 +9,8 @@ depend on deep supervision.
 from __future__ import annotations
 
 import inspect
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,9 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnzoo.trainers import list_trainers
+from nnzoo.trainers.nnunet_compat import deep_supervision_scales
+
+REPO = Path(__file__).resolve().parents[2]
 
 CASES = [(info.name, dim) for info in list_trainers() for dim in info.dims]
 PATCH = {"2d": (32, 32), "3d": (16, 32, 32)}
@@ -51,7 +56,7 @@ def test_trainer_contract(name, dim, tmp_path):
     assert list(net.state_dict()) == list(net_nods.state_dict()), "state_dict keys depend on deep supervision"
 
     trainer = make_trainer(cls, tmp_path, cfg, plans=plans)
-    scales = trainer._get_deep_supervision_scales()
+    scales = deep_supervision_scales(trainer)
     patch = np.array(PATCH[dim])
     x = torch.randn(2, 1, *PATCH[dim])
 
@@ -81,13 +86,17 @@ SEMI = [(info.name, dim) for info in list_trainers() if info.semi_supervised for
 def test_semi_supervised_step_uses_every_labeled_patch_of_the_baseline_batch(name, dim, tmp_path):
     """In its semi-supervised stage a trainer's step still learns from all ``B`` labeled patches of
     nnU-Net's batch (each one moves the loss), plus unlabeled ones: never a smaller labeled share."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from benchmarks.common import prepare_semi_supervised_stage
+
     info = next(i for i in list_trainers() if i.name == name)
     plans, cfg = _plans(dim)
     plans["configurations"][cfg]["batch_size"] = 3
     torch.manual_seed(0)
     trainer = make_trainer(info.cls, tmp_path, cfg, plans=plans, initialize=True)
     assert trainer.batch_size == 3 and trainer.unlabeled_batch_size >= trainer.batch_size
-    trainer.prepare_train_step_benchmark(torch.randn(trainer.unlabeled_batch_size, 1, *PATCH[dim]))
+    prepare_semi_supervised_stage(trainer, torch.randn(trainer.unlabeled_batch_size, 1, *PATCH[dim]))
     label = torch.randint(0, 3, (3, 1, *[s // 4 for s in PATCH[dim]])).float()
     label = torch.nn.functional.interpolate(label, size=PATCH[dim], mode="nearest")
     targets = deep_supervision_targets(trainer, label)

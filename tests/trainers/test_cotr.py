@@ -8,8 +8,9 @@ import torch
 from helpers import make_trainer, tiny_dataset_json, tiny_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnzoo.trainers import nnunet_compat as compat
 from nnzoo.trainers.cotr import nnUNetTrainerCoTr, strides_for_configuration
-from nnzoo.trainers.networks.cotr import COTR_ARCH, cotr_plan_architecture, deep_supervision_scales
+from nnzoo.trainers.networks.cotr import cotr_plan_architecture, deep_supervision_scales
 from nnzoo.trainers.registry import get_trainer_info
 
 
@@ -93,7 +94,7 @@ def test_train_step_on_cpu(tmp_path, configuration):
     trainer = make_trainer(TinyCoTrTrainer, tmp_path, configuration, plans=_deep_plans(configuration),
                            dataset_json=tiny_dataset_json(), initialize=True)
     patch = list(trainer.configuration_manager.patch_size)
-    scales = trainer._get_deep_supervision_scales()
+    scales = compat.deep_supervision_scales(trainer)
     strides = trainer.network.encoder.strides
     assert scales == deep_supervision_scales(strides) and len(scales) == 4
     assert np.allclose(trainer.loss.weight_factors, np.array([1, 0.5, 0.25, 0.125]) / 1.875)
@@ -116,7 +117,7 @@ def test_train_step_on_cpu(tmp_path, configuration):
 def test_network_is_built_from_what_the_planner_wrote():
     """On a CoTr plan the plan's widths win over the class attributes (trainer and predictor build the same)."""
     plans = tiny_plans("3d_fullres", patch_size=(16, 32, 32))
-    tiny = {**COTR_ARCH, "stem_channels": 4, "stage_channels": [8, 12, 12], "blocks_per_stage": [1, 1, 1],
+    tiny = {**nnUNetTrainerCoTr.network_kwargs(), "stem_channels": 4, "stage_channels": [8, 12, 12], "blocks_per_stage": [1, 1, 1],
             "stem_kernel_size": 3, "d_model": 12, "n_heads": 2, "n_points": 1, "n_layers": 1, "ffn_dim": 8}
     plans["configurations"]["3d_fullres"]["architecture"] = cotr_plan_architecture([[1, 1, 1]] + [[2, 2, 2]] * 4, 3,
                                                                                    tiny)

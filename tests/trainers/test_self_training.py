@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import dataset_dir, deep_supervision_targets, make_trainer, tiny_dataset_json, tiny_plans
 
+from nnzoo.trainers.nnunet_compat import build_trainer
 from nnzoo.trainers.self_training import PSEUDO_DONE, nnUNetTrainerSelfTraining, pseudo_label_folder
 
 
@@ -65,9 +66,9 @@ def test_pseudo_labels_come_from_the_sliding_window_of_the_current_model(in_prep
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     ds = dataset_dir("nnUNet_preprocessed", in_prepared["id"])
     plans = json.loads((ds / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
     dataset_json = json.loads((ds / "dataset.json").read_text())
-    t = nnUNetTrainerSelfTraining(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    t = build_trainer(nnUNetTrainerSelfTraining, plans=plans, configuration="2d", fold=0, dataset_json=dataset_json,
+                      device=torch.device("cpu"))
     t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch = 2, 1, 1
     t.initialize()
     t.network = _SignNet()

@@ -17,7 +17,8 @@ from nnzoo.trainers.networks.shape_prior import (
     TwinDecoderUNet,
     resize_to_critic,
 )
-from nnzoo.trainers.shape_prior import CRITIC_KEY, nnUNetTrainerShapePrior
+from nnzoo.trainers.nnunet_compat import deep_supervision_scales
+from nnzoo.trainers.shape_prior import CRITIC_KEY, foreground_probabilities, nnUNetTrainerShapePrior
 
 PATCH = {"3d_fullres": (16, 16, 16), "2d": (32, 32)}
 
@@ -71,7 +72,7 @@ def test_twin_decoder_training_forward(cfg, tmp_path):
     assert {k.split(".")[0] for k in net.state_dict()} == {"encoder", "decoder", "label_decoder"}
     x = torch.randn(3, 1, *PATCH[cfg])
     lab, pseudo_logits, dp = net(x, n_labeled=2)
-    n_scales = len(tr._get_deep_supervision_scales())
+    n_scales = len(deep_supervision_scales(tr))
     assert len(lab) == n_scales and lab[0].shape == (2, 3, *PATCH[cfg])
     assert pseudo_logits.shape == (1, 3, *PATCH[cfg]) and not pseudo_logits.requires_grad
     assert len(dp) == n_scales and dp[0].shape == (1, 3, *PATCH[cfg])
@@ -129,7 +130,7 @@ def test_pseudo_labels_and_masks(tmp_path):
     assert tr.pseudo_labels(logits)[0, 0].tolist() == [[2.0, 0.0], [0.0, 1.0]]
     m = tr.real_masks(torch.tensor([[[[2.0, 0.0], [0.0, 1.0]]]]))
     assert m.shape == (1, 2, 2, 2) and m[0, 0].tolist() == [[0, 0], [0, 1]] and m[0, 1].tolist() == [[1, 0], [0, 0]]
-    p = tr.probabilities(logits)
+    p = foreground_probabilities(tr.probabilities(logits), regions=False)
     assert p.shape == (1, 2, 2, 2) and torch.allclose(p.sum(1) + torch.softmax(logits, 1)[:, 0], torch.ones(1, 2, 2))
 
     regions = tiny_dataset_json(labels={"background": 0, "ab": [1, 2], "b": 2}, regions_class_order=[1, 2])

@@ -160,7 +160,7 @@ class BoundaryAwareUNet(EncoderDecoderNet):
         nonlin_first: see :class:`BoundaryAwareDecoder`.
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage_decoder: int | Sequence[int],
+    def __init__(self, encoder: nn.Module, num_classes: int, *, n_conv_per_stage_decoder: int | Sequence[int],
                  deep_supervision: bool = False, nonlin_first: bool = False) -> None:
         super().__init__()
         self.encoder = encoder

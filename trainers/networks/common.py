@@ -106,15 +106,15 @@ def initialize_network(network: nn.Module, residual: bool) -> nn.Module:
     return network
 
 
-def network_from_arch(network_class: type[nn.Module], arch_class_name: str, arch_kwargs: dict,
+def network_from_arch(network_class: type[nn.Module], arch_class_name: str, *, arch_kwargs: dict,
                       kw_requires_import: Sequence[str], input_channels: int, num_classes: int,
                       deep_supervision: bool = True, allow_init: bool = True, encoder_kwargs: dict | None = None,
                       **network_kwargs) -> nn.Module:
     """A method network around the encoder of a plan's ``architecture`` entry.
 
     Args:
-        network_class: called as ``network_class(encoder, num_classes, n_conv_per_stage_decoder,
-            deep_supervision, nonlin_first, **network_kwargs)``.
+        network_class: called as ``network_class(encoder, num_classes, n_conv_per_stage_decoder=...,
+            deep_supervision=..., nonlin_first=..., **network_kwargs)``.
         arch_class_name: the plan's ``network_class_name`` (PlainConvUNet or ResidualEncoderUNet).
         arch_kwargs: the plan's ``arch_kwargs``.
         kw_requires_import: keys of ``arch_kwargs`` given as dotted import paths.
@@ -135,8 +135,8 @@ def network_from_arch(network_class: type[nn.Module], arch_class_name: str, arch
     encoder, residual = encoder_from_plan(arch_class_name, kw, input_channels,
                                           [k for k in kw_requires_import if k not in (encoder_kwargs or {})])
     nonlin_first = bool(arch_kwargs.get("nonlin_first", False)) and not residual  # residual blocks: norm first
-    net = network_class(encoder, num_classes, arch_kwargs["n_conv_per_stage_decoder"], deep_supervision,
-                        nonlin_first, **network_kwargs)
+    net = network_class(encoder, num_classes, n_conv_per_stage_decoder=arch_kwargs["n_conv_per_stage_decoder"],
+                        deep_supervision=deep_supervision, nonlin_first=nonlin_first, **network_kwargs)
     return initialize_network(net, residual) if allow_init else net
 
 
@@ -207,7 +207,7 @@ class Upsampling(nn.Module):
         ValueError: unknown mode.
     """
 
-    def __init__(self, mode: str, conv_op: type, in_channels: int, out_channels: int,
+    def __init__(self, mode: str, conv_op: type, *, in_channels: int, out_channels: int,
                  stride: int | Sequence[int], bias: bool = False) -> None:
         super().__init__()
         if mode not in UPSAMPLING_MODES:
@@ -273,7 +273,7 @@ class UNetStyleDecoder(nn.Module):
         ValueError: wrong number of ``n_conv_per_stage`` entries or unknown upsampling.
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
+    def __init__(self, encoder: nn.Module, num_classes: int, *, n_conv_per_stage: int | Sequence[int],
                  deep_supervision: bool, nonlin_first: bool = False, upsampling: str = "transpconv",
                  input_dropout: nn.Module | None = None, output_dropout: nn.Module | None = None) -> None:
         super().__init__()
@@ -287,7 +287,8 @@ class UNetStyleDecoder(nn.Module):
         ups, stages, heads = [], [], []
         for s in range(1, len(n_convs) + 1):
             below, skip_ch = encoder.output_channels[-s], encoder.output_channels[-(s + 1)]
-            ups.append(Upsampling(upsampling, encoder.conv_op, below, skip_ch, encoder.strides[-s], encoder.conv_bias))
+            ups.append(Upsampling(upsampling, encoder.conv_op, in_channels=below, out_channels=skip_ch,
+                                  stride=encoder.strides[-s], bias=encoder.conv_bias))
             stages.append(decoder_stage_blocks(encoder, n_convs[s - 1], s, nonlin_first))
             heads.append(encoder.conv_op(skip_ch, num_classes, 1, 1, 0, bias=True))
         self.upsamplings = nn.ModuleList(ups)

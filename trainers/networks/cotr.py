@@ -15,14 +15,14 @@ from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention, reference_points
 
-__all__ = ["COTR_ARCH", "COTR_CLASS_NAME", "CoTr", "CoTrEncoder", "CoTrDecoder", "DeTrans", "cotr_strides",
+__all__ = ["ARCH_KEYS", "COTR_CLASS_NAME", "CoTr", "CoTrEncoder", "CoTrDecoder", "DeTrans", "cotr_strides",
            "total_stride", "deep_supervision_scales", "sine_position_encoding", "estimate_train_memory_elements",
            "cotr_plan_architecture"]
 
-#: the paper's architecture (official ``ResTranUnet``): widths, depths and DeTrans settings
-COTR_ARCH = {"stem_channels": 64, "stage_channels": (192, 384, 384), "blocks_per_stage": (3, 3, 2),
-             "stem_kernel_size": 7, "d_model": 384, "n_heads": 6, "n_points": 4, "n_layers": 6, "ffn_dim": 1536,
-             "dropout": 0.1, "axis_order": "grid"}
+#: keywords of :class:`CoTrEncoder` that describe the architecture (widths, depths, DeTrans settings); the
+#: paper's values are declared once, as ``nnUNetTrainerCoTr``'s hyperparameters (``network_kwargs()``)
+ARCH_KEYS = ("stem_channels", "stage_channels", "blocks_per_stage", "stem_kernel_size", "d_model", "n_heads",
+             "n_points", "n_layers", "ffn_dim", "dropout", "axis_order")
 
 
 def cotr_strides(plan_strides: Sequence[Sequence[int]], ndim: int, n_down: int = 4) -> list[tuple[int, ...]]:
@@ -117,10 +117,11 @@ def sine_position_encoding(shape: Sequence[int], d_model: int, device: torch.dev
 class _EncoderLayer(nn.Module):
     """Post-norm Transformer encoder layer with deformable self-attention and a GELU FFN."""
 
-    def __init__(self, d_model: int, n_heads: int, n_points: int, n_levels: int, ffn_dim: int, dropout: float,
-                 ndim: int, axis_order: str = "grid") -> None:
+    def __init__(self, d_model: int, *, n_heads: int, n_points: int, n_levels: int, ffn_dim: int, dropout: float,
+                 ndim: int, axis_order: str) -> None:
         super().__init__()
-        self.self_attn = MultiScaleDeformableAttention(d_model, n_levels, n_heads, n_points, ndim, axis_order)
+        self.self_attn = MultiScaleDeformableAttention(d_model, n_levels, n_heads=n_heads, n_points=n_points,
+                                                       ndim=ndim, axis_order=axis_order)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, ffn_dim)
@@ -155,14 +156,14 @@ class DeTrans(nn.Module):
             :func:`~nnzoo.trainers.networks.deformable_attention.reference_points`).
     """
 
-    def __init__(self, d_model: int = 384, n_levels: int = 2, n_heads: int = 6, n_points: int = 4,
-                 n_layers: int = 6, ffn_dim: int = 1536, dropout: float = 0.1, ndim: int = 3,
-                 axis_order: str = "grid") -> None:
+    def __init__(self, d_model: int, *, n_levels: int, n_heads: int, n_points: int, n_layers: int, ffn_dim: int,
+                 dropout: float, ndim: int, axis_order: str = "grid") -> None:
         super().__init__()
         self.d_model = d_model
         self.axis_order = axis_order
-        self.layers = nn.ModuleList([_EncoderLayer(d_model, n_heads, n_points, n_levels, ffn_dim, dropout, ndim,
-                                                   axis_order) for _ in range(n_layers)])
+        self.layers = nn.ModuleList([_EncoderLayer(d_model, n_heads=n_heads, n_points=n_points, n_levels=n_levels,
+                                                   ffn_dim=ffn_dim, dropout=dropout, ndim=ndim, axis_order=axis_order)
+                                     for _ in range(n_layers)])
         self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
         for layer in self.layers:
             for lin in (layer.linear1, layer.linear2):
@@ -245,11 +246,10 @@ class CoTrEncoder(nn.Module):
         ValueError: inconsistent lengths or widths.
     """
 
-    def __init__(self, input_channels: int, conv_op: type, strides: Sequence[Sequence[int]],
-                 stem_channels: int = 64, stage_channels: Sequence[int] = (192, 384, 384),
-                 blocks_per_stage: Sequence[int] = (3, 3, 2), stem_kernel_size: int = 7, d_model: int = 384,
-                 n_heads: int = 6, n_points: int = 4, n_layers: int = 6, ffn_dim: int = 1536, dropout: float = 0.1,
-                 axis_order: str = "grid", norm_op: type | None = None, norm_op_kwargs: dict | None = None,
+    def __init__(self, input_channels: int, *, conv_op: type, strides: Sequence[Sequence[int]],
+                 stem_channels: int, stage_channels: Sequence[int], blocks_per_stage: Sequence[int],
+                 stem_kernel_size: int, d_model: int, n_heads: int, n_points: int, n_layers: int, ffn_dim: int,
+                 dropout: float, axis_order: str, norm_op: type | None = None, norm_op_kwargs: dict | None = None,
                  nonlin: type | None = None, nonlin_kwargs: dict | None = None) -> None:
         super().__init__()
         self.ndim = 3 if conv_op is nn.Conv3d else 2
@@ -275,7 +275,8 @@ class CoTrEncoder(nn.Module):
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.ModuleList(stages)
-        self.detrans = DeTrans(d_model, 2, n_heads, n_points, n_layers, ffn_dim, dropout, self.ndim, axis_order)
+        self.detrans = DeTrans(d_model, n_levels=2, n_heads=n_heads, n_points=n_points, n_layers=n_layers,
+                               ffn_dim=ffn_dim, dropout=dropout, ndim=self.ndim, axis_order=axis_order)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips = [self.stem(x)]
@@ -353,13 +354,14 @@ class CoTr(nn.Module):
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
         strides: stem + stage strides (see :func:`cotr_strides`).
         deep_supervision: return the list of deep-supervision outputs.
-        **kwargs: further :class:`CoTrEncoder` arguments (widths, depths, DeTrans settings, ops).
+        **kwargs: further :class:`CoTrEncoder` arguments (widths, depths, DeTrans settings: see
+            :data:`ARCH_KEYS`; optional ops); ``nnUNetTrainerCoTr.network_kwargs()`` gives the paper's.
     """
 
-    def __init__(self, input_channels: int, num_classes: int, conv_op: type, strides: Sequence[Sequence[int]],
+    def __init__(self, input_channels: int, num_classes: int, *, conv_op: type, strides: Sequence[Sequence[int]],
                  deep_supervision: bool = True, **kwargs) -> None:
         super().__init__()
-        self.encoder = CoTrEncoder(input_channels, conv_op, strides, **kwargs)
+        self.encoder = CoTrEncoder(input_channels, conv_op=conv_op, strides=strides, **kwargs)
         self.decoder = CoTrDecoder(self.encoder, num_classes, deep_supervision)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
@@ -375,12 +377,10 @@ class CoTr(nn.Module):
         return deep_supervision_scales(self.encoder.strides)
 
 
-def estimate_train_memory_elements(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
-                                   input_channels: int, num_classes: int, stem_channels: int = 64,
-                                   stage_channels: Sequence[int] = (192, 384, 384),
-                                   blocks_per_stage: Sequence[int] = (3, 3, 2), d_model: int = 384,
-                                   n_heads: int = 6, n_points: int = 4, n_layers: int = 6, ffn_dim: int = 1536,
-                                   **_: object) -> int:
+def estimate_train_memory_elements(patch_size: Sequence[int], strides: Sequence[Sequence[int]], *,
+                                   input_channels: int, num_classes: int, stem_channels: int,
+                                   stage_channels: Sequence[int], blocks_per_stage: Sequence[int], d_model: int,
+                                   n_heads: int, n_points: int, n_layers: int, ffn_dim: int, **_: object) -> int:
     """Training activation memory of one sample, in nnU-Net's units (conv feature-map elements).
 
     nnU-Net's planner counts the output elements of every convolution (each stands for the conv,
@@ -426,7 +426,7 @@ def estimate_train_memory_elements(patch_size: Sequence[int], strides: Sequence[
 COTR_CLASS_NAME = f"{CoTr.__module__}.{CoTr.__name__}"
 
 
-def cotr_plan_architecture(unet_strides: Sequence[Sequence[int]], ndim: int, arch: dict | None = None) -> dict:
+def cotr_plan_architecture(unet_strides: Sequence[Sequence[int]], ndim: int, arch: dict) -> dict:
     """The ``architecture`` entry of a plan that describes a CoTr network.
 
     nnU-Net's ``get_network_from_plans`` builds :class:`CoTr` from it (``network_class_name`` is
@@ -437,12 +437,13 @@ def cotr_plan_architecture(unet_strides: Sequence[Sequence[int]], ndim: int, arc
         unet_strides: the pooling strides of the U-Net nnU-Net planned for the same patch; CoTr's
             strides are derived from them (:func:`cotr_strides`).
         ndim: 2 or 3.
-        arch: CoTr's widths and DeTrans settings (default :data:`COTR_ARCH`).
+        arch: CoTr's widths and DeTrans settings (the keys of :data:`ARCH_KEYS`; the paper's:
+            ``nnUNetTrainerCoTr.network_kwargs()``).
 
     Returns:
         ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}``.
     """
-    arch = dict(COTR_ARCH if arch is None else arch)
+    arch = {k: arch[k] for k in ARCH_KEYS}
     strides = cotr_strides(unet_strides, ndim, 1 + len(arch["stage_channels"]))
     dim = f"{ndim}d"
     return {

@@ -138,7 +138,7 @@ class MultiScaleDeformableAttention(nn.Module):
         ValueError: ``d_model`` not divisible by ``n_heads``, ``ndim`` not 2 or 3, unknown ``axis_order``.
     """
 
-    def __init__(self, d_model: int = 384, n_levels: int = 2, n_heads: int = 6, n_points: int = 4,
+    def __init__(self, d_model: int = 384, n_levels: int = 2, *, n_heads: int = 6, n_points: int = 4,
                  ndim: int = 3, axis_order: str = "grid") -> None:
         super().__init__()
         if d_model % n_heads:

@@ -55,12 +55,13 @@ class MutualDecoders(nn.Module):
         deep_supervision: setting it sets it on every decoder (nnU-Net's ``set_deep_supervision_enabled``).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: int | Sequence[int],
+    def __init__(self, encoder: nn.Module, num_classes: int, *, n_conv_per_stage: int | Sequence[int],
                  deep_supervision: bool, nonlin_first: bool = False,
                  upsamplings: Sequence[str] = MCNET_UPSAMPLINGS, decoder_dropout: float = 0.0) -> None:
         super().__init__()
         self.decoders = nn.ModuleList([
-            UNetStyleDecoder(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first, mode,
+            UNetStyleDecoder(encoder, num_classes, n_conv_per_stage=n_conv_per_stage,
+                             deep_supervision=deep_supervision, nonlin_first=nonlin_first, upsampling=mode,
                              output_dropout=dropout_module(encoder.conv_op, decoder_dropout, channelwise=True))
             for mode in upsamplings])
 
@@ -108,7 +109,7 @@ class MCNet(EncoderDecoderNet):
             :func:`~nnzoo.trainers.networks.common.set_encoder_dropout`; state dicts are unchanged).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage_decoder: int | Sequence[int],
+    def __init__(self, encoder: nn.Module, num_classes: int, *, n_conv_per_stage_decoder: int | Sequence[int],
                  deep_supervision: bool = False, nonlin_first: bool = False,
                  upsamplings: Sequence[str] = MCNET_UPSAMPLINGS, bottleneck_dropout: float = 0.0,
                  decoder_dropout: float = 0.0, encoder_dropout: Sequence[float] | None = None) -> None:
@@ -117,8 +118,9 @@ class MCNet(EncoderDecoderNet):
         if encoder_dropout is not None:
             set_encoder_dropout(encoder, encoder_dropout)
         self.bottleneck_dropout = dropout_module(encoder.conv_op, bottleneck_dropout, channelwise=True)
-        self.decoder = MutualDecoders(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                      nonlin_first, upsamplings, decoder_dropout)
+        self.decoder = MutualDecoders(encoder, num_classes, n_conv_per_stage=n_conv_per_stage_decoder,
+                                      deep_supervision=deep_supervision, nonlin_first=nonlin_first,
+                                      upsamplings=upsamplings, decoder_dropout=decoder_dropout)
 
     def forward(self, x: torch.Tensor, all_decoders: bool = False):
         """See :meth:`MutualDecoders.forward`."""

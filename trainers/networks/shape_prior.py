@@ -41,15 +41,17 @@ class TwinDecoderUNet(EncoderDecoderNet):
         dropout: dropout probability on D_p's bottleneck input.
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage_decoder: int | Sequence[int],
+    def __init__(self, encoder: nn.Module, num_classes: int, *, n_conv_per_stage_decoder: int | Sequence[int],
                  deep_supervision: bool = False, nonlin_first: bool = False, dropout: float = 0.3) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                        nonlin_first, upsampling="transpconv",
+        self.decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage=n_conv_per_stage_decoder,
+                                        deep_supervision=deep_supervision, nonlin_first=nonlin_first,
+                                        upsampling="transpconv",
                                         input_dropout=dropout_module(encoder.conv_op, dropout))
-        self.label_decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                              nonlin_first, upsampling="linear")
+        self.label_decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage=n_conv_per_stage_decoder,
+                                              deep_supervision=deep_supervision, nonlin_first=nonlin_first,
+                                              upsampling="linear")
 
     def forward(self, x: torch.Tensor, n_labeled: int | None = None):
         """
@@ -144,7 +146,7 @@ class ShapeGenerator(nn.Module):
             (mutually exclusive classes) instead of a sigmoid per channel (regions).
     """
 
-    def __init__(self, dim: int, out_channels: int, size: int = 64, features: int = 64, latent_dim: int = 100,
+    def __init__(self, dim: int, out_channels: int, *, size: int = 64, features: int = 64, latent_dim: int = 100,
                  exclusive: bool = True) -> None:
         super().__init__()
         _check_size(size)
@@ -175,7 +177,7 @@ def resize_to_critic(probs: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(probs.float(), size=(size,) * dim, mode=mode, align_corners=False)
 
 
-def train_wgan_critic(critic: ShapeCritic, generator: ShapeGenerator, sample_real: Callable[[int], torch.Tensor],
+def train_wgan_critic(critic: ShapeCritic, generator: ShapeGenerator, *, sample_real: Callable[[int], torch.Tensor],
                       steps: int, batch_size: int = 16, lr: float = 5e-5, clip: float = 0.01, iters_per_g: int = 5,
                       warmup_g_steps: int = 25, warmup_iters: int = 100, refresh_every: int = 500) -> dict:
     """WGAN training (weight clipping, RMSprop) of ``critic`` against ``generator``; modifies both in place.

@@ -16,8 +16,9 @@ def _arch(configuration="3d_fullres"):
 
 def _net(configuration="3d_fullres", ds=True, num_classes=3) -> BoundaryAwareUNet:
     a = _arch(configuration)
-    return network_from_arch(BoundaryAwareUNet, a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"],
-                             1, num_classes, deep_supervision=ds)
+    return network_from_arch(BoundaryAwareUNet, a["network_class_name"], arch_kwargs=a["arch_kwargs"],
+                             kw_requires_import=a["_kw_requires_import"], input_channels=1, num_classes=num_classes,
+                             deep_supervision=ds)
 
 
 def test_attention_gating_formula_applied_and_not_detached():
@@ -63,10 +64,12 @@ def test_residual_encoder_plan():
     kw.pop("n_conv_per_stage")
     kw.update(n_blocks_per_stage=[1, 2, 2], n_conv_per_stage_decoder=[1, 1])
     net = network_from_arch(BoundaryAwareUNet, "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
-                            kw, _arch()["_kw_requires_import"], 2, 4, deep_supervision=True)
+                            arch_kwargs=kw, kw_requires_import=_arch()["_kw_requires_import"], input_channels=2,
+                            num_classes=4, deep_supervision=True)
     assert type(net.encoder).__name__ == "ResidualEncoder"
     seg, bdr = net(torch.randn(1, 2, 16, 16, 16), return_boundary=True)
     assert [tuple(t.shape) for t in seg] == [(1, 4, 16, 16, 16), (1, 4, 8, 8, 8)]
     assert [tuple(t.shape) for t in bdr] == [(1, 2, 16, 16, 16), (1, 2, 8, 8, 8)]
     with pytest.raises(ValueError, match="PlainConvUNet and ResidualEncoderUNet"):
-        network_from_arch(BoundaryAwareUNet, "some.Other", kw, (), 1, 2)
+        network_from_arch(BoundaryAwareUNet, "some.Other", arch_kwargs=kw, kw_requires_import=(), input_channels=1,
+                          num_classes=2)

@@ -13,7 +13,7 @@ from nnzoo.trainers.networks.common import EncoderDecoderNet, UNetStyleDecoder, 
 @pytest.mark.parametrize("mode", ["linear", "nearest"])
 def test_interpolating_upsampling_matches_conv_after_interpolation(mode):
     torch.manual_seed(0)
-    up = Upsampling(mode, torch.nn.Conv3d, 4, 2, (1, 2, 2), bias=True)
+    up = Upsampling(mode, torch.nn.Conv3d, in_channels=4, out_channels=2, stride=(1, 2, 2), bias=True)
     x = torch.randn(1, 4, 3, 4, 5)
     y = up(x, (3, 8, 10))
     assert y.shape == (1, 2, 3, 8, 10)
@@ -22,16 +22,17 @@ def test_interpolating_upsampling_matches_conv_after_interpolation(mode):
                                                   else "nearest", **kw))
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="upsampling mode"):
-        Upsampling("bicubic", torch.nn.Conv3d, 4, 2, 2)
+        Upsampling("bicubic", torch.nn.Conv3d, in_channels=4, out_channels=2, stride=2)
 
 
 class _PlainUNet(EncoderDecoderNet):
     """The plan's encoder + one transposed-conv UNetStyleDecoder: nnU-Net's PlainConvUNet rebuilt."""
 
-    def __init__(self, encoder, num_classes, n_conv_per_stage_decoder, deep_supervision=False, nonlin_first=False):
+    def __init__(self, encoder, num_classes, *, n_conv_per_stage_decoder, deep_supervision=False, nonlin_first=False):
         super().__init__()
         self.encoder = encoder
-        self.decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision, nonlin_first)
+        self.decoder = UNetStyleDecoder(encoder, num_classes, n_conv_per_stage=n_conv_per_stage_decoder,
+                                        deep_supervision=deep_supervision, nonlin_first=nonlin_first)
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
@@ -44,7 +45,8 @@ def test_transpconv_decoder_is_nnunets_unet(configuration):
     args = (arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 3)
     torch.manual_seed(0)
     ref = get_network_from_plans(*args, deep_supervision=True)
-    ours = network_from_arch(_PlainUNet, *args, deep_supervision=True)
+    ours = network_from_arch(_PlainUNet, args[0], arch_kwargs=args[1], kw_requires_import=args[2], input_channels=1,
+                             num_classes=3, deep_supervision=True)
     renamed = {}
     for k, v in ref.state_dict().items():
         if k.startswith("decoder.encoder."):  # nnU-Net's decoder also registers the encoder

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnzoo.trainers.networks.cotr import (
-    COTR_ARCH,
+    ARCH_KEYS,
     COTR_CLASS_NAME,
     CoTr,
     cotr_plan_architecture,
@@ -15,12 +15,13 @@ from nnzoo.trainers.networks.cotr import (
 )
 
 TINY = {"stem_channels": 4, "stage_channels": (8, 16, 16), "blocks_per_stage": (1, 2, 1), "stem_kernel_size": 3,
-        "d_model": 16, "n_heads": 2, "n_points": 2, "n_layers": 1, "ffn_dim": 32, "dropout": 0.1}
+        "d_model": 16, "n_heads": 2, "n_points": 2, "n_layers": 1, "ffn_dim": 32, "dropout": 0.1, "axis_order": "grid"}
 
 
 def _net(ndim: int, ds: bool = True) -> CoTr:
     strides = cotr_strides([[1] * ndim] + [[2] * ndim] * 5, ndim)
-    return CoTr(1, 3, torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d, strides, deep_supervision=ds, **TINY)
+    return CoTr(1, 3, conv_op=torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d, strides=strides, deep_supervision=ds,
+                **TINY)
 
 
 def test_paper_strides_and_plan_derived_strides():
@@ -70,7 +71,8 @@ def test_detrans_skips_replace_the_two_deepest_levels():
 def test_plan_architecture_entry_builds_cotr_with_nnunets_builder():
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    entry = cotr_plan_architecture([[1, 1, 1]] + [[2, 2, 2]] * 5, 3, {**COTR_ARCH, **TINY})
+    entry = cotr_plan_architecture([[1, 1, 1]] + [[2, 2, 2]] * 5, 3, TINY)
+    assert list(entry["arch_kwargs"])[2:2 + len(ARCH_KEYS)] == list(ARCH_KEYS)
     assert entry["network_class_name"] == COTR_CLASS_NAME
     assert entry["arch_kwargs"]["strides"] == [[1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
     net = get_network_from_plans(entry["network_class_name"], entry["arch_kwargs"], entry["_kw_requires_import"], 1, 3,

@@ -17,9 +17,9 @@ def _net(configuration: str, **network_kwargs) -> MCNet:
     arch = tiny_plans(configuration)["configurations"][configuration]["architecture"]
     ndim = 3 if configuration == "3d_fullres" else 2
     kwargs = {**nnUNetTrainerMCNet.extra_network_kwargs(ndim), **network_kwargs}
-    return network_from_arch(MCNet, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                             1, 3, deep_supervision=False,
-                             **kwargs)
+    return network_from_arch(MCNet, arch["network_class_name"], arch_kwargs=arch["arch_kwargs"],
+                             kw_requires_import=arch["_kw_requires_import"], input_channels=1, num_classes=3,
+                             deep_supervision=False, **kwargs)
 
 
 def test_3d_dropout_sits_at_the_shared_bottleneck_and_before_each_head():
@@ -85,8 +85,9 @@ def test_dropout_keeps_the_state_dict_of_the_plan_network():
     with_dropout = _net("2d")
     assert any(isinstance(m, torch.nn.Dropout) for m in with_dropout.encoder.modules())
     arch = tiny_plans("2d")["configurations"]["2d"]["architecture"]
-    without = network_from_arch(MCNet, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                1, 3, deep_supervision=False)
+    without = network_from_arch(MCNet, arch["network_class_name"], arch_kwargs=arch["arch_kwargs"],
+                                kw_requires_import=arch["_kw_requires_import"], input_channels=1, num_classes=3,
+                                deep_supervision=False)
     assert list(with_dropout.state_dict()) == list(without.state_dict())
     without.load_state_dict(with_dropout.state_dict())  # checkpoints and pretrained weights interchange
     # the encoder's keys are those of nnU-Net's own network of the plan
@@ -117,5 +118,6 @@ def test_encoder_dropout_follows_deepcopy_and_eval():
 def test_encoder_dropout_needs_probabilities():
     arch = tiny_plans("2d")["configurations"]["2d"]["architecture"]
     with pytest.raises(ValueError, match="at least one probability"):
-        network_from_arch(MCNet, arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                          1, 3, encoder_dropout=())
+        network_from_arch(MCNet, arch["network_class_name"], arch_kwargs=arch["arch_kwargs"],
+                          kw_requires_import=arch["_kw_requires_import"], input_channels=1, num_classes=3,
+                          encoder_dropout=())

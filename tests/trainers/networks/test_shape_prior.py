@@ -30,9 +30,9 @@ def test_critic_ranks_real_masks_below_noisy_masks():
     noisy = (real + (torch.rand(real.shape, generator=g) < 0.2).float()) % 2  # 20 % of the pixels flipped
     blobs = (torch.rand(real.shape, generator=g) < 0.3).float()
     critic = ShapeCritic(2, 1, size, 16)
-    generator = ShapeGenerator(2, 1, size, 16, latent_dim=100, exclusive=True)
-    stats = train_wgan_critic(critic, generator, lambda n: pool[torch.randint(0, len(pool), (n,))], 100, 16,
-                              warmup_g_steps=1, warmup_iters=20)
+    generator = ShapeGenerator(2, 1, size=size, features=16, latent_dim=100, exclusive=True)
+    stats = train_wgan_critic(critic, generator, sample_real=lambda n: pool[torch.randint(0, len(pool), (n,))],
+                              steps=100, batch_size=16, warmup_g_steps=1, warmup_iters=20)
     assert stats["critic_steps"] == 100 and stats["generator_steps"] > 1
     assert not critic.training and not any(p.requires_grad for p in critic.parameters())
     assert all(p.abs().max() <= 0.01 + 1e-7 for p in critic.parameters())  # weight clipping
@@ -46,7 +46,7 @@ def test_critic_ranks_real_masks_below_noisy_masks():
 @pytest.mark.parametrize("dim,exclusive", [(2, True), (3, True), (3, False)])
 def test_critic_and_generator_shapes(dim, exclusive):
     c = ShapeCritic(dim, 2, 16, 4)
-    g = ShapeGenerator(dim, 2, 16, 4, latent_dim=8, exclusive=exclusive)
+    g = ShapeGenerator(dim, 2, size=16, features=4, latent_dim=8, exclusive=exclusive)
     fake = g(torch.randn(3, 8))
     assert fake.shape == (3, 2, *([16] * dim))
     assert fake.min() >= 0 and fake.max() <= 1

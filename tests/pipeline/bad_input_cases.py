@@ -1,0 +1,238 @@
+"""Inputs for the bad-input matrix (``test_bad_input.py``): a small world to damage, and the damage.
+
+:class:`Ctx` gives each row of the matrix fresh copies of what it breaks: plain image/label folders
+(3 NIfTI cases 8x10x12) for ``dataset create`` and ``evaluate``, and a copy of one small planned 2D
+dataset with an untrained model folder (built once per module by :func:`build_world`, about 15 s)
+for ``plan_and_preprocess``, ``train``, ``predict``, ``find-best``, ``export-model`` and
+``install-model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+WORLD_ID = 601
+WORLD_NAME = f"Dataset{WORLD_ID}_BadIn"
+MODEL = "nnUNetTrainer__nnUNetPlans__2d"
+FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def build_world(base: Path) -> Path:
+    """A planned 2D dataset (5 PNG cases 16x16, id 601) and an untrained nnUNetTrainer model of fold 0.
+
+    The model folder is what ``nnzoo train`` leaves (plans, dataset.json, fingerprint,
+    ``fold_0/checkpoint_final.pth`` and ``nnzoo_run.json``), written without training: the trainer
+    is built on the CPU, initialised and checkpointed.
+    """
+    import torch
+    from helpers import nnunet_folders
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnzoo.pipeline.cli import main
+    from nnzoo.pipeline.synthetic import write_synthetic_folders
+    from nnzoo.trainers.nnunet_compat import build_trainer
+
+    src = write_synthetic_folders(base / "src", num_cases=5, shape=(16, 16), num_classes=3, file_ending=".png", seed=7)
+    with nnunet_folders(base):
+        assert main(["dataset", "create", "--images", str(src["images"]), "--labels", str(src["labels"]), "--name",
+                     "BadIn", "--id", str(WORLD_ID), "--channel", "img"]) == 0
+        assert main(["plan_and_preprocess", "-d", str(WORLD_ID), "-c", "2d", "-np", "1"]) == 0
+        pre = base / "nnUNet_preprocessed" / WORLD_NAME
+        plans = json.loads((pre / "nnUNetPlans.json").read_text())
+        dataset_json = json.loads((pre / "dataset.json").read_text())
+        trainer = build_trainer(nnUNetTrainer, plans=plans, configuration="2d", fold=0, dataset_json=dataset_json,
+                                device=torch.device("cpu"))
+        trainer.initialize()
+        fold = Path(trainer.output_folder)
+        trainer.save_checkpoint(str(fold / "checkpoint_final.pth"))
+    model = fold.parent
+    for f in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json"):
+        shutil.copy(pre / f, model / ("plans.json" if f == "nnUNetPlans.json" else f))
+    (fold / "nnzoo_run.json").write_text(json.dumps({"trainer": "nnUNetTrainer", "configuration": "2d", "fold": 0}))
+    for log in fold.glob("training_log_*.txt"):
+        log.unlink()
+    return base
+
+
+class World:
+    """Paths of one copy of the world."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.raw = base / "nnUNet_raw" / WORLD_NAME
+        self.pre = base / "nnUNet_preprocessed" / WORLD_NAME
+        self.results = base / "nnUNet_results"
+        self.model = self.results / WORLD_NAME / MODEL
+        self.fold0 = self.model / "fold_0"
+        self.ckpt = self.fold0 / "checkpoint_final.pth"
+        self.images = base / "src" / "images"
+        self.labels = base / "src" / "labels"
+
+
+class Ctx:
+    """What one row works in: its tmp folder, plain folders and (on first use) its copy of the world."""
+
+    def __init__(self, tmp: Path, world_template, monkeypatch):
+        self.tmp = tmp
+        self._template = world_template
+        self._mp = monkeypatch
+
+    # ------------------------------------------------------------------ plain folders
+    @cached_property
+    def src(self) -> dict[str, Path]:
+        from nnzoo.pipeline.synthetic import write_synthetic_folders
+
+        return write_synthetic_folders(self.tmp / "src", num_cases=3, shape=(8, 10, 12), num_classes=3,
+                                       num_unlabeled=1, seed=1)
+
+    def create(self, *extra: str, images: Path | None = None, labels: Path | None = None) -> list[str]:
+        """``dataset create`` of :attr:`src` (id 77) with ``extra`` flags (later flags win)."""
+        return ["dataset", "create", "--images", str(images or self.src["images"]), "--labels",
+                str(labels or self.src["labels"]), "--name", "Bad", "--id", "77", "--channel", "MR", *extra]
+
+    @cached_property
+    def pred(self) -> Path:
+        """A prediction folder: a copy of :attr:`src`'s labels."""
+        return Path(shutil.copytree(self.src["labels"], self.tmp / "pred"))
+
+    @cached_property
+    def labels_json(self) -> Path:
+        f = self.tmp / "labels.json"
+        f.write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2}}))
+        return f
+
+    def evaluate(self, *extra: str, ref: Path | None = None, pred: Path | None = None) -> list[str]:
+        """``evaluate`` of :attr:`pred` against :attr:`src`'s labels with :attr:`labels_json` (later flags win)."""
+        base = ["evaluate", "-ref", str(ref or self.src["labels"]), "-pred", str(pred or self.pred)]
+        if "-d" not in extra:
+            base += ["--labels", str(self.labels_json)]
+        return base + list(extra)
+
+    # ------------------------------------------------------------------ the world
+    @cached_property
+    def w(self) -> World:
+        base = self.tmp / "world"
+        shutil.copytree(self._template(), base, symlinks=True)
+        for k in FOLDERS:
+            self._mp.setenv(k, str(base / k))
+        return World(base)
+
+    def train(self, *extra: str, fold: str = "0", configuration: str = "2d") -> list[str]:
+        """``train`` of the world's dataset, one epoch of one iteration on the CPU (later flags win)."""
+        self.w  # noqa: B018 - activates the world's folders
+        return ["train", str(WORLD_ID), configuration, fold, "-device", "cpu", "--epochs", "1", "--iters", "1",
+                "--val-iters", "1", "--no-val", *extra]
+
+    @cached_property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+    def predict(self, *extra: str, inp: Path | None = None, out: Path | None = None, model: bool = False) -> list[str]:
+        """``predict`` of the world's images into :attr:`out` with its model (``-d -c``, or ``-m`` with ``model``)."""
+        self.w  # noqa: B018 - activates the world's folders
+        which = ["-m", str(self.w.model)] if model else [] if "-m" in extra else ["-d", str(WORLD_ID), "-c", "2d"]
+        return ["predict", "-i", str(inp or self.w.images), "-o", str(out or self.out), *which, "-device", "cpu",
+                "-np", "1", *extra]
+
+    def export(self, *extra: str, model: Path | None = None, out: Path | None = None) -> list[str]:
+        return ["export-model", "-m", str(model or self.w.model), "-o", str(out or self.tmp / "model.zip"), *extra]
+
+    def model_zip(self, name: str = "m.zip", dataset: str = "Dataset602_Other", skip: tuple[str, ...] = (),
+                  compression: int = zipfile.ZIP_DEFLATED) -> Path:
+        """The world's model as an export zip, under another dataset name (so it is not installed yet)."""
+        f = self.tmp / name
+        with zipfile.ZipFile(f, "w", compression) as z:
+            for p in sorted(self.w.model.rglob("*")):
+                if p.is_file() and p.name not in skip:
+                    z.write(p, f"{dataset}/{MODEL}/{p.relative_to(self.w.model).as_posix()}")
+        return f
+
+    # ------------------------------------------------------------------ files and damage
+    def dir(self, name: str) -> Path:
+        p = self.tmp / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def file(self, name: str, content: bytes = b"not a folder") -> Path:
+        p = self.tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content)
+        return p
+
+
+def damage(path: Path, how: str) -> Path:
+    """Damage a file in place: ``truncate`` (first third), ``garbage``, ``empty``."""
+    if how == "truncate":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif how == "garbage":
+        path.write_bytes(b"\x00garbage\xff" * 40)
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        raise ValueError(how)
+    return path
+
+
+def edit_json(path: Path, **changes) -> Path:
+    """Set (or, with value None, delete) top-level keys of a JSON file."""
+    obj = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is None:
+            obj.pop(k, None)
+        else:
+            obj[k] = v
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def write_nii(path: Path, arr: np.ndarray, spacing: tuple[float, ...] | None = None, vector: bool = False) -> Path:
+    """``arr`` (numpy axis order) as an image file; ``vector``: the last axis holds components."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr, isVector=vector)
+    if spacing is not None:
+        img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def write_png(path: Path, arr: np.ndarray, vector: bool = False) -> Path:
+    return write_nii(path, np.asarray(arr).astype(np.uint8), vector=vector)
+
+
+def edit_checkpoint(src: Path, dst: Path, *, trainer_name: str | None = None, configuration: str | None = None,
+                    widen_first_conv: bool = False) -> Path:
+    """A copy of a checkpoint as another trainer or configuration wrote it, or with weights of another shape."""
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    if trainer_name is not None:
+        ckpt["trainer_name"] = trainer_name
+    if configuration is not None:
+        ckpt["init_args"]["configuration"] = configuration
+    if widen_first_conv:  # a network with two input channels, as trained on another dataset
+        key = next(k for k, v in ckpt["network_weights"].items() if v.ndim == 4)
+        w = ckpt["network_weights"][key]
+        ckpt["network_weights"][key] = torch.cat([w, w], dim=1)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{file: (mtime_ns, size)}`` of every file below ``folder`` (symlinks not followed)."""
+    out = {}
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            st = os.lstat(p)
+            out[p] = (st.st_mtime_ns, st.st_size)
+    return out
