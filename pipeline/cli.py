@@ -109,6 +109,9 @@ def _predict_parser(sub) -> None:
     pr.add_argument("-prev_stage_predictions", default=None, help="previous stage's segmentations (cascade)")
     pr.add_argument("-step_size", type=float, default=0.5)
     pr.add_argument("-np", type=int, default=None, dest="num_processes")
+    pr.add_argument("--exact", action="store_true",
+                    help="nnU-Net's float32 prediction unchanged (bit-identical to nnUNetv2_predict); default: the "
+                         "network in bfloat16 on CPUs that run it natively, float16 on GPUs")
 
 
 def build_parser() -> argparse.ArgumentParser:

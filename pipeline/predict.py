@@ -55,6 +55,9 @@ class PredictOptions:
         prev_stage_predictions: folder of the previous stage's segmentations for a cascade.
         step_size: sliding-window step as a fraction of the patch size.
         num_processes: processes for preprocessing and export (``-np``; default: cores, at most 4).
+        exact: nnU-Net's float32 predictor unchanged (``--exact``; outputs bit-identical to
+            ``nnUNetv2_predict``); default: the network in reduced precision where the hardware runs it
+            natively (:mod:`nnzoo.pipeline.inference`).
     """
 
     input_dir: str | Path
@@ -79,6 +82,7 @@ class PredictOptions:
     prev_stage_predictions: str | Path | None = None
     step_size: float = 0.5
     num_processes: int | None = None
+    exact: bool = False
 
     @classmethod
     def from_namespace(cls, args) -> PredictOptions:
@@ -272,12 +276,10 @@ def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path
         save_probabilities: also write ``case.npz``/``case.pkl``.
         prev_stage_predictions: the previous stage's segmentations of a cascade.
     """
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from .inference import make_predictor
 
-    predictor = nnUNetPredictor(tile_step_size=options.step_size, use_gaussian=True,
-                                use_mirroring=not options.disable_tta,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=True)
+    predictor = make_predictor(exact=options.exact, device=device, step_size=options.step_size,
+                               use_mirroring=not options.disable_tta)
     predictor.manual_initialization(*load_model(model))
     output_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(cases)
@@ -350,6 +352,8 @@ def predict(options: PredictOptions) -> list[Path]:
             predictions without ``overwrite``/``continue_prediction``, bad input images, bad parts,
             a cascade whose previous stage is missing.
     """
+    import torch
+
     from .env import resolve_device, setup_folders
     from .train import parse_labeled
 
@@ -397,8 +401,11 @@ def predict(options: PredictOptions) -> list[Path]:
     dev = resolve_device(o.device)
     nproc = max(1, o.num_processes or min(4, os.cpu_count() or 1))
     part = f" (part {part_id + 1} of {num_parts})" if num_parts > 1 else ""
-    print(f"nnzoo: predicting {len(todo)} case(s){part} with {model.folder.name} folds {model.folds} on {dev}"
-          f"{' (no TTA)' if o.disable_tta else ''} -> {output_dir}")
+    from .inference import fast_dtype
+
+    precision = "float32, --exact" if o.exact else f"{str(fast_dtype(dev) or torch.float32)[6:]}, --exact: float32"
+    print(f"nnzoo: predicting {len(todo)} case(s){part} with {model.folder.name} folds {model.folds} on {dev} "
+          f"({precision}){' (no TTA)' if o.disable_tta else ''} -> {output_dir}")
     if todo:
         kwargs = dict(options=o, device=dev, num_processes=nproc)
         if prev is not None and prev_stage_predictions is None:

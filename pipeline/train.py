@@ -252,6 +252,8 @@ def resolve_run(options: TrainOptions) -> TrainRun:
     plans_dict, pre = load_plans(name, plans_name)
     check_configuration(plans_dict, o.configuration, pre)
     fold = parse_fold(o.fold, pre)
+    if fold != "all":  # nnU-Net's 5-fold split needs 5 cases: say so before anything is written
+        fold_training_cases(pre, pre / data_identifier(plans_dict, o.configuration), fold)
     _check_schedule(o)
     if o.resume and o.validation_only:
         raise NnzooError("--continue and --val cannot be combined: --val only validates a finished fold")

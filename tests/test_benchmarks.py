@@ -181,3 +181,23 @@ def test_low_label_smoke_holds_test_cases_out_and_reports(tmp_path):
             assert sorted(p.name.split(".")[0] for p in (ds / "labelsTr").iterdir()) == labeled
     for run in state["runs"].values():
         assert sorted(run["per_case"]) == sorted(test_cases)
+
+
+@pytest.mark.slow
+def test_bench_predict_smoke_compares_with_nnunet_and_reports(tmp_path):
+    """End to end (tiny 2D model): the three commands run, ``--exact`` equals ``nnUNetv2_predict`` bit for bit,
+    and the table and JSON carry the ratio, the agreement and the step times."""
+    import json
+
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_predict.py"), "--smoke", "--configs", "2d",
+                        "--work", str(tmp_path / "bp"), "--processes", "1"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    result = json.loads((tmp_path / "bp" / "bench_predict.json").read_text())
+    assert [(row["config"], row["mirroring"]) for row in result["rows"]] == [("2d", True), ("2d", False)]
+    for row in result["rows"]:
+        assert row["exact_equals_nnunet"] is True
+        assert row["ratio_median"] > 0 and 0 < row["voxels_agree"] <= 1
+        assert set(row["seconds"]) == {"nnUNetv2_predict", "nnzoo predict", "nnzoo predict --exact"}
+    assert set(result["rows"][0]["steps"]) == {"nnUNetv2 (float32)", "nnzoo"}
+    assert "throughput ratio" in (tmp_path / "bp" / "bench_predict.md").read_text()

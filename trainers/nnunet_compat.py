@@ -29,7 +29,8 @@ __all__ = ["INTERNALS", "build_trainer", "run_nnunet_training", "checkpoint_save
            "unwrap_network",
            "build_augmenter", "shutdown_augmenter", "do_i_compile", "deep_supervision_scales",
            "load_checkpoint_for_run", "nnunet_train_step", "ddp_device", "ddp_wrapping", "writes_of_this_rank",
-           "validation_on_rank_zero", "nnunet_trainer_module", "results_elsewhere", "retarget_output_folder"]
+           "validation_on_rank_zero", "nnunet_trainer_module", "results_elsewhere", "retarget_output_folder",
+           "MirroredForwardMixin"]
 
 #: Every nnunetv2 internal nnzoo relies on, and the function of this module that uses it.
 #: ``tests/trainers/test_nnunet_compat.py`` holds one check per entry (and fails if an entry has none).
@@ -56,6 +57,8 @@ INTERNALS: dict[str, str] = {
     "nnUNetDatasetBlosc2.save_case's file layout": "preprocessed_case_files",
     "module global DDP of nnunetv2's trainer module, called with device_ids=[self.local_rank]": "ddp_wrapping",
     "nnUNetTrainer.on_train_start writes into output_folder_base": "writes_of_this_rank",
+    "nnUNetPredictor's sliding window calls self._internal_maybe_mirror_and_predict(patch) per patch":
+        "MirroredForwardMixin",
 }
 
 #: What ``nnUNetDatasetBlosc2.save_case`` writes per case, in this order (the ``.pkl`` last).
@@ -546,3 +549,23 @@ def validation_on_rank_zero(trainer) -> Iterator[bool]:
         yield True
     finally:
         trainer.network, trainer.is_ddp = network, True
+
+
+# ---------------------------------------------------------------------------------------------- prediction
+class MirroredForwardMixin:
+    """For a subclass of ``nnUNetPredictor``: each patch of nnU-Net's sliding window goes through
+    ``self.mirrored_forward(patch)`` (the network and its mirrored copies, averaged) instead of
+    nnU-Net's one-forward-per-mirror loop; the sliding window, Gaussian weighting, fold averaging and
+    export stay nnU-Net's.
+
+    Why internal: the per-patch step is the private ``nnUNetPredictor._internal_maybe_mirror_and_predict``,
+    called by the private ``_internal_predict_sliding_window_return_logits``; a predictor that runs the
+    mirrors in another precision or in one batch has no other place to do it.
+    """
+
+    def mirrored_forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses define it
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mirrored_forward(x)

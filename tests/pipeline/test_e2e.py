@@ -30,7 +30,7 @@ def _geometry(path: Path):
     return img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection()
 
 
-def _train_and_predict(prep: dict, tmp_path: Path, trainer: str = "nnUNetTrainer") -> Path:
+def _train_and_predict(prep: dict, tmp_path: Path, trainer: str = "nnUNetTrainer", *predict_flags: str) -> Path:
     did, cfg = str(prep["id"]), prep["configuration"]
     assert main(["train", did, cfg, "0", "-tr", trainer, "-device", "cpu", "--epochs", "1", "--iters", "2",
                  "--overwrite"]) == 0
@@ -48,7 +48,7 @@ def _train_and_predict(prep: dict, tmp_path: Path, trainer: str = "nnUNetTrainer
         shutil.copy(f, inp / f.name)
     out = tmp_path / "out"
     assert main(["predict", "-i", str(inp), "-o", str(out), "-d", did, "-c", cfg, "-tr", trainer, "-f", "0",
-                 "-device", "cpu", "--disable-tta"]) == 0  # -f 0: other tests train other folds of this dataset
+                 "-device", "cpu", "--disable-tta", *predict_flags]) == 0  # -f 0: other tests train other folds
     for f in imgs:
         pred = out / f.name
         assert pred.is_file()
@@ -64,16 +64,17 @@ def test_cli_end_to_end(in_prepared, tmp_path):
 
 
 @pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
-def test_nnunet_predict_gives_same_segmentation(in_prepared, tmp_path):
+def test_exact_prediction_is_bit_identical_to_nnunet_predict(in_prepared, tmp_path):
+    """``nnzoo predict --exact``: nnU-Net's float32 path, the same segmentations and probabilities to the bit."""
     prep = in_prepared
-    out = _train_and_predict(prep, tmp_path)
+    out = _train_and_predict(prep, tmp_path, "nnUNetTrainer", "--exact", "--save-probabilities")
     nn_in = tmp_path / "nn_in"  # nnU-Net's own naming: CASE_0000.png
     nn_in.mkdir()
     for f in (tmp_path / "in").iterdir():
         shutil.copy(f, nn_in / f"{f.stem}_0000.png")
     stock = tmp_path / "stock"
     subprocess.run([str(BIN / "nnUNetv2_predict"), "-i", str(nn_in), "-o", str(stock), "-d",
-                    str(prep["id"]), "-c", "2d", "-f", "0", "-device", "cpu", "--disable_tta"],
+                    str(prep["id"]), "-c", "2d", "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities"],
                    check=True, capture_output=True, env=os.environ.copy())
     preds = sorted(out.glob("*.png"))
     assert len(preds) == 2
@@ -81,6 +82,9 @@ def test_nnunet_predict_gives_same_segmentation(in_prepared, tmp_path):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(stock / f.name)))
         np.testing.assert_array_equal(a, b)
+        pa, pb = (np.load(d / f"{f.stem}.npz")["probabilities"] for d in (out, stock))
+        assert pa.dtype == pb.dtype == np.float32
+        np.testing.assert_array_equal(pa, pb)
 
 @pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
 def test_predict_model_trained_by_stock_nnunet(in_prepared, tmp_path):

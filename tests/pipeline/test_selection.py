@@ -103,7 +103,7 @@ def test_nnunets_own_find_best_works_where_its_cross_product_allows(in_zoo):
 
 def test_find_best_and_ensemble_errors(in_zoo, tmp_path, capsys):
     assert main(["find-best", "-d", "504", "-tr", "nnUNetTrainerCoTr"]) == 2
-    assert "no model with complete" in capsys.readouterr().err
+    assert "no trained model of this dataset has the trainer" in capsys.readouterr().err
     models = Path(os.environ["nnUNet_results"]) / "Dataset504_Zoo"
     other = tmp_path / "other"
     shutil.copytree(models / "nnUNetTrainer__nnUNetPlans__2d", other)

@@ -217,7 +217,17 @@ def _check_on_train_start():
     test_on_train_start_writes_into_output_folder_base()
 
 
+def _check_mirror_step():
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    assert list(inspect.signature(nnUNetPredictor._internal_maybe_mirror_and_predict).parameters) == ["self", "x"]
+    src = _src(nnUNetPredictor._internal_predict_sliding_window_return_logits)
+    assert "self._internal_maybe_mirror_and_predict(workon)" in src
+
+
 CHECKS = {
+    "nnUNetPredictor's sliding window calls self._internal_maybe_mirror_and_predict(patch) per patch":
+        _check_mirror_step,
     "nnUNetTrainer.__init__ pops plans['continue_training']": _check_continue_training_pop,
     "nnUNetTrainer.__init__ derives its model folder from nnunetv2.paths.nnUNet_results": _check_model_folder_from_paths,
     "nnunetv2.paths reads nnUNet_* environment variables when used, not when imported": _check_paths_read_lazily,
