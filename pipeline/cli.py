@@ -109,6 +109,9 @@ def _predict_parser(sub) -> None:
     pr.add_argument("-prev_stage_predictions", default=None, help="previous stage's segmentations (cascade)")
     pr.add_argument("-step_size", type=float, default=0.5)
     pr.add_argument("-np", type=int, default=None, dest="num_processes")
+    pr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                    help="torch (default), or onnxruntime: the ONNX networks an `export-model --onnx` zip carries "
+                         "(pip install 'nnzoo[onnx]')")
     pr.add_argument("--exact", action="store_true",
                     help="nnU-Net's float32 prediction unchanged (bit-identical to nnUNetv2_predict); default: the "
                          "network in bfloat16 on CPUs that run it natively, float16 on GPUs")
@@ -161,11 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("-np", type=int, default=None, dest="num_processes")
 
     ex = sub.add_parser("export-model", help="a model folder as nnU-Net's zip, with nnzoo's run metadata")
-    ex.add_argument("-m", required=True, dest="model_dir", help="the model folder")
+    ex.add_argument("-m", default=None, dest="model_dir", help="the model folder (or: -d -c [-tr -p --labeled])")
+    ex.add_argument("-d", default=None, dest="dataset",
+                    help="dataset id or name: the model named as nnUNetv2_export_model_to_zip does (not with -m)")
+    ex.add_argument("-c", default=None, dest="configuration", help="the model's configuration (with -d)")
+    ex.add_argument("-tr", default=None, dest="trainer", help="trainer (with -d; default nnUNetTrainer)")
+    ex.add_argument("-p", default=None, dest="plans", help="plans (with -d; default: the trainer's planner's)")
+    ex.add_argument("--labeled", default=None, help="the label budget the model was trained with (with -d)")
     ex.add_argument("-o", required=True, dest="output_file", help="the zip to write")
     ex.add_argument("-f", nargs="+", default=None, dest="folds")
     ex.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--onnx", action="store_true",
+                    help="also each fold's network as ONNX (fold_<f>/network.onnx; pip install 'nnzoo[onnx]')")
     im = sub.add_parser("install-model", help="install a zip written by export-model into nnUNet_results")
     im.add_argument("zip_file")
     im.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
@@ -328,10 +339,12 @@ def _run(args: argparse.Namespace) -> None:
                   ensemble_size=args.ensemble_size, folds=args.folds, output_dir=args.output_dir,
                   num_processes=args.num_processes)
     elif args.command == "export-model":
-        from .models import export_model
+        from .models import export_model, find_model_folder
 
-        export_model(args.model_dir, args.output_file, folds=args.folds, checkpoint=args.checkpoint,
-                     overwrite=args.overwrite)
+        model_dir = find_model_folder(model_dir=args.model_dir, dataset=args.dataset, configuration=args.configuration,
+                                      trainer=args.trainer, plans=args.plans, labeled=args.labeled)
+        export_model(model_dir, args.output_file, folds=args.folds, checkpoint=args.checkpoint,
+                     overwrite=args.overwrite, onnx=args.onnx)
     elif args.command == "install-model":
         from .models import install_model
 

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import NnzooError
+from .errors import NnzooError, read_json
 from .segio import FILE_ENDINGS, reader_for, split_ending
 from .validate import Case, check_cases, declared_label_values
 
@@ -385,14 +385,7 @@ def check_raw_dataset(raw_folder: str | Path, num_workers: int | None = None) ->
     """
     raw_folder = Path(raw_folder)
     dj_file = raw_folder / "dataset.json"
-    if not dj_file.is_file():
-        raise NnzooError(f"{dj_file}: not found")
-    try:
-        dataset_json = json.loads(dj_file.read_text())
-    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
-        raise NnzooError(f"{dj_file}: not valid JSON ({e})") from None
-    if not isinstance(dataset_json, dict):
-        raise NnzooError(f"{dj_file}: not a dataset.json (a JSON object with channel_names, labels, file_ending...)")
+    dataset_json = read_json(dj_file, hint="a dataset.json is a JSON object with channel_names, labels, file_ending")
     for key in ("channel_names", "labels", "file_ending"):
         if key not in dataset_json:
             raise NnzooError(f"{dj_file}: missing key {key!r}")

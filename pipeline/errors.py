@@ -15,13 +15,13 @@ class NnzooError(Exception):
     """
 
 
-def read_json(path: str | os.PathLike, *, hint: str = "", kind: type = dict):
+def read_json(path: str | os.PathLike, *, hint: str = "", kind: type | tuple[type, ...] = dict):
     """The contents of a JSON file nnzoo or nnU-Net wrote, or one clear error naming the file.
 
     Args:
         path: the file.
         hint: what the user can do about a missing or damaged file (appended to the message).
-        kind: the type the top level must have.
+        kind: the type (or types) the top level must have.
 
     Raises:
         NnzooError: the file is missing, unreadable, not valid JSON or not of ``kind``.
@@ -37,5 +37,6 @@ def read_json(path: str | os.PathLike, *, hint: str = "", kind: type = dict):
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise NnzooError(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]}){suffix}") from None
     if not isinstance(obj, kind):
-        raise NnzooError(f"{path}: expected a JSON {kind.__name__}, found {type(obj).__name__}{suffix}")
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise NnzooError(f"{path}: expected a JSON {names}, found {type(obj).__name__}{suffix}")
     return obj

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NnzooError
+from .errors import NnzooError, read_json
 from .metrics import (
     CSV_METRICS,
     NEW_METRICS,
@@ -213,14 +213,10 @@ def _labels_from_file(path: Path, flag: str) -> EvalLabels:
     Raises:
         NnzooError: missing file, a folder, invalid JSON, values that are not integers, no foreground label.
     """
-    if path.is_dir():
-        raise NnzooError(f"{flag}{path}: is a folder; give a dataset.json or a JSON file of labels")
-    if not path.is_file():
-        raise NnzooError(f"{flag}{path}: file not found")
     try:
-        spec = json.loads(path.read_text())
-    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
-        raise NnzooError(f"{flag}{path}: not valid JSON ({e})") from None
+        spec = read_json(path, hint="give a dataset.json or a JSON file of labels", kind=(dict, list))
+    except NnzooError as e:
+        raise NnzooError(f"{flag}{e}") from None
     if not isinstance(spec, (dict, list)):
         raise NnzooError(f"{flag}{path}: expected a dataset.json, a JSON object of labels or a list of label values, "
                          f"got {spec!r:.60}")

@@ -11,8 +11,10 @@ On GPUs the mirrored copies of a patch share one forward pass (a batch of 4 in 2
 CPU they run one after another, as in nnU-Net: measured on the 2-core development machine
 (2026-12-06, one thread, 2D 128² and 3D 32×48×48 patches of a 3-stage ``PlainConvUNet``), one batched
 forward took 1.1–1.5× as long as the sequential ones, in float32 and bfloat16 alike, and
-channels-last memory layout was slower too. ``--exact`` runs nnU-Net's ``nnUNetPredictor`` unchanged,
-whose outputs are bit-identical to ``nnUNetv2_predict``'s.
+channels-last memory layout was slower too. On the CPU the cases also run one after another in the
+``nnzoo predict`` process instead of nnU-Net's worker processes (:func:`nnzoo.pipeline.predict.in_process`).
+``--exact`` runs nnU-Net's ``nnUNetPredictor`` and worker processes unchanged, whose outputs are
+bit-identical to ``nnUNetv2_predict``'s.
 """
 
 from __future__ import annotations

@@ -22,7 +22,11 @@ from .errors import NnzooError, read_json
 from .experiment import default_plans_name, model_folder, trainer_for
 from .validate import Case, check_cases
 
-__all__ = ["predict", "PredictOptions", "check_options", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
+__all__ = ["predict", "PredictOptions", "check_options", "in_process", "BACKENDS", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
+
+
+#: ``--backend``: the network in PyTorch, or the ONNX networks of an export made with ``--onnx``
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +62,8 @@ class PredictOptions:
         exact: nnU-Net's float32 predictor unchanged (``--exact``; outputs bit-identical to
             ``nnUNetv2_predict``); default: the network in reduced precision where the hardware runs it
             natively (:mod:`nnzoo.pipeline.inference`).
+        backend: ``torch`` (default) or ``onnxruntime``: the folds' ONNX networks that ``nnzoo export-model
+            --onnx`` added to the model folder, run by ONNX Runtime inside nnU-Net's sliding window.
     """
 
     input_dir: str | Path
@@ -83,6 +89,7 @@ class PredictOptions:
     step_size: float = 0.5
     num_processes: int | None = None
     exact: bool = False
+    backend: str = "torch"
 
     @classmethod
     def from_namespace(cls, args) -> PredictOptions:
@@ -261,6 +268,20 @@ def complete_outputs(targets: dict[str, Path], reader_class, with_probabilities:
     return done, broken
 
 
+def in_process(options: PredictOptions, device) -> bool:
+    """Whether the cases are preprocessed, predicted and exported one after another in this process
+    (nnU-Net's ``predict_from_files_sequential``) instead of nnU-Net's worker processes.
+
+    On the CPU (not ``--exact``), yes: the network's threads already use every core, so workers overlap
+    little and each spends seconds starting up (a new interpreter importing torch and nnU-Net). Measured
+    on the 2-core development machine (2026-12-06, brain-phantom models of ``benchmarks/bench_predict.py``,
+    two alternating runs each): a whole ``nnzoo predict`` of 3 ``3d_fullres`` cases with mirroring took
+    10.2–10.3 s in process against 16.0–16.2 s with 2 workers, of 6 ``2d`` cases 5.5–5.7 s against
+    11.4–12.2 s. On a GPU the workers keep it busy while the CPU preprocesses, as in nnU-Net.
+    """
+    return device.type == "cpu" and not options.exact
+
+
 def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path, *, options: PredictOptions,
                   device, num_processes: int, save_probabilities: bool,
                   prev_stage_predictions: Path | None = None) -> None:
@@ -280,7 +301,13 @@ def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path
 
     predictor = make_predictor(exact=options.exact, device=device, step_size=options.step_size,
                                use_mirroring=not options.disable_tta)
-    predictor.manual_initialization(*load_model(model))
+    loaded = load_model(model)
+    if options.backend == "onnxruntime":
+        from .onnx_backend import OnnxFoldsNetwork, onnx_files
+
+        network = OnnxFoldsNetwork(onnx_files(model.folder, model.folds), device=device)
+        loaded = (network, *loaded[1:3], network.fold_parameters(), *loaded[4:])
+    predictor.manual_initialization(*loaded)
     output_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(cases)
     inputs = [cases[c] for c in names]
@@ -297,12 +324,19 @@ def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path
                     link = Path(links) / f"{c}_{i:04d}{ending}"
                     link.symlink_to(Path(f).resolve())
                     inputs[-1].append(str(link))
-        predictor.predict_from_files(inputs, [str(output_dir / c) for c in names],
-                                     save_probabilities=save_probabilities, overwrite=True,
-                                     num_processes_preprocessing=num_processes,
-                                     num_processes_segmentation_export=num_processes,
-                                     folder_with_segs_from_prev_stage=str(prev_stage_predictions)
-                                     if prev_stage_predictions else None)
+        prev = str(prev_stage_predictions) if prev_stage_predictions else None
+        if in_process(options, device):
+            for i, (c, files) in enumerate(zip(names, inputs), 1):
+                print(f"nnzoo: [{i}/{len(names)}] {c}", flush=True)
+                predictor.predict_from_files_sequential([files], [str(output_dir / c)],
+                                                        save_probabilities=save_probabilities, overwrite=True,
+                                                        folder_with_segs_from_prev_stage=prev)
+        else:
+            predictor.predict_from_files(inputs, [str(output_dir / c) for c in names],
+                                         save_probabilities=save_probabilities, overwrite=True,
+                                         num_processes_preprocessing=num_processes,
+                                         num_processes_segmentation_export=num_processes,
+                                         folder_with_segs_from_prev_stage=prev)
 
 
 def _previous_stage(model: ModelRef) -> str | None:
@@ -329,6 +363,12 @@ def check_options(o: PredictOptions) -> None:
         raise NnzooError(f"-np {o.num_processes}: must be at least 1")
     if o.overwrite and o.continue_prediction:
         raise NnzooError("--overwrite and --continue cannot be combined")
+    if o.backend not in BACKENDS:
+        raise NnzooError(f"--backend {o.backend}: one of {', '.join(BACKENDS)}")
+    if o.backend == "onnxruntime":
+        from .onnx_backend import require_onnxruntime
+
+        require_onnxruntime()
     out = Path(o.output_dir)
     for folder in (out, *out.parents):
         if folder.exists():
@@ -367,6 +407,10 @@ def predict(options: PredictOptions) -> list[Path]:
         raise NnzooError(f"output folder {output_dir} is the input folder; choose another one")
     model = resolve_model(model_dir=o.model_dir, dataset=o.dataset, configuration=o.configuration, trainer=o.trainer,
                           plans=o.plans, labeled=parse_labeled(o.labeled), folds=o.folds, checkpoint=checkpoint)
+    if o.backend == "onnxruntime":
+        from .onnx_backend import onnx_files
+
+        onnx_files(model.folder, model.folds)  # a clear error naming the missing network.onnx before anything runs
     cases, in_ending = scan_image_folder(input_dir, len(model.dataset_json["channel_names"]), "input")
     reader = _check_reader(model, in_ending)
     cases = {c: cases[c] for c in sorted(cases)[part_id::num_parts]}  # nnU-Net's sharding rule
@@ -403,7 +447,8 @@ def predict(options: PredictOptions) -> list[Path]:
     part = f" (part {part_id + 1} of {num_parts})" if num_parts > 1 else ""
     from .inference import fast_dtype
 
-    precision = "float32, --exact" if o.exact else f"{str(fast_dtype(dev) or torch.float32)[6:]}, --exact: float32"
+    precision = ("ONNX Runtime, float32" if o.backend == "onnxruntime" else "float32, --exact" if o.exact
+                 else f"{str(fast_dtype(dev) or torch.float32)[6:]}, --exact: float32")
     print(f"nnzoo: predicting {len(todo)} case(s){part} with {model.folder.name} folds {model.folds} on {dev} "
           f"({precision}){' (no TTA)' if o.disable_tta else ''} -> {output_dir}")
     if todo:

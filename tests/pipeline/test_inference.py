@@ -116,3 +116,12 @@ def test_fast_prediction_agrees_with_exact_on_a_trained_model(in_prepared, tmp_p
     assert (fast == exact).mean() >= 0.999
     for c in (v for v in labels.values() if v != 0):
         assert _dice(fast, exact, c) >= 0.995, c
+
+
+def test_cases_run_in_process_on_the_cpu_unless_exact():
+    from nnzoo.pipeline.predict import PredictOptions, in_process
+
+    o = PredictOptions(input_dir="i", output_dir="o")
+    assert in_process(o, torch.device("cpu"))
+    assert not in_process(PredictOptions(input_dir="i", output_dir="o", exact=True), torch.device("cpu"))
+    assert not in_process(o, torch.device("cuda"))
