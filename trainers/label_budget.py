@@ -79,8 +79,9 @@ def choose_labeled_cases(train_keys: list[str], num_labeled: int, fold: int | st
 class LabelBudgetMixin:
     """Mixin for any nnU-Net trainer: train on ``labeled_budget`` labeled cases of the fold.
 
-    :func:`nnzoo.trainers.base.nnzoo_trainer_class` puts it first in the bases of any trainer
-    ``nnzoo train`` runs; set ``labeled_budget`` on the instance before ``run_training``.
+    Every nnzoo trainer has it (:class:`~nnzoo.trainers.base.NnzooTrainer`);
+    :func:`nnzoo.trainers.base.nnzoo_trainer_class` puts it in front of any other trainer ``nnzoo train``
+    runs. Set ``labeled_budget`` on the instance before ``run_training``.
 
     Attributes:
         labeled_budget: None (every training case labeled), an int N (N cases) or a float in

@@ -61,8 +61,9 @@ def test_method_end_to_end(trainer, in_prepared, tmp_path, capsys):
         shutil.copy(f, inp / f.name)
         shutil.copy(f, nn_in / f"{f.name[:-len(ending)]}_0000{ending}")
     out = tmp_path / "out"
+    exact = ["--exact"] if trainer == "nnUNetTrainerBoundaryAware" else []  # compared with nnUNetv2_predict below
     assert main(["predict", "-i", str(inp), "-o", str(out), "-d", did, "-c", cfg, "-tr", trainer, "-f", "0",
-                 "-device", "cpu", "--disable-tta"]) == 0
+                 "-device", "cpu", "--disable-tta", *exact]) == 0
     for f in imgs:
         ref, pred = sitk.ReadImage(str(f)), sitk.ReadImage(str(out / f.name))
         assert pred.GetSize() == ref.GetSize() and pred.GetSpacing() == ref.GetSpacing()
