@@ -16,6 +16,7 @@ from helpers import make_trainer, tiny_plans
 from nnzoo.trainers.bcp import (
     bcp_mask,
     bcp_region_loss,
+    bcp_stage2_loss,
     halves,
     largest_component_per_class,
     masked_dice_ce,
@@ -435,3 +436,66 @@ def test_stage1_state_survives_a_checkpoint(tmp_path):
     np.testing.assert_array_equal(t2.component_counts, t.component_counts)
     assert t2.stage1_best["epoch"] == 3 and t2.stage1_best["ema"] == 0.7
     assert t2.lcc_classes() == t.lcc_classes() == []
+
+
+# ----------------------------------------------------------------------------- stage-2 wiring (issue 23)
+def _box_mask(shape=(8, 8)) -> torch.Tensor:
+    """M: ones with a zero box in the top-left quarter (the copy-paste box)."""
+    m = torch.ones(1, 1, *shape)
+    m[..., : shape[0] // 2, : shape[1] // 2] = 0
+    return m
+
+
+def test_stage2_inputs_paste_the_labeled_box_into_the_unlabeled_image_and_the_reverse(tmp_path):
+    """Official BCP: X1 = u_a M + l_a (1 - M) (the labeled box pasted into an unlabeled image),
+    X2 = l_b M + u_b (1 - M) (the unlabeled box pasted into a labeled image). Fails if the arguments
+    of either mix are swapped."""
+    t = _trainer(tmp_path, "2d")
+    t.teacher = EMATeacher(t.network)
+    mask = _box_mask(PATCH["2d"])
+    labeled = torch.full((2, 1, *PATCH["2d"]), 1.0)
+    unlabeled = torch.full((2, 1, *PATCH["2d"]), 2.0)
+    mixed, p_a, p_b = t.stage2_inputs(labeled, unlabeled, mask)
+    inside = mask[0, 0] == 0
+    x1, x2 = mixed[0, 0], mixed[1, 0]
+    assert (x1[inside] == 1).all() and (x1[~inside] == 2).all()
+    assert (x2[inside] == 2).all() and (x2[~inside] == 1).all()
+    assert p_a.shape == p_b.shape == (1, 1, *PATCH["2d"])
+
+
+def _perfect_logits(target: torch.Tensor, classes: int = 2, margin: float = 30.0) -> torch.Tensor:
+    return torch.nn.functional.one_hot(target[:, 0].long(), classes).movedim(-1, 1).float() * margin
+
+
+def test_stage2_loss_weights_the_pseudo_labelled_region_of_each_mixed_image():
+    """alpha (the unlabeled weight) acts on the pseudo-labelled region of each mixed image only: where
+    M = 1 in X1 (the unlabeled image around the pasted labeled box), where M = 0 in X2 (the pasted
+    unlabeled box). A prediction wrong only there gives a loss proportional to alpha; wrong only in
+    the labeled region, a loss that does not depend on alpha. Fails if (alpha, 1) are swapped in
+    either image or the pseudo-labels and labels are mixed the other way round."""
+    mask = _box_mask()
+    p = torch.ones(1, 1, 8, 8, dtype=torch.long)  # pseudo-labels: class 1 everywhere
+    y = torch.zeros(2, 1, 8, 8, dtype=torch.long)  # labels: class 0 everywhere
+    m = mask.bool()
+    y1 = torch.where(m, p, y[:1])  # the targets the official code builds
+    y2 = torch.where(m, y[1:], p)
+
+    def loss(first_wrong_where: torch.Tensor | None, second_wrong_where: torch.Tensor | None, alpha: float):
+        def logits(target, wrong):
+            t = target.clone()
+            if wrong is not None:
+                t[wrong.expand_as(t)] = 1 - t[wrong.expand_as(t)]
+            return _perfect_logits(t)
+
+        out = torch.cat((logits(y1, first_wrong_where), logits(y2, second_wrong_where)))
+        return float(bcp_stage2_loss(out, [y], mask, p, p, weights=[1.0], unlabeled_weight=alpha))
+
+    assert loss(None, None, 0.5) < 1e-6  # perfect everywhere: no loss
+    pseudo_1, labeled_1 = m, ~m  # X1: pseudo-labels where M = 1
+    pseudo_2, labeled_2 = ~m, m  # X2: pseudo-labels where M = 0
+    for first, second in ((pseudo_1, None), (None, pseudo_2)):  # wrong only on pseudo-labels: loss ∝ alpha
+        assert loss(first, second, 0.5) == pytest.approx(0.5 * loss(first, second, 1.0), rel=1e-4)
+        assert loss(first, second, 1.0) > 0.1
+    for first, second in ((labeled_1, None), (None, labeled_2)):  # wrong only on labels: alpha plays no part
+        assert loss(first, second, 0.5) == pytest.approx(loss(first, second, 1.0), rel=1e-4)
+        assert loss(first, second, 1.0) > 0.1
