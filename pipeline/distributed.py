@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -62,6 +63,13 @@ def _worker(rank: int, fn: Callable, args: tuple, world_size: int, backend: str)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size))
     with process_group(backend, rank, world_size):
         fn(*args)
+    # The run is complete (rank 0 wrote its checkpoints atomically) and the process group is destroyed: leave
+    # without the interpreter's teardown, in which Gloo's worker threads can still release tensors of the DDP
+    # reducer and abort the process ("terminate called without an active exception", seen once in CI on a
+    # resumed 2-process CPU run that had finished) — which would report a finished run as a dead process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn_processes(fn: Callable, args: tuple, nprocs: int, device_type: str) -> None:
