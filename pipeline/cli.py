@@ -237,19 +237,14 @@ def _label_names(items: list[str]) -> dict[int, str]:
         if int(v) in out and out[int(v)] != n:
             raise NnzooError(f"--label {v}: label value {v} is named twice ({out[int(v)]!r} and {n!r})")
         out[int(v)] = n
-    names = list(out.values())
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise NnzooError(f"--label: label name {twice[0]!r} is given to more than one label value")
-    return out
+    return out  # a name given to two values is refused where every label's name is known (dataset._labels_json)
 
 
 def _check_find_best_args(args: argparse.Namespace) -> None:
     """find-best's flags, checked before any model is scored: counts, folds, output folder, and -c/-tr
     values that no trained model of the dataset has (a typo would otherwise read as "no model")."""
-    from pathlib import Path
-
     from .dataset import resolve_dataset_name
+    from .errors import check_folder_can_be_made
     from .selection import find_models
 
     if args.num_processes is not None and args.num_processes < 1:
@@ -258,12 +253,7 @@ def _check_find_best_args(args: argparse.Namespace) -> None:
     if bad:
         raise NnzooError(f"-f {bad[0]}: folds are 0 or more")
     if args.output_dir is not None:
-        out = Path(args.output_dir)
-        for p in (out, *out.parents):
-            if p.exists():
-                if not p.is_dir():
-                    raise NnzooError(f"-o {out}: cannot write there, {p} is a file, not a folder")
-                break
+        check_folder_can_be_made(args.output_dir, flag=f"-o {args.output_dir}")
     models = find_models(resolve_dataset_name(args.dataset))
     for flag, values, key in (("-c", args.configurations, "configuration"), ("-tr", args.trainers, "trainer")):
         have = sorted({m[key] for m in models})

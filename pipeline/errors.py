@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
-__all__ = ["NnzooError", "read_json"]
+__all__ = ["NnzooError", "read_json", "check_folder_can_be_made"]
 
 
 class NnzooError(Exception):
@@ -40,3 +41,21 @@ def read_json(path: str | os.PathLike, *, hint: str = "", kind: type | tuple[typ
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise NnzooError(f"{path}: expected a JSON {names}, found {type(obj).__name__}{suffix}")
     return obj
+
+
+def check_folder_can_be_made(folder: str | os.PathLike, *, flag: str) -> None:
+    """``folder`` is a folder, or can be made one: neither it nor a parent is a file.
+
+    Args:
+        folder: the folder to write into.
+        flag: how the user gave it, for the message (e.g. ``"-o out/"``).
+
+    Raises:
+        NnzooError: naming the file in the way.
+    """
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NnzooError(f"{flag}: cannot write there, {p} is a file, not a folder")
+            return

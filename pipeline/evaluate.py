@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NnzooError, read_json
+from .errors import NnzooError, check_folder_can_be_made, read_json
 from .metrics import (
     CSV_METRICS,
     NEW_METRICS,
@@ -217,24 +217,12 @@ def _labels_from_file(path: Path, flag: str) -> EvalLabels:
         spec = read_json(path, hint="give a dataset.json or a JSON file of labels", kind=(dict, list))
     except NnzooError as e:
         raise NnzooError(f"{flag}{e}") from None
-    if not isinstance(spec, (dict, list)):
-        raise NnzooError(f"{flag}{path}: expected a dataset.json, a JSON object of labels or a list of label values, "
-                         f"got {spec!r:.60}")
     try:
         return resolve_labels(spec)
     except NnzooError as e:
         raise NnzooError(f"{flag}{path}: {e}") from None
     except (TypeError, ValueError, AttributeError) as e:
         raise NnzooError(f"{flag}{path}: labels must be integer values (or lists of them for regions): {e}") from None
-
-
-def _check_output_folder(out: Path, flag: str) -> None:
-    """``out`` is, or can be made, a folder: neither it nor a parent is a file."""
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise NnzooError(f"{flag}{out}: cannot write there, {p} is a file, not a folder")
-            return
 
 
 def evaluate(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, dataset: str | int | None = None,
@@ -283,7 +271,7 @@ def evaluate(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, dataset
         labels = Path(labels_file)
     _labels_from_file(labels, "--labels " if labels_file is not None else "")
     out = Path(output_dir) if output_dir else Path(pred_dir) / "evaluation"
-    _check_output_folder(out, "-o " if output_dir else "")
+    check_folder_can_be_made(out, flag=f"-o {out}" if output_dir else str(out))
     res = evaluate_folders(ref_dir, pred_dir, labels=labels, tolerance_mm=tolerance_mm, output_dir=out,
                            num_processes=num_processes or min(4, os.cpu_count() or 1), image_dir=image_dir,
                            check_values=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import NnzooError
 
-__all__ = ["dataset_id_of", "data_identifier", "default_plans_name", "load_plans", "check_configuration",
+__all__ = ["build_network", "named_model_folder", "dataset_id_of", "data_identifier", "default_plans_name", "load_plans", "check_configuration",
            "parse_fold", "fold_training_cases", "model_folder", "budget_suffix", "trainer_for", "configuration_manager"]
 
 
@@ -42,6 +42,28 @@ def trainer_for(name: str, configuration: str | None = None) -> type:
         if dim not in info.dims:
             raise NnzooError(f"trainer {name} supports {'/'.join(info.dims)} only, not configuration {configuration!r}")
     return cls
+
+
+def build_network(trainer_class: type, plans_manager, configuration_manager, dataset_json: dict, *,
+                  deep_supervision: bool):
+    """The trainer's network for a configuration, as nnU-Net's trainer and predictor build it.
+
+    Args:
+        trainer_class: the trainer (its ``build_network_architecture``).
+        plans_manager: nnU-Net's ``PlansManager`` of the plans.
+        configuration_manager: the configuration's ``ConfigurationManager``.
+        dataset_json: the dataset's ``dataset.json`` (input channels, segmentation heads).
+        deep_supervision: deep-supervision outputs on (training) or off (inference).
+
+    Returns:
+        The network (nnU-Net's initialisation, on the current default device).
+    """
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    num_in = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    num_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    return trainer_class.build_network_architecture(plans_manager, configuration_manager, num_in, num_out,
+                                                    enable_deep_supervision=deep_supervision)
 
 
 def default_plans_name(trainer: str) -> str:
@@ -153,6 +175,36 @@ def fold_training_cases(preprocessed_base: Path, data_folder: Path, fold: int | 
                              "train fold 'all' or add cases")
         splits = generate_crossval_split(cases, seed=12345, n_splits=5)
     return sorted(splits[int(fold)]["train"])
+
+
+def named_model_folder(dataset: str | int, configuration: str, *, trainer: str, plans: str | None,
+                       labeled: int | float | None) -> Path:
+    """The trained model folder nnU-Net's names give (``-d -c -tr -p`` and nnzoo's ``--labeled``).
+
+    Args:
+        dataset: dataset id or name.
+        configuration: the configuration.
+        trainer: the trainer's name.
+        plans: the plans (None: the trainer's planner's, else ``nnUNetPlans``).
+        labeled: the label budget (parsed), or None.
+
+    Returns:
+        ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[_labeled<N>]``, which exists.
+
+    Raises:
+        NnzooError: unknown dataset or trainer (did-you-mean), or no such folder (lists the dataset's models).
+    """
+    from .dataset import resolve_dataset_name
+
+    name = resolve_dataset_name(dataset)
+    folder = model_folder(name, trainer, plans or default_plans_name(trainer), configuration, labeled)
+    if not folder.is_dir():
+        trainer_for(trainer)  # an unknown trainer name: the did-you-mean error
+        have = sorted(p.name for p in folder.parent.glob("*__*__*") if p.is_dir()) if folder.parent.is_dir() else []
+        raise NnzooError(f"{folder}: no trained model (-d {dataset} -c {configuration} -tr {trainer}"
+                         f"{f' -p {plans}' if plans else ''}{f' --labeled {labeled}' if labeled is not None else ''})"
+                         + (f"; models of {name}: {', '.join(have)}" if have else f"; {name} has no models"))
+    return folder
 
 
 def budget_suffix(labeled: int | float | None) -> str:

@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .errors import NnzooError
+from .errors import NnzooError, check_folder_can_be_made
 
 __all__ = ["export_model", "find_model_folder", "install_model", "NNZOO_FILES"]
 
@@ -51,8 +51,7 @@ def find_model_folder(*, model_dir: str | Path | None = None, dataset: str | int
         NnzooError: both ways or neither, ``-d`` without ``-c`` (or the reverse), an unknown dataset or
             trainer, or no such model folder (lists the dataset's models).
     """
-    from .dataset import resolve_dataset_name
-    from .experiment import default_plans_name, model_folder, trainer_for
+    from .experiment import named_model_folder
     from .train import parse_labeled
 
     names = {"-d": dataset, "-c": configuration, "-tr": trainer, "-p": plans, "--labeled": labeled}
@@ -68,16 +67,8 @@ def find_model_folder(*, model_dir: str | Path | None = None, dataset: str | int
                          f"[-tr TRAINER] [-p PLANS] [--labeled N]){hint}")
     if configuration is None:
         raise NnzooError(f"-d {dataset}: also give the model's configuration (-c, e.g. 2d or 3d_fullres)")
-    trainer = trainer or "nnUNetTrainer"
-    name = resolve_dataset_name(dataset)
-    folder = model_folder(name, trainer, plans or default_plans_name(trainer), configuration, parse_labeled(labeled))
-    if not folder.is_dir():
-        trainer_for(trainer)  # an unknown trainer name: the did-you-mean error
-        have = sorted(p.name for p in folder.parent.glob("*__*__*") if p.is_dir()) if folder.parent.is_dir() else []
-        raise NnzooError(f"{folder}: no trained model (-d {dataset} -c {configuration} -tr {trainer}"
-                         f"{f' -p {plans}' if plans else ''}{f' --labeled {labeled}' if labeled is not None else ''})"
-                         + (f"; models of {name}: {', '.join(have)}" if have else f"; {name} has no models"))
-    return folder
+    return named_model_folder(dataset, configuration, trainer=trainer or "nnUNetTrainer", plans=plans,
+                              labeled=parse_labeled(labeled))
 
 
 def export_model(model_dir: str | Path, output_file: str | Path, *, folds: list[str] | None = None,
@@ -108,11 +99,7 @@ def export_model(model_dir: str | Path, output_file: str | Path, *, folds: list[
     out = Path(output_file).resolve()
     if out.is_dir():
         raise NnzooError(f"-o {output_file}: is a folder; give the zip file to write (e.g. {Path(output_file) / 'model.zip'})")
-    for p in out.parents:
-        if p.exists():
-            if not p.is_dir():
-                raise NnzooError(f"-o {output_file}: cannot write there, {p} is a file, not a folder")
-            break
+    check_folder_can_be_made(out.parent, flag=f"-o {output_file}")
     if out.exists() and not overwrite:
         raise NnzooError(f"{out} already exists; use --overwrite to replace it")
     if onnx:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import NnzooError
+from .errors import NnzooError, read_json
 
 __all__ = ["OPSET", "ONNX_FILE", "ONNX_NETWORK_FILE", "INSTALL_HINT", "onnx_available", "require_onnxruntime",
            "require_onnx_exporter",
@@ -199,12 +198,7 @@ def read_onnx_metadata(onnx_file: str | Path) -> dict:
         NnzooError: the file is not valid JSON.
     """
     f = Path(onnx_file).with_name(ONNX_NETWORK_FILE)
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise NnzooError(f"{f}: not valid JSON ({e}); export the model again with --onnx") from None
+    return read_json(f, hint="export the model again with --onnx") if f.is_file() else {}
 
 
 def default_providers(device: str | torch.device | None = None) -> list[str]:

@@ -17,9 +17,9 @@ import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .dataset import resolve_dataset_name, scan_image_folder
-from .errors import NnzooError, read_json
-from .experiment import default_plans_name, model_folder, trainer_for
+from .dataset import scan_image_folder
+from .errors import NnzooError, check_folder_can_be_made, read_json
+from .experiment import build_network, named_model_folder, trainer_for
 from .validate import Case, check_cases
 
 __all__ = ["predict", "PredictOptions", "check_options", "in_process", "BACKENDS", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
@@ -156,12 +156,7 @@ def resolve_model(*, model_dir: str | Path | None = None, dataset: str | int | N
     else:
         if dataset is None or configuration is None:
             raise NnzooError("give a model folder (-m) or the dataset (-d) and configuration (-c)")
-        name = resolve_dataset_name(dataset)
-        folder = model_folder(name, trainer, plans or default_plans_name(trainer), configuration, labeled)
-        if not folder.is_dir():
-            trainer_for(trainer)  # unknown trainer name: the did-you-mean error
-            have = sorted(p.name for p in folder.parent.glob("*__*__*")) if folder.parent.is_dir() else []
-            raise NnzooError(f"{folder}: no trained model" + (f"; models of {name}: {', '.join(have)}" if have else ""))
+        folder = named_model_folder(dataset, configuration, trainer=trainer, plans=plans, labeled=labeled)
     for f in ("plans.json", "dataset.json"):
         if not (folder / f).is_file():
             raise NnzooError(f"{folder / f}: not found; {folder} is not an nnU-Net model folder")
@@ -213,7 +208,6 @@ def load_model(model: ModelRef):
     Raises:
         NnzooError: unreadable/unsafe checkpoints, or folds trained by different trainers.
     """
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from .checkpoint import check_weights_fit, load_checkpoint_safely
@@ -225,11 +219,8 @@ def load_model(model: ModelRef):
         raise NnzooError(f"{model.folder}: folds were trained by different trainers {sorted(names)}")
     trainer_name = ckpts[0]["trainer_name"]
     configuration_manager = plans_manager.get_configuration(model.configuration)
-    trainer_cls = trainer_for(trainer_name)
-    num_in = determine_num_input_channels(plans_manager, configuration_manager, model.dataset_json)
-    num_out = plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads
-    network = trainer_cls.build_network_architecture(plans_manager, configuration_manager, num_in, num_out,
-                                                     enable_deep_supervision=False)
+    network = build_network(trainer_for(trainer_name), plans_manager, configuration_manager, model.dataset_json,
+                            deep_supervision=False)
     parameters = [c["network_weights"] for c in ckpts]
     for f, weights in zip(model.folds, parameters):
         check_weights_fit(network, weights, model.folder / f"fold_{f}" / model.checkpoint,
@@ -369,12 +360,7 @@ def check_options(o: PredictOptions) -> None:
         from .onnx_backend import require_onnxruntime
 
         require_onnxruntime()
-    out = Path(o.output_dir)
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise NnzooError(f"-o {o.output_dir}: {folder} is a file, not a folder")
-            break
+    check_folder_can_be_made(o.output_dir, flag=f"-o {o.output_dir}")
 
 
 def predict(options: PredictOptions) -> list[Path]:

@@ -20,6 +20,7 @@ from .dataset import resolve_dataset_name
 from .errors import NnzooError, read_json
 from .experiment import (
     budget_suffix,
+    build_network,
     check_configuration,
     configuration_manager,
     data_identifier,
@@ -173,15 +174,13 @@ def _plan_method_plans_on_the_spot(name: str, trainer: str, plans_name: str, con
     plan_and_preprocess(name, configurations=[configuration], planner=info.planner)
 
 
-def _check_budget(o: TrainOptions, plans: dict, pre: Path) -> None:
+def _check_budget(o: TrainOptions, num_training_cases: int) -> None:
     from nnzoo.trainers.label_budget import resolve_labeled_budget
 
     if o.labeled is None:
         return
-    folder = pre / data_identifier(plans, o.configuration)
-    n = len(fold_training_cases(pre, folder, o.fold))
     try:
-        resolve_labeled_budget(o.labeled, n)
+        resolve_labeled_budget(o.labeled, num_training_cases)
     except ValueError as e:
         raise NnzooError(f"--labeled {o.labeled}: {e}") from None
 
@@ -252,8 +251,8 @@ def resolve_run(options: TrainOptions) -> TrainRun:
     plans_dict, pre = load_plans(name, plans_name)
     check_configuration(plans_dict, o.configuration, pre)
     fold = parse_fold(o.fold, pre)
-    if fold != "all":  # nnU-Net's 5-fold split needs 5 cases: say so before anything is written
-        fold_training_cases(pre, pre / data_identifier(plans_dict, o.configuration), fold)
+    # the fold's training cases (a clear error when nnU-Net's 5-fold split has too few), before anything is written
+    training_cases = fold_training_cases(pre, pre / data_identifier(plans_dict, o.configuration), fold)
     _check_schedule(o)
     if o.resume and o.validation_only:
         raise NnzooError("--continue and --val cannot be combined: --val only validates a finished fold")
@@ -280,7 +279,7 @@ def resolve_run(options: TrainOptions) -> TrainRun:
         pretrained_weights=str(Path(o.pretrained_weights).resolve()) if o.pretrained_weights else None,
         hparams=overrides or prev.get("hparams") or {})
     run = TrainRun(resolved, folders)
-    _check_budget(resolved, plans_dict, pre)
+    _check_budget(resolved, len(training_cases))
     if not o.validation_only:
         _check_unlabeled_available(resolved, plans_dict, pre)
     _check_model_folder(run)
@@ -308,30 +307,21 @@ def _check_pretrained_weights(o: TrainOptions, trainer_cls: type, plans: dict, d
 def _network_on_meta(trainer_cls: type, plans: dict, configuration: str, dataset_json: dict):
     """The trainer's network (deep supervision on, as trained) on the meta device: shapes without memory."""
     import torch
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(plans)
-    cm = pm.get_configuration(configuration)
-    args = (pm, cm, determine_num_input_channels(pm, cm, dataset_json),
-            pm.get_label_manager(dataset_json).num_segmentation_heads)
+    args = (trainer_cls, pm, pm.get_configuration(configuration), dataset_json)
     try:
         with torch.device("meta"):
-            return trainer_cls.build_network_architecture(*args, enable_deep_supervision=True)
+            return build_network(*args, deep_supervision=True)
     except Exception:  # noqa: BLE001 - a network that cannot be built without data: build it for real
-        return trainer_cls.build_network_architecture(*args, enable_deep_supervision=True)
+        return build_network(*args, deep_supervision=True)
 
 
 def _previous_record(run_file: Path) -> dict:
     if not run_file.is_file():
         return {}
-    try:
-        record = json.loads(run_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NnzooError(f"{run_file}: cannot be read ({e}); remove it to continue with the flags given now") from None
-    if not isinstance(record, dict):
-        raise NnzooError(f"{run_file}: not a JSON object; remove it to continue with the flags given now")
-    return record
+    return read_json(run_file, hint="remove it to continue with the flags given now")
 
 
 def train(options: TrainOptions) -> Path:

@@ -136,7 +136,6 @@ class NnzooTrainerMixin(AtomicCheckpointMixin):
       or ``supports_cascade`` to False refuses such datasets or configurations in its constructor
       (``nnzoo train`` checks the same with :func:`label_support_problem` before building it).
 
-
     Attributes:
         supports_regions: False: refuse region-based (sigmoid) plans.
         supports_ignore_label: False: refuse datasets with an ignore label.
@@ -195,8 +194,6 @@ def nnzoo_trainer_class(trainer_class: type, hyperparameters: dict | None = None
     The model folder (e.g. a label budget's ``..._labeled4``) is not part of the class: see
     :func:`~nnzoo.trainers.nnunet_compat.build_trainer`.
     """
-    from .label_budget import LabelBudgetMixin
-
     missing = tuple(m for m in (NnzooTrainerMixin, LabelBudgetMixin) if not issubclass(trainer_class, m))
     if not missing and not hyperparameters:
         return trainer_class

@@ -19,7 +19,6 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -282,11 +281,10 @@ def run_nnunet_training(trainer, *, resume: bool, validation_only: bool = False,
                     after_validation()
 
 
-class _TorchWithCheckpointHooks(SimpleNamespace):
+class _TorchWithCheckpointHooks:
     """Stands in for the module global ``torch`` of nnU-Net's trainer module during one save or load."""
 
     def __init__(self, save=None, load=None) -> None:
-        super().__init__()
         self._save, self._load = save, load
 
     def __getattr__(self, name: str):
