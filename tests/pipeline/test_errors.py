@@ -174,11 +174,12 @@ def in_trained(trained):
 
 
 @pytest.mark.slow
-def test_models(in_trained, tmp_path, capsys):
+def test_models(in_trained, fold0_untrained, tmp_path, capsys):
     inp = in_trained["src"]["images"]
     fold = Path(os.environ["nnUNet_results"]) / "Dataset502_Toy2d" / "nnUNetTrainer__nnUNetPlans__2d" / "fold_4"
-    assert main(["predict", "-i", str(inp), "-o", str(tmp_path / "o"), "-d", "502", "-c", "2d", "-f", "1"]) == 2
-    _one_error_line(capsys, "fold_1", "not found")
+    # fold 0 without models whatever ran before (fold 1 is trained by test_methods_cli when it runs first)
+    assert main(["predict", "-i", str(inp), "-o", str(tmp_path / "o"), "-d", "502", "-c", "2d", "-f", "0"]) == 2
+    _one_error_line(capsys, "fold_0", "not found")
     assert main(["predict", "-i", str(inp), "-o", str(tmp_path / "o"), "-d", "502", "-c", "2d", "-tr",
                  "nnUNetTrainerMCNet"]) == 2
     _one_error_line(capsys, "no trained model")
