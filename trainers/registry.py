@@ -34,7 +34,7 @@ __all__ = [
 
 # modules of nnzoo.trainers that hold no trainer and are not imported by discovery
 _NOT_TRAINER_MODULES = {"registry", "base", "networks", "nnunet_ext", "semisup", "label_budget", "nnunet_compat",
-                        "unlabeled_data"}
+                        "unlabeled_data", "domains", "augment"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class TrainerInfo:
         quick_hparams: hyperparameter overrides (``--hparam``) that shorten a fixed once-per-run cost
             of the method (not its training steps) for smoke tests and short benchmarks, which
             report them; empty when the method has none.
+        domain_generalisation: True if the method is meant to hold up on scanners or contrasts it was
+            not trained on (a row of ``benchmarks/domain_shift.py``).
+        needs_domains: True if the trainer reads each case's domain (``domains.json``, see
+            :mod:`nnzoo.trainers.domains`) and refuses to train without it.
     """
 
     name: str
@@ -68,6 +72,8 @@ class TrainerInfo:
     official_code: str = ""
     benchmark: str = "bench_train_step"
     quick_hparams: dict = field(default_factory=dict)
+    domain_generalisation: bool = False
+    needs_domains: bool = False
 
 
 class UnknownTrainerError(KeyError):
@@ -92,6 +98,8 @@ def register_trainer(
     official_code: str = "",
     benchmark: str = "bench_train_step",
     quick_hparams: dict | None = None,
+    domain_generalisation: bool = False,
+    needs_domains: bool = False,
 ) -> Callable[[type], type] | type:
     """Register a trainer class, as a decorator (``@register_trainer(...)``) or a plain call.
 
@@ -105,6 +113,8 @@ def register_trainer(
         official_code: URL of the official code.
         benchmark: module name of its benchmark script in ``benchmarks/``.
         quick_hparams: see :class:`TrainerInfo`; every key must be an UPPER_CASE attribute of the class.
+        domain_generalisation: see :class:`TrainerInfo`.
+        needs_domains: see :class:`TrainerInfo`.
 
     Returns:
         The class unchanged (decorator use) or the decorator.
@@ -138,6 +148,8 @@ def register_trainer(
             official_code=official_code,
             benchmark=benchmark,
             quick_hparams=dict(quick_hparams or {}),
+            domain_generalisation=domain_generalisation,
+            needs_domains=needs_domains,
         )
         return klass
 
