@@ -23,6 +23,7 @@ from helpers import dataset_dir
 from nnzoo.pipeline.cli import main
 from nnzoo.pipeline.experiment import default_plans_name
 from nnzoo.trainers import list_trainers
+from nnzoo.trainers.base import method_hyperparameters
 
 pytestmark = pytest.mark.slow
 METHODS = [i for i in list_trainers() if i.name != "nnUNetTrainer"]
@@ -48,7 +49,8 @@ def test_method_end_to_end(trainer, in_prepared, tmp_path, capsys):
     model = dataset_dir("nnUNet_results", prep["id"]) / f"{trainer}__{plans}__{cfg}"
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
-    assert f"{trainer} hyperparameters:" in log
+    if method_hyperparameters(info.cls):  # nnU-Net's own variants (DA5) declare none
+        assert f"{trainer} hyperparameters:" in log
     for k, v in info.quick_hparams.items():  # the overrides reach the trainer and are logged
         assert f"{k}={v}" in log or f"'{k}': {v}" in log
 
