@@ -19,11 +19,19 @@ def methods_table() -> str:
 
     from .experiment import default_plans_name
 
-    rows = ["| trainer | method | paper | dims | unlabeled | planner (`-pl`) → plans |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| trainer | method | paper | dims | unlabeled | domain shift | planner (`-pl`) → plans |",
+            "|---|---|---|---|---|---|---|"]
     for i in list_trainers():
         paper = f"{i.paper} ([code]({i.official_code}))" if i.official_code else i.paper
         planner = f"`{i.planner}`" if i.planner else "nnU-Net's `ExperimentPlanner`"
         rows.append(f"| `{i.name}` | {i.description} | {paper} | {'/'.join(d.upper() for d in i.dims)} | "
-                    f"{'yes' if i.semi_supervised else '–'} | {planner} → `{default_plans_name(i.name)}` |")
+                    f"{'yes' if i.semi_supervised else '–'} | {_domain_shift(i)} | {planner} → "
+                    f"`{default_plans_name(i.name)}` |")
     return "\n".join(rows)
+
+
+def _domain_shift(info) -> str:
+    """The table's domain-shift cell: a domain-generalisation method, and whether it needs ``domains.json``."""
+    if not info.domain_generalisation:
+        return "–"
+    return "generalisation (needs `--domains`)" if info.needs_domains else "generalisation"
