@@ -34,7 +34,7 @@ __all__ = [
 
 # modules of nnzoo.trainers that hold no trainer and are not imported by discovery
 _NOT_TRAINER_MODULES = {"registry", "base", "networks", "nnunet_ext", "semisup", "label_budget", "nnunet_compat",
-                        "unlabeled_data", "domains", "augment"}
+                        "unlabeled_data", "domains", "augment", "adapt"}
 
 
 @dataclass(frozen=True)
