@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from nnzoo.trainers.domains import DOMAINS_FILE, DomainsError, dataset_domains, domain_index, parse_domains_file
+from nnzoo.trainers.domains import (
+    DOMAINS_FILE,
+    DomainsError,
+    dataset_domains,
+    domain_index,
+    parse_domains_file,
+)
 
 
 def test_csv_with_and_without_header_and_json_give_the_same_mapping(tmp_path):
