@@ -14,6 +14,10 @@ DATA = Path(__file__).parent / "data"
 FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 TOY_MEDIAN = (128, 128, 128)  # the planner tests' toy dataset (tests/plans/conftest.py)
 TOY_N_CASES = 4
+#: stand-in labeled cases and their domains for trainers whose registry entry says ``needs_domains``:
+#: ``make_trainer`` writes them as the dataset's ``domains.json`` (and, with ``initialize``, as preprocessed
+#: cases); :func:`batch_keys` names them in a batch's ``keys`` as nnU-Net's data loader does
+STANDIN_DOMAINS = {"marker": "site_a", "marker_b": "site_b"}
 
 
 def tiny_plans(configuration: str = "3d_fullres", patch_size: tuple[int, ...] | None = None) -> dict:
@@ -54,12 +58,48 @@ def make_trainer(trainer_class: type, tmp_path: Path, configuration: str = "3d_f
                             configuration=configuration, fold=fold,
                             dataset_json=dataset_json if dataset_json is not None else tiny_dataset_json(),
                             device=torch.device("cpu"))
+    domains = needs_domains(trainer_class)
+    if domains:
+        base = Path(trainer.preprocessed_dataset_folder_base)
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "domains.json").write_text(json.dumps(STANDIN_DOMAINS))
     if initialize:
         folder = Path(trainer.preprocessed_dataset_folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "marker.b2nd").touch()
+        for case in STANDIN_DOMAINS if domains else ["marker"]:
+            (folder / f"{case}.b2nd").touch()
         trainer.initialize()
     return trainer
+
+
+def needs_domains(trainer_class: type) -> bool:
+    """Whether the registry entry of ``trainer_class`` says it reads each case's domain."""
+    from nnzoo.trainers.registry import find_trainer_info
+
+    info = find_trainer_info(trainer_class.__name__)
+    return bool(info is not None and info.needs_domains)
+
+
+def batch_keys(n: int) -> list[str]:
+    """Case identifiers of a batch of ``n`` patches from the stand-in cases of ``make_trainer``
+    (alternating, so any two consecutive patches come from two domains)."""
+    cases = list(STANDIN_DOMAINS)
+    return [cases[i % len(cases)] for i in range(n)]
+
+
+def write_two_domains(raw_dataset: Path) -> dict[str, str]:
+    """``domains.json`` in a raw dataset: its labeled cases (``labelsTr``) and unlabeled ones
+    (``imagesUnlabeled``) alternately in domains ``site_a`` and ``site_b`` (sorted case order).
+
+    Returns:
+        The mapping written.
+    """
+    ending = json.loads((raw_dataset / "dataset.json").read_text())["file_ending"]
+    labeled = sorted(f.name[:-len(ending)] for f in (raw_dataset / "labelsTr").glob(f"*{ending}"))
+    unlabeled = sorted({f.name[:-len(ending) - 5] for f in (raw_dataset / "imagesUnlabeled").glob(f"*{ending}")})
+    domains = {c: ("site_a", "site_b")[i % 2] for cases in (labeled, unlabeled) for i, c in enumerate(cases)}
+    (raw_dataset / "domains.json").write_text(json.dumps(domains, indent=1))
+    return domains
 
 
 @contextmanager
@@ -73,7 +113,8 @@ def nnunet_folders(base: Path):
 
 
 def prepare_dataset(base: Path, dim: int, dataset_id: int | None = None) -> dict:
-    """A planned and preprocessed toy dataset through the CLI (6 labeled cases, 2 unlabeled images).
+    """A planned and preprocessed toy dataset through the CLI (6 labeled cases, 2 unlabeled images; their
+    domains in ``domains.json``, two domains, see :func:`write_two_domains`).
 
     3D: 16x20x24 NIfTI, spacing (2, 1, 1), id 501; 2D: 32x32 PNG, id 502 (or ``dataset_id``).
     """
@@ -92,6 +133,7 @@ def prepare_dataset(base: Path, dim: int, dataset_id: int | None = None) -> dict
         args = ["dataset", "create", "--images", str(src["images"]), "--labels", str(src["labels"]),
                 "--name", f"Toy{dim}d", "--id", str(did), "--channel", "img", "--unlabeled", str(src["unlabeled"])]
         assert main(args) == 0
+        write_two_domains(dataset_dir("nnUNet_raw", did))  # for trainers that need domains; others ignore it
         assert main(["plan_and_preprocess", "-d", str(did), "-c", cfg, "-np", "2"]) == 0
     return {"base": base / "work", "src": src, "id": did, "configuration": cfg}
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import deep_supervision_targets, make_trainer, tiny_plans
+from helpers import batch_keys, deep_supervision_targets, make_trainer, tiny_plans
 from torch import nn
 
 from nnzoo.trainers import list_trainers
@@ -116,7 +116,7 @@ def _batch(trainer, dim: str, seed: int) -> dict:
     label = torch.randint(0, 3, (BATCH, 1, *[s // 4 for s in PATCH[dim]]), generator=g).float()
     label = nn.functional.interpolate(label, size=PATCH[dim], mode="nearest")
     return {"data": torch.randn(BATCH, 1, *PATCH[dim], generator=g),
-            "target": deep_supervision_targets(trainer, label)}
+            "target": deep_supervision_targets(trainer, label), "keys": batch_keys(BATCH)}  # as nnU-Net's loader
 
 
 def _assert_float32_and_finite(what: str, named_tensors) -> None:
