@@ -51,6 +51,9 @@ def _dataset_parsers(sub) -> None:
                     help="label written for each region at export (default: derived from the regions)")
     dc.add_argument("--ignore-label", type=int, default=None, metavar="VALUE",
                     help="label value of unannotated voxels (nnU-Net's 'ignore'; must be the highest)")
+    dc.add_argument("--domains", default=None, metavar="FILE",
+                    help="each case's domain (scanner, site, contrast): CSV case,domain or JSON {case: domain}, "
+                         "every labeled and --unlabeled case; stored as domains.json")
 
 
 def _train_parser(sub) -> None:
@@ -68,6 +71,8 @@ def _train_parser(sub) -> None:
     tr.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch")
     tr.add_argument("--save-every", type=int, default=None, help="epochs between checkpoint_latest writes (50)")
     tr.add_argument("--labeled", default=None, help="keep N (or a fraction of) labeled training cases")
+    tr.add_argument("--augment", default=None, metavar="NAME",
+                    help="add an input augmentation on top of the trainer's own (gin); the model folder gets _NAME")
     tr.add_argument("--seed", type=int, default=None,
                     help="seed initialisation, sampling and the choice of --labeled cases (default: unseeded)")
     tr.add_argument("--overwrite", action="store_true", help="start over a fold that has checkpoints")
@@ -91,6 +96,8 @@ def _predict_parser(sub) -> None:
     pr.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
     pr.add_argument("-p", default=None, dest="plans")
     pr.add_argument("--labeled", default=None, help="the label budget the model was trained with (--labeled N)")
+    pr.add_argument("--augment", default=None, metavar="NAME", help="the augmentation the model was trained with "
+                    "(train --augment NAME)")
     pr.add_argument("-m", default=None, dest="model_dir", help="a model folder anywhere (e.g. an unzipped export)")
     pr.add_argument("--from-best", default=None, dest="from_best", metavar="DIR",
                     help="the model or ensemble and postprocessing chosen by `nnzoo find-best` (its output folder)")
@@ -148,15 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     grp = ev.add_mutually_exclusive_group(required=True)
     grp.add_argument("-d", dest="dataset", help="dataset id or name (labels and reader from its dataset.json)")
     grp.add_argument("--labels", dest="labels_file", help="dataset.json or a JSON of labels/regions")
-    ev.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
+    ev.add_argument("--tolerance", type=float, default=1.0, dest="tolerance_mm", help="NSD tolerance in mm (default 1)")
     ev.add_argument("-o", dest="output_dir", default=None, help="output folder (default PRED/evaluation)")
     ev.add_argument("--images", dest="image_dir", default=None, help="images for the report's overlays")
     ev.add_argument("-np", type=int, default=None, dest="num_processes")
+    ev.add_argument("--groups", dest="groups_file", default=None, metavar="FILE",
+                    help="means per group (domain, site, scanner): CSV case,group or JSON {case: group}; "
+                         "default with -d: the dataset's domains.json, if it has one")
 
     fb = sub.add_parser("find-best", help="rank trained models by cross-validation, try ensembles, choose")
     fb.add_argument("-d", required=True, dest="dataset")
     fb.add_argument("-c", nargs="+", default=None, dest="configurations", help="configurations (default: all)")
     fb.add_argument("-tr", nargs="+", default=None, dest="trainers", help="trainers (default: all)")
+    fb.add_argument("--augment", nargs="+", default=None, dest="augments", metavar="NAME",
+                    help="only models trained with these --augment names, 'none' for those without (default: all)")
     fb.add_argument("--metric", default="dice", choices=["dice", "hd95", "nsd"])
     fb.add_argument("--ensemble-size", type=int, default=2, help="largest ensemble tried (1: none)")
     fb.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4], dest="folds")
@@ -164,13 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("-np", type=int, default=None, dest="num_processes")
 
     ex = sub.add_parser("export-model", help="a model folder as nnU-Net's zip, with nnzoo's run metadata")
-    ex.add_argument("-m", default=None, dest="model_dir", help="the model folder (or: -d -c [-tr -p --labeled])")
+    ex.add_argument("-m", default=None, dest="model_dir",
+                    help="the model folder (or: -d -c [-tr -p --augment --labeled])")
     ex.add_argument("-d", default=None, dest="dataset",
                     help="dataset id or name: the model named as nnUNetv2_export_model_to_zip does (not with -m)")
     ex.add_argument("-c", default=None, dest="configuration", help="the model's configuration (with -d)")
     ex.add_argument("-tr", default=None, dest="trainer", help="trainer (with -d; default nnUNetTrainer)")
     ex.add_argument("-p", default=None, dest="plans", help="plans (with -d; default: the trainer's planner's)")
     ex.add_argument("--labeled", default=None, help="the label budget the model was trained with (with -d)")
+    ex.add_argument("--augment", default=None, metavar="NAME",
+                    help="the augmentation the model was trained with (with -d; train --augment NAME)")
     ex.add_argument("-o", required=True, dest="output_file", help="the zip to write")
     ex.add_argument("-f", nargs="+", default=None, dest="folds")
     ex.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
@@ -245,7 +260,8 @@ def _check_find_best_args(args: argparse.Namespace) -> None:
     values that no trained model of the dataset has (a typo would otherwise read as "no model")."""
     from .dataset import resolve_dataset_name
     from .errors import check_folder_can_be_made
-    from .selection import find_models
+    from .experiment import augmentations
+    from .selection import NO_AUGMENT, find_models
 
     if args.num_processes is not None and args.num_processes < 1:
         raise NnzooError(f"-np {args.num_processes}: the number of processes must be at least 1")
@@ -254,12 +270,18 @@ def _check_find_best_args(args: argparse.Namespace) -> None:
         raise NnzooError(f"-f {bad[0]}: folds are 0 or more")
     if args.output_dir is not None:
         check_folder_can_be_made(args.output_dir, flag=f"-o {args.output_dir}")
-    models = find_models(resolve_dataset_name(args.dataset))
-    for flag, values, key in (("-c", args.configurations, "configuration"), ("-tr", args.trainers, "trainer")):
+    accepted = (*augmentations(), NO_AUGMENT)
+    bad = [a for a in args.augments or [] if a not in accepted]
+    if bad:
+        raise NnzooError(f"--augment {bad[0]!r}: unknown augmentation; accepted: {', '.join(accepted)}")
+    models = [{**m, "augment": m["augment"] or NO_AUGMENT} for m in find_models(resolve_dataset_name(args.dataset))]
+    for flag, values, key in (("-c", args.configurations, "configuration"), ("-tr", args.trainers, "trainer"),
+                              ("--augment", args.augments, "augment")):
         have = sorted({m[key] for m in models})
         unknown = [v for v in values or [] if v not in have]
         if unknown:
-            raise NnzooError(f"{flag} {unknown[0]}: no trained model of this dataset has the {key} {unknown[0]!r} "
+            what = "augmentation" if key == "augment" else key
+            raise NnzooError(f"{flag} {unknown[0]}: no trained model of this dataset has the {what} {unknown[0]!r} "
                              f"({'trained: ' + ', '.join(have) if have else 'no trained models'})")
 
 
@@ -299,7 +321,7 @@ def _run(args: argparse.Namespace) -> None:
         regions = {n: _int_list(v, f"--region {n}") for n, v in _parse_pairs(args.regions, "--region", "NAME=V1,V2")}
         order = list(_int_list(args.regions_class_order, "--regions-class-order")) if args.regions_class_order else None
         create_dataset(args.images, args.labels, name=args.name, dataset_id=args.dataset_id, channels=args.channels,
-                       unlabeled=args.unlabeled,
+                       unlabeled=args.unlabeled, domains=args.domains,
                        label_spec=LabelSpec(names=_label_names(args.label_names), regions=regions,
                                             regions_class_order=order, ignore_label=args.ignore_label))
     elif args.command in ("plan_and_preprocess", "plan-and-preprocess"):
@@ -316,23 +338,20 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "predict":
         _predict(args)
     elif args.command == "evaluate":
-        from .evaluate import evaluate
+        from .evaluate import EvaluateOptions, evaluate
 
-        evaluate(args.ref_dir, args.pred_dir, dataset=args.dataset, labels_file=args.labels_file,
-                                   tolerance_mm=args.tolerance, output_dir=args.output_dir,
-                                   num_processes=args.num_processes, image_dir=args.image_dir)
+        evaluate(EvaluateOptions.from_namespace(args))
     elif args.command == "find-best":
-        from .selection import find_best
+        from .selection import FindBestOptions, find_best
 
         _check_find_best_args(args)
-        find_best(args.dataset, configurations=args.configurations, trainers=args.trainers, metric=args.metric,
-                  ensemble_size=args.ensemble_size, folds=args.folds, output_dir=args.output_dir,
-                  num_processes=args.num_processes)
+        find_best(FindBestOptions.from_namespace(args))
     elif args.command == "export-model":
         from .models import export_model, find_model_folder
 
         model_dir = find_model_folder(model_dir=args.model_dir, dataset=args.dataset, configuration=args.configuration,
-                                      trainer=args.trainer, plans=args.plans, labeled=args.labeled)
+                                      trainer=args.trainer, plans=args.plans, labeled=args.labeled,
+                                      augment=args.augment)
         export_model(model_dir, args.output_file, folds=args.folds, checkpoint=args.checkpoint,
                      overwrite=args.overwrite, onnx=args.onnx)
     elif args.command == "install-model":

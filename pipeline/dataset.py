@@ -5,7 +5,9 @@ nnU-Net expects ``imagesTr/{case}_{XXXX}{ending}``, ``labelsTr/{case}{ending}`` 
 labels are matched by file name, after checking every case (see :mod:`nnzoo.pipeline.validate`).
 The dataset.json is written by nnU-Net's ``generate_dataset_json`` (labels, or regions with their
 ``regions_class_order``, and an optional ignore label); ids and names are resolved with nnU-Net's
-dataset-name helpers.
+dataset-name helpers. With ``--domains`` the case -> domain mapping (scanner, site, contrast) is
+stored as ``domains.json`` beside dataset.json (:mod:`nnzoo.trainers.domains`); it must name every
+labeled and unlabeled case and no other.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnzoo.trainers.domains import DOMAINS_FILE, DomainsError, read_domains
+
 from .errors import NnzooError, read_json
 from .segio import FILE_ENDINGS, reader_for, split_ending
-from .validate import Case, check_cases, declared_label_values
+from .validate import Case, check_cases, check_domains, declared_label_values, read_case_mapping
 
 __all__ = [
     "LabelSpec",
@@ -32,6 +36,7 @@ __all__ = [
     "raw_cases",
     "unlabeled_raw_cases",
     "check_raw_dataset",
+    "raw_domains",
 ]
 
 SUPPORTED_ENDINGS = FILE_ENDINGS
@@ -256,7 +261,7 @@ class LabelSpec:
 
 def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset_id: int, channels: list[str],
                    unlabeled: str | Path | None = None, label_spec: LabelSpec | None = None,
-                   num_workers: int | None = None) -> Path:
+                   domains: str | Path | None = None) -> Path:
     """Turn plain image and label folders into ``nnUNet_raw/DatasetNNN_NAME``.
 
     Labels are the integer values found in the label files: ``0..max`` are declared, 0 named
@@ -274,14 +279,15 @@ def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset
         unlabeled: optional folder of unlabeled images, copied to ``imagesUnlabeled/``.
         label_spec: label names, regions, their export order and the ignore label (:class:`LabelSpec`;
             default: every value found, named ``label_<v>``).
-        num_workers: threads for checking.
+        domains: optional CSV ``case,domain`` or JSON ``{case: domain}`` naming the domain of every
+            labeled and unlabeled case (stored as ``domains.json``).
 
     Returns:
         The new dataset folder.
 
     Raises:
-        NnzooError: bad arguments, an existing dataset with this id, unmatched cases, or any
-            problem :func:`check_cases` finds.
+        NnzooError: bad arguments, an existing dataset with this id, unmatched cases, a domains file
+            that misses a case or names one that does not exist, or any problem :func:`check_cases` finds.
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
@@ -332,12 +338,16 @@ def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset
         clash = sorted(set(unl_cases) & set(img_cases))
         if clash:
             raise NnzooError(f"unlabeled case names also used by labeled cases: {', '.join(clash[:10])}")
+    case_domains = None
+    if domains is not None:
+        case_domains = read_case_mapping(domains, "--domains")
+        check_domains(case_domains, [*img_cases, *unl_cases], source=f"--domains {domains}")
 
     print(f"Checking {len(cases)} labeled and {len(unl_cases)} unlabeled cases...")
     reader = reader_for(None, cases[0].images[0])
-    values = check_cases(cases, None, num_workers, what=f"dataset from {images}", reader_class=reader)
+    values = check_cases(cases, None, None, what=f"dataset from {images}", reader_class=reader)
     if unl_cases:
-        check_cases([Case(c, f) for c, f in unl_cases.items()], None, num_workers,
+        check_cases([Case(c, f) for c, f in unl_cases.items()], None, None,
                     what=f"unlabeled images in {unlabeled}", reader_class=reader)
     labels_json = _labels_json(values, dict(label_names or {}), dict(regions or {}), ignore_label)
     order = None
@@ -364,24 +374,70 @@ def create_dataset(images: str | Path, labels: str | Path, *, name: str, dataset
         generate_dataset_json(str(tmp), {i: ch for i, ch in enumerate(channels)}, labels_json, len(cases), ending,
                               regions_class_order=order, dataset_name=name, license="see the source data",
                               converted_by="nnzoo dataset create", numUnlabeled=len(unl_cases))
+        if case_domains is not None:
+            (tmp / DOMAINS_FILE).write_text(json.dumps(dict(sorted(case_domains.items())), indent=2) + "\n")
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     dataset_json = json.loads((target / "dataset.json").read_text())
     print(f"Created {target}: {len(cases)} cases, {len(unl_cases)} unlabeled, labels {dataset_json['labels']}, "
-          f"channels {dataset_json['channel_names']}")
+          f"channels {dataset_json['channel_names']}"
+          + (f", domains {_domain_counts(case_domains)}" if case_domains else ""))
     return target
 
 
+def _domain_counts(domains: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for d in domains.values():
+        counts[d] = counts.get(d, 0) + 1
+    return ", ".join(f"{d} {n}" for d, n in sorted(counts.items()))
+
+
+def _test_case_names(raw_folder: Path, ending: str) -> list[str]:
+    """Case names of ``imagesTs``/``labelsTs`` (held-out cases a hand-placed domains.json may also name)."""
+    out = set()
+    for sub in ("imagesTs", "labelsTs"):
+        folder = raw_folder / sub
+        for p in folder.iterdir() if folder.is_dir() else ():
+            if p.name.endswith(ending):
+                stem = p.name[: -len(ending)]
+                m = _CHANNEL_RE.match(stem) if sub == "imagesTs" else None
+                out.add(m["case"] if m else stem)
+    return sorted(out)
+
+
+def raw_domains(raw_folder: str | Path, dataset_json: dict, cases: list[Case], unlabeled: list[Case]
+                ) -> dict[str, str] | None:
+    """The raw dataset's ``domains.json`` checked against its cases, or None when it has none.
+
+    It must name every labeled (``imagesTr``) and unlabeled (``imagesUnlabeled``) case; it may also
+    name the held-out cases of ``imagesTs``/``labelsTs`` (so ``nnzoo evaluate -d`` groups test predictions).
+
+    Raises:
+        NnzooError: unreadable file, a case without a domain, or a case that is not in the dataset.
+    """
+    f = Path(raw_folder) / DOMAINS_FILE
+    if not f.is_file():
+        return None
+    try:
+        domains = read_domains(f)
+    except DomainsError as e:
+        raise NnzooError(str(e)) from None
+    check_domains(domains, [c.name for c in cases] + [c.name for c in unlabeled], source=str(f),
+                  allowed=_test_case_names(Path(raw_folder), dataset_json["file_ending"]))
+    return domains
+
+
 def check_raw_dataset(raw_folder: str | Path, num_workers: int | None = None) -> tuple[dict, list[Case], list[Case]]:
-    """Check a raw dataset folder as nnzoo's other commands expect it.
+    """Check a raw dataset folder as nnzoo's other commands expect it (its ``domains.json`` too, if any).
 
     Returns:
         ``(dataset_json, labeled cases, unlabeled cases)``.
 
     Raises:
-        NnzooError: missing/invalid dataset.json or any problem in the cases.
+        NnzooError: missing/invalid dataset.json, any problem in the cases, or a domains.json that does
+            not fit them (see :func:`raw_domains`).
     """
     raw_folder = Path(raw_folder)
     dj_file = raw_folder / "dataset.json"
@@ -401,6 +457,7 @@ def check_raw_dataset(raw_folder: str | Path, num_workers: int | None = None) ->
         raise NnzooError(f"{dj_file}: {e}") from None
     cases = raw_cases(raw_folder, dataset_json)
     unl = unlabeled_raw_cases(raw_folder, dataset_json)
+    raw_domains(raw_folder, dataset_json, cases, unl)
     print(f"Checking {len(cases)} labeled and {len(unl)} unlabeled cases of {raw_folder.name}...")
     reader = reader_for(dataset_json, cases[0].images[0])
     check_cases(cases, declared, num_workers, what=str(raw_folder), reader_class=reader)

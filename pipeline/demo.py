@@ -16,14 +16,11 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 __all__ = ["DEMO_LABELS", "DEMO_SETTINGS", "make_demo_folders", "run_demo", "save_overview"]
 
 DEMO_LABELS = {1: "ventricles", 2: "grey_matter", 3: "white_matter"}
 #: cohort and schedule of the demo (measured on the 2-core CPU: every class >= 0.70 test Dice)
 DEMO_SETTINGS = {"num_train": 24, "num_test": 10, "seed": 0, "epochs": 20, "iters": 50}
-_COLOURS = ((0.0, 0.0, 0.0, 0.0), (0.95, 0.2, 0.15, 0.55), (0.2, 0.6, 1.0, 0.45), (1.0, 0.85, 0.1, 0.45))
 
 
 def make_demo_folders(root: str | Path, *, num_train: int = DEMO_SETTINGS["num_train"],
@@ -45,6 +42,8 @@ def save_overview(png: Path, cases: list[tuple[str, Path, Path, dict[str, float]
                   label_names: dict[int, str] = DEMO_LABELS) -> None:
     """One panel per case: the image in grey, the prediction overlaid in colour, Dice per class in the title.
 
+    Label colours are the evaluation report's (:data:`nnzoo.pipeline.report.LABEL_COLOURS`).
+
     Args:
         png: output file.
         cases: ``(case name, image file, prediction file, {class name: Dice})``.
@@ -55,20 +54,19 @@ def save_overview(png: Path, cases: list[tuple[str, Path, Path, dict[str, float]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import SimpleITK as sitk
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
 
-    cmap = ListedColormap(_COLOURS[: 1 + max(label_names)])
+    from .report import label_rgba, legend_handles
+
     fig, axes = plt.subplots(1, len(cases), figsize=(3.6 * len(cases), 4.3), squeeze=False)
     for ax, (name, img_f, pred_f, dice) in zip(axes[0], cases):
         img, pred = (sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in (img_f, pred_f))
         if img.ndim == 3:  # a volume: its middle slice
             img, pred = img[img.shape[0] // 2], pred[pred.shape[0] // 2]
         ax.imshow(img, cmap="gray", interpolation="nearest")
-        ax.imshow(np.ma.masked_equal(pred, 0), cmap=cmap, vmin=0, vmax=max(label_names), interpolation="nearest")
+        ax.imshow(label_rgba(pred), interpolation="nearest")
         ax.set_title(f"{name}\n" + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in dice.items()), fontsize=8)
         ax.axis("off")
-    handles = [Patch(color=_COLOURS[v][:3], label=n.replace("_", " ")) for v, n in sorted(label_names.items())]
+    handles = legend_handles(label_names)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle("nnzoo demo: prediction on held-out test cases (Dice per class)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import NnzooError
 
 __all__ = ["build_network", "named_model_folder", "dataset_id_of", "data_identifier", "default_plans_name", "load_plans", "check_configuration",
-           "parse_fold", "fold_training_cases", "model_folder", "budget_suffix", "trainer_for", "configuration_manager"]
+           "parse_fold", "fold_training_cases", "model_folder", "budget_suffix", "model_folder_suffix",
+           "parse_model_folder_name", "check_augment", "augmentations", "training_class", "augmentation_hint",
+           "trainer_for", "configuration_manager"]
 
 
 def dataset_id_of(dataset_name: str) -> int:
@@ -85,7 +89,7 @@ def load_plans(dataset_name: str, plans: str) -> tuple[dict, Path]:
     f = base / f"{plans}.json"
     if not f.is_file():
         have = sorted(p.stem for p in base.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint",
-                                                                            "splits_final"))
+                                                                            "splits_final", "domains"))
         raise NnzooError(f"{f}: plans not found; run `nnzoo plan_and_preprocess -d {dataset_id_of(dataset_name)}` "
                          "first" + (f" (plans present: {', '.join(have)})" if have else ""))
     try:
@@ -178,8 +182,8 @@ def fold_training_cases(preprocessed_base: Path, data_folder: Path, fold: int | 
 
 
 def named_model_folder(dataset: str | int, configuration: str, *, trainer: str, plans: str | None,
-                       labeled: int | float | None) -> Path:
-    """The trained model folder nnU-Net's names give (``-d -c -tr -p`` and nnzoo's ``--labeled``).
+                       labeled: int | float | None, augment: str | None = None) -> Path:
+    """The trained model folder nnU-Net's names give (``-d -c -tr -p`` and nnzoo's ``--augment``/``--labeled``).
 
     Args:
         dataset: dataset id or name.
@@ -187,24 +191,94 @@ def named_model_folder(dataset: str | int, configuration: str, *, trainer: str, 
         trainer: the trainer's name.
         plans: the plans (None: the trainer's planner's, else ``nnUNetPlans``).
         labeled: the label budget (parsed), or None.
+        augment: the added augmentation (``--augment``), or None.
 
     Returns:
-        ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[_labeled<N>]``, which exists.
+        ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[_<augment>][_labeled<N>]``, which exists.
 
     Raises:
-        NnzooError: unknown dataset or trainer (did-you-mean), or no such folder (lists the dataset's models).
+        NnzooError: unknown dataset, trainer (did-you-mean) or augmentation, or no such folder (lists the
+            dataset's models).
     """
     from .dataset import resolve_dataset_name
 
+    augment = check_augment(augment)
     name = resolve_dataset_name(dataset)
-    folder = model_folder(name, trainer, plans or default_plans_name(trainer), configuration, labeled)
+    folder = model_folder(name, trainer, plans or default_plans_name(trainer), configuration, labeled, augment=augment)
     if not folder.is_dir():
         trainer_for(trainer)  # an unknown trainer name: the did-you-mean error
         have = sorted(p.name for p in folder.parent.glob("*__*__*") if p.is_dir()) if folder.parent.is_dir() else []
         raise NnzooError(f"{folder}: no trained model (-d {dataset} -c {configuration} -tr {trainer}"
-                         f"{f' -p {plans}' if plans else ''}{f' --labeled {labeled}' if labeled is not None else ''})"
+                         f"{f' -p {plans}' if plans else ''}{f' --augment {augment}' if augment else ''}"
+                         f"{f' --labeled {labeled}' if labeled is not None else ''})"
                          + (f"; models of {name}: {', '.join(have)}" if have else f"; {name} has no models"))
     return folder
+
+
+def augmentations() -> tuple[str, ...]:
+    """The names ``--augment`` accepts (:data:`nnzoo.trainers.augment.AUGMENTATIONS`)."""
+    from nnzoo.trainers.augment import AUGMENTATIONS
+
+    return tuple(AUGMENTATIONS)
+
+
+def check_augment(augment: str | None) -> str | None:
+    """``--augment``: None or one of :func:`augmentations`.
+
+    Raises:
+        NnzooError: an unknown name (the accepted ones listed).
+    """
+    if augment is None:
+        return None
+    have = augmentations()
+    if augment not in have:
+        raise NnzooError(f"--augment {augment!r}: unknown augmentation; accepted: {', '.join(have)}")
+    return augment
+
+
+def training_class(trainer_class: type, *, augment: str | None = None, hparams: Mapping | None = None) -> type:
+    """The class a run trains, of the trainer's name (nnU-Net derives the checkpoint's ``trainer_name`` from it).
+
+    ``trainer_class`` as ``nnzoo train`` runs it (:func:`~nnzoo.trainers.base.nnzoo_trainer_class`),
+    with the augmentation applied on top of its own (:func:`~nnzoo.trainers.augment.augmented_trainer_class`),
+    then the hyperparameter overrides, so that they reach the trainer's and the augmentation's
+    UPPER_CASE attributes alike.
+
+    Args:
+        trainer_class: the resolved trainer class.
+        augment: ``--augment`` (None: the trainer as it is).
+        hparams: ``{NAME: value}`` overrides (parsed).
+
+    Returns:
+        The class to build.
+
+    Raises:
+        ValueError: an unknown augmentation, or one the trainer already applies.
+    """
+    from nnzoo.trainers.base import nnzoo_trainer_class
+
+    if augment is None:
+        return nnzoo_trainer_class(trainer_class, dict(hparams or {}) or None)
+    from nnzoo.trainers.augment import augmented_trainer_class
+
+    return nnzoo_trainer_class(augmented_trainer_class(nnzoo_trainer_class(trainer_class), augment),
+                               dict(hparams or {}) or None)
+
+
+def augmentation_hint(trainer_cls: type, hparams: dict) -> str:
+    """``; NAME belongs to --augment A`` for an override of an augmentation's hyperparameter given without it."""
+    from nnzoo.trainers.base import method_hyperparameters
+
+    own = method_hyperparameters(trainer_cls)
+    for augment in augmentations():
+        try:
+            theirs = method_hyperparameters(training_class(trainer_cls, augment=augment))
+        except ValueError:  # the trainer applies it already
+            continue
+        names = [n for n in hparams if n not in own and n in theirs]
+        if names:
+            return f"; {names[0]} belongs to --augment {augment}"
+    return ""
 
 
 def budget_suffix(labeled: int | float | None) -> str:
@@ -212,8 +286,41 @@ def budget_suffix(labeled: int | float | None) -> str:
     return "" if labeled is None else f"_labeled{labeled:g}"
 
 
+def model_folder_suffix(*, augment: str | None = None, labeled: int | float | None = None) -> str:
+    """What nnzoo appends to nnU-Net's ``<trainer>__<plans>__<configuration>``: the augmentation first, then
+    the label budget (``_gin``, ``_labeled4``, ``_gin_labeled4``; ``""``: nnU-Net's own folder name)."""
+    return (f"_{augment}" if augment else "") + budget_suffix(labeled)
+
+
 def model_folder(dataset_name: str, trainer: str, plans: str, configuration: str,
-                 labeled: int | float | None = None) -> Path:
-    """``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[_labeled<N>]``."""
+                 labeled: int | float | None = None, *, augment: str | None = None) -> Path:
+    """``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[_<augment>][_labeled<N>]``.
+
+    Runs with another augmentation or label budget never share a folder; without either the name is
+    nnU-Net's (``nnUNetv2_train``/``nnUNetv2_predict`` find the model).
+    """
     return (Path(os.environ["nnUNet_results"]) / dataset_name
-            / f"{trainer}__{plans}__{configuration}{budget_suffix(labeled)}")
+            / f"{trainer}__{plans}__{configuration}{model_folder_suffix(augment=augment, labeled=labeled)}")
+
+
+_BUDGET_RE = re.compile(r"^(?P<rest>.+?)(?:_labeled(?P<labeled>[0-9.]+))?$")
+
+
+def parse_model_folder_name(name: str) -> dict | None:
+    """``{"trainer", "plans", "configuration", "augment", "labeled"}`` of a model folder's name (None: not
+    ``<trainer>__<plans>__<configuration>[_<augment>][_labeled<N>]``).
+
+    A ``_<name>`` tail counts as the augmentation only when it is one that ``--augment`` accepts (so a
+    configuration named ``3d_lowres`` stays whole); ``labeled`` is the suffix's text (e.g. ``"4"``) or None.
+    """
+    parts = name.split("__")
+    if len(parts) != 3 or not all(parts):
+        return None
+    m = _BUDGET_RE.match(parts[2])
+    configuration, augment = m["rest"], None
+    for a in augmentations():
+        if configuration.endswith(f"_{a}") and len(configuration) > len(a) + 1:
+            configuration, augment = configuration[: -len(a) - 1], a
+            break
+    return {"trainer": parts[0], "plans": parts[1], "configuration": configuration, "augment": augment,
+            "labeled": m["labeled"]}

@@ -53,13 +53,16 @@ from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region
 from .errors import NnzooError
 
 __all__ = ["EvalLabels", "LabelOrRegion", "resolve_labels", "label_key", "surface_distances", "binary_metrics",
-           "compute_pair_metrics", "summarize", "summary_table", "NEW_METRICS", "CSV_METRICS"]
+           "compute_pair_metrics", "summarize", "summarize_groups", "summary_table", "NEW_METRICS", "CSV_METRICS",
+           "NO_GROUP"]
 
 LabelOrRegion = Union[int, tuple]
 NEW_METRICS = ("HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3")
 CSV_METRICS = ("Dice", "IoU", "HD95", "HD", "ASSD", "NSD", "volume_ref_mm3", "volume_pred_mm3",
                "TP", "FP", "FN", "TN", "n_ref", "n_pred")
 _TIE = 1e-5  # relative slack of the NSD tolerance test (float32 distances)
+#: the group of evaluated cases that a groups mapping does not name
+NO_GROUP = "(no group)"
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -326,6 +329,29 @@ def summarize(per_case: list[dict], labels_or_regions: list[LabelOrRegion]) -> t
     return mean, foreground_mean
 
 
+def summarize_groups(per_case: list[dict], labels_or_regions: list[LabelOrRegion], groups: dict[str, str]
+                     ) -> dict[str, dict]:
+    """:func:`summarize` over the cases of each group (domain, site, scanner...).
+
+    Args:
+        per_case: the cases' entries (``"case"`` and ``"metrics"``).
+        labels_or_regions: labels or regions, as for :func:`summarize`.
+        groups: ``{case: group}``; cases it does not name form the group :data:`NO_GROUP`.
+
+    Returns:
+        ``{group: {"n": cases, "mean": {label_or_region: {metric: value}}, "foreground_mean": {metric: value}}}``
+        in sorted group order, :data:`NO_GROUP` last.
+    """
+    members: dict[str, list[dict]] = {}
+    for c in per_case:
+        members.setdefault(groups.get(c["case"], NO_GROUP), []).append(c)
+    out = {}
+    for g in sorted(members, key=lambda g: (g == NO_GROUP, g)):
+        mean, foreground_mean = summarize(members[g], labels_or_regions)
+        out[g] = {"n": len(members[g]), "mean": mean, "foreground_mean": foreground_mean}
+    return out
+
+
 def summary_table(result: dict, metrics: tuple[str, ...] = ("Dice", "IoU", "HD95", "ASSD", "NSD")) -> str:
     """Plain-text table of the means per class and the foreground mean, for the terminal."""
     names = result["class_names"]
@@ -335,4 +361,11 @@ def summary_table(result: dict, metrics: tuple[str, ...] = ("Dice", "IoU", "HD95
     width = max(len(n) for n, _ in rows) + 2
     head = "".ljust(width) + "".join(m.rjust(10) for m in metrics)
     lines = [head] + [n.ljust(width) + "".join(f"{v[m]:10.4f}" for m in metrics) for n, v in rows]
+    groups = result.get("groups") or {}
+    if groups:
+        rows = [(f"{g} (n={v['n']})", v["foreground_mean"]) for g, v in groups.items()]
+        title = "foreground mean per group"
+        width = max(len(title), *(len(n) for n, _ in rows)) + 2
+        lines += ["", title.ljust(width) + "".join(m.rjust(10) for m in metrics)]
+        lines += [n.ljust(width) + "".join(f"{v[m]:10.4f}" for m in metrics) for n, v in rows]
     return "\n".join(lines) + f"\n(NSD at {result['tolerance_mm']:g} mm; HD95 and ASSD in mm)"

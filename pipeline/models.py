@@ -1,14 +1,14 @@
 """``export-model`` / ``install-model``: nnU-Net's model zip with nnzoo's run metadata, installed safely.
 
 The zip has nnU-Net's layout (paths relative to ``nnUNet_results``:
-``DatasetNNN_NAME/<trainer>__<plans>__<configuration>[_labeled<N>]/...``; nnU-Net's
+``DatasetNNN_NAME/<trainer>__<plans>__<configuration>[_<augment>][_labeled<N>]/...``; nnU-Net's
 ``nnUNetv2_install_pretrained_model_from_zip`` installs it too) with ``plans.json``,
 ``dataset.json``, ``dataset_fingerprint.json`` and, per fold, the checkpoint, ``debug.json``,
 ``progress.png``, ``validation/summary.json`` and nnzoo's ``nnzoo_run.json`` and
 ``labeled_split.json`` (where they exist); with ``onnx``, also each fold's network as
 ``fold_<f>/network.onnx`` and ``fold_<f>/network_onnx.json`` (see :mod:`nnzoo.pipeline.onnx_backend`).
 The model is a folder (``-m``) or nnU-Net's names (``-d -c -tr -p``, as ``nnUNetv2_export_model_to_zip``,
-plus ``--labeled N``): :func:`find_model_folder`. Installing refuses zips without nnzoo metadata,
+plus ``--augment NAME`` and ``--labeled N``): :func:`find_model_folder`. Installing refuses zips without nnzoo metadata,
 paths that leave ``nnUNet_results``, and an already installed model unless ``overwrite``.
 """
 
@@ -32,7 +32,7 @@ _FOLD_FILES = ("debug.json", "progress.png", "validation/summary.json") + NNZOO_
 
 def find_model_folder(*, model_dir: str | Path | None = None, dataset: str | int | None = None,
                       configuration: str | None = None, trainer: str | None = None, plans: str | None = None,
-                      labeled: str | int | float | None = None) -> Path:
+                      labeled: str | int | float | None = None, augment: str | None = None) -> Path:
     """The model folder named by ``-m`` or by nnU-Net's names (exactly one of the two ways).
 
     Args:
@@ -42,33 +42,37 @@ def find_model_folder(*, model_dir: str | Path | None = None, dataset: str | int
         trainer: the trainer (``-tr``; default ``nnUNetTrainer``).
         plans: the plans (``-p``; default: the trainer's planner's plans, else ``nnUNetPlans``).
         labeled: the label budget of the model folder (``--labeled N``: ``..._labeled<N>``).
+        augment: the augmentation the model was trained with (``--augment NAME``: ``..._<NAME>``).
 
     Returns:
-        The folder (with ``model_dir``: as given, checked by the caller;
-        with names: ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[_labeled<N>]``, which exists).
+        The folder (with ``model_dir``: as given, checked by the caller; with names:
+        ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>[_<augment>][_labeled<N>]``, which exists).
 
     Raises:
-        NnzooError: both ways or neither, ``-d`` without ``-c`` (or the reverse), an unknown dataset or
-            trainer, or no such model folder (lists the dataset's models).
+        NnzooError: both ways or neither, ``-d`` without ``-c`` (or the reverse), an unknown dataset,
+            trainer or augmentation, or no such model folder (lists the dataset's models).
     """
-    from .experiment import named_model_folder
+    from .experiment import check_augment, named_model_folder
     from .train import parse_labeled
 
-    names = {"-d": dataset, "-c": configuration, "-tr": trainer, "-p": plans, "--labeled": labeled}
+    check_augment(augment)
+    names = {"-d": dataset, "-c": configuration, "-tr": trainer, "-p": plans, "--augment": augment,
+             "--labeled": labeled}
     given = [k for k, v in names.items() if v is not None]
     if model_dir is not None:
         if given:
-            raise NnzooError(f"give the model folder (-m {model_dir}) or nnU-Net's names (-d -c -tr -p --labeled), "
+            raise NnzooError(f"give the model folder (-m {model_dir}) or nnU-Net's names (-d -c -tr -p --augment "
+                             "--labeled), "
                              f"not both ({' '.join(given)} given too)")
         return Path(model_dir)
     if dataset is None:
         hint = f" ({' '.join(given)} {'needs' if len(given) == 1 else 'need'} -d)" if given else ""
         raise NnzooError("give the model folder (-m FOLDER) or nnU-Net's names (-d DATASET -c CONFIGURATION "
-                         f"[-tr TRAINER] [-p PLANS] [--labeled N]){hint}")
+                         f"[-tr TRAINER] [-p PLANS] [--augment NAME] [--labeled N]){hint}")
     if configuration is None:
         raise NnzooError(f"-d {dataset}: also give the model's configuration (-c, e.g. 2d or 3d_fullres)")
     return named_model_folder(dataset, configuration, trainer=trainer or "nnUNetTrainer", plans=plans,
-                              labeled=parse_labeled(labeled))
+                              labeled=parse_labeled(labeled), augment=augment)
 
 
 def export_model(model_dir: str | Path, output_file: str | Path, *, folds: list[str] | None = None,

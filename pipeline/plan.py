@@ -3,8 +3,11 @@
 With nnU-Net's default planner the plans are exactly those of ``nnUNetv2_plan_and_preprocess``.
 nnzoo adds: every case is checked first (clear errors instead of deep tracebacks), method
 planners selected by name, preprocessed data shared between plans whose preprocessing is the
-same (skipped when already complete), unlabeled images preprocessed into their own folder, and
-a changed plans file is backed up instead of silently replaced.
+same (skipped when already complete), unlabeled images preprocessed into their own folder, a
+changed plans file backed up instead of silently replaced, and the raw dataset's ``domains.json``
+(checked against its cases) copied beside ``dataset.json`` in the preprocessed dataset folder,
+where trainers read it (:func:`nnzoo.trainers.domains.dataset_domains`); not into a
+configuration's data folder, whose files nnU-Net reads to infer the data format.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from nnzoo.trainers.domains import DOMAINS_FILE
 
 from .dataset import check_raw_dataset, resolve_dataset_name
 from .errors import NnzooError
@@ -134,6 +140,7 @@ def plan_and_preprocess(dataset: str | int, *, configurations: list[str] | None 
         extract_fingerprint_dataset(did, DatasetFingerprintExtractor, nproc, False, True, True)
     else:
         print(f"[1/3] Using the existing fingerprint {pre / 'dataset_fingerprint.json'} (--clean recomputes it)")
+    _copy_domains(raw, pre)
 
     print(f"[2/3] Planning with {planner}")
     probe = planner_cls(did) if gpu_memory_target is None else planner_cls(did, gpu_memory_target_in_gb=gpu_memory_target)
@@ -176,8 +183,20 @@ def plan_and_preprocess(dataset: str | int, *, configurations: list[str] | None 
     return plans
 
 
+def _copy_domains(raw: Path, pre: Path) -> None:
+    """The raw ``domains.json`` (already checked by check_raw_dataset) beside the preprocessed dataset.json;
+    a copy left from an earlier raw dataset that no longer has one is removed."""
+    src, dst = raw / DOMAINS_FILE, pre / DOMAINS_FILE
+    if src.is_file():
+        shutil.copyfile(src, dst)
+        print(f"      domains: {dst}")
+    elif dst.is_file():
+        dst.unlink()
+        print(f"      removed {dst}: the raw dataset has no {DOMAINS_FILE} any more")
+
+
 def _plans_files(pre: Path) -> list[Path]:
-    skip = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
+    skip = {"dataset.json", "dataset_fingerprint.json", "splits_final.json", DOMAINS_FILE}
     return sorted(p for p in pre.glob("*.json") if p.name not in skip and not p.name.startswith("nnzoo_"))
 
 
@@ -212,8 +231,6 @@ def _check_json_files(pre: Path, clean: bool) -> None:
 
 def _forget_unlabeled(pre: Path, data_id: str) -> None:
     """Unlabeled cases preprocessed for earlier, different data of this identifier are stale: remove them."""
-    import shutil
-
     from nnzoo.trainers.unlabeled_data import unlabeled_folder
 
     folder = Path(unlabeled_folder(pre, data_id))

@@ -3,7 +3,7 @@
 Uses nnU-Net's ``nnUNetPredictor`` through ``manual_initialization``, after loading the
 checkpoints with ``weights_only=True`` (see :mod:`nnzoo.pipeline.checkpoint`). Works for models
 trained by nnzoo and by stock ``nnUNetv2_train``, found under ``nnUNet_results`` (``-d -c -tr -p
-[--labeled N]``) or in any model folder (``-m``, e.g. an unzipped export). Outputs keep the
+[--augment NAME] [--labeled N]``) or in any model folder (``-m``, e.g. an unzipped export). Outputs keep the
 input's geometry. nnzoo adds: input checks before the model loads, ``--continue`` (complete
 outputs are kept, half-written ones redone), ``-num_parts/-part_id`` sharding with nnU-Net's rule,
 and a cascade (``3d_cascade_fullres``) that predicts its ``3d_lowres`` stage first when
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .dataset import scan_image_folder
 from .errors import NnzooError, check_folder_can_be_made, read_json
-from .experiment import build_network, named_model_folder, trainer_for
+from .experiment import build_network, check_augment, named_model_folder, trainer_for
 from .validate import Case, check_cases
 
 __all__ = ["predict", "PredictOptions", "check_options", "in_process", "BACKENDS", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
@@ -42,6 +42,8 @@ class PredictOptions:
         trainer: trainer name of the model folder (``-tr``).
         plans: plans name (``-p``; default: the trainer's planner's plans, else ``nnUNetPlans``).
         labeled: the label budget the model was trained with (its folder's ``_labeled<N>``).
+        augment: the augmentation the model was trained with (``nnzoo train --augment``; its folder's
+            ``_<augment>``).
         model_dir: a model folder anywhere (``-m``: ``plans.json``, ``dataset.json``, ``fold_*/``), e.g. an
             unzipped export.
         from_best: the output folder of ``nnzoo find-best`` (its chosen model or ensemble and postprocessing).
@@ -73,6 +75,7 @@ class PredictOptions:
     trainer: str = "nnUNetTrainer"
     plans: str | None = None
     labeled: int | float | str | None = None
+    augment: str | None = None
     model_dir: str | Path | None = None
     from_best: str | Path | None = None
     ensemble: list[str] | None = None
@@ -142,12 +145,13 @@ def find_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[i
 
 def resolve_model(*, model_dir: str | Path | None = None, dataset: str | int | None = None,
                   configuration: str | None = None, trainer: str = "nnUNetTrainer", plans: str | None = None,
-                  labeled: int | float | None = None, folds: list[str] | None = None,
+                  labeled: int | float | None = None, augment: str | None = None, folds: list[str] | None = None,
                   checkpoint: str = "checkpoint_final.pth") -> ModelRef:
-    """The model folder given by ``-m`` or by dataset, configuration, trainer, plans and label budget.
+    """The model folder given by ``-m`` or by dataset, configuration, trainer, plans, label budget and augmentation.
 
     Raises:
-        NnzooError: unknown dataset or trainer, no such model folder, missing plans/dataset.json, folds.
+        NnzooError: unknown dataset, trainer or augmentation, no such model folder, missing plans/dataset.json,
+            folds.
     """
     if model_dir is not None:
         folder = Path(model_dir).resolve()
@@ -156,7 +160,8 @@ def resolve_model(*, model_dir: str | Path | None = None, dataset: str | int | N
     else:
         if dataset is None or configuration is None:
             raise NnzooError("give a model folder (-m) or the dataset (-d) and configuration (-c)")
-        folder = named_model_folder(dataset, configuration, trainer=trainer, plans=plans, labeled=labeled)
+        folder = named_model_folder(dataset, configuration, trainer=trainer, plans=plans, labeled=labeled,
+                                    augment=augment)
     for f in ("plans.json", "dataset.json"):
         if not (folder / f).is_file():
             raise NnzooError(f"{folder / f}: not found; {folder} is not an nnU-Net model folder")
@@ -344,6 +349,10 @@ def check_options(o: PredictOptions) -> None:
     """
     if o.model_dir is not None and o.dataset is not None:
         raise NnzooError(f"give -m {o.model_dir} or -d {o.dataset}, not both (-m names the model folder itself)")
+    check_augment(o.augment)
+    if o.augment is not None and (o.model_dir is not None or o.from_best is not None or o.ensemble):
+        raise NnzooError(f"--augment {o.augment} names a model folder with -d and -c; -m, --from-best and --ensemble "
+                         "name the model folders themselves")
     if o.num_parts < 1:
         raise NnzooError(f"-num_parts {o.num_parts}: must be at least 1")
     if not 0 <= o.part_id < o.num_parts:
@@ -365,7 +374,7 @@ def check_options(o: PredictOptions) -> None:
 
 def predict(options: PredictOptions) -> list[Path]:
     """Predict every case of a folder (or this part of it) with one model (``options.model_dir``, or the
-    model of ``options.dataset``/``configuration``/``trainer``/``plans``/``labeled``).
+    model of ``options.dataset``/``configuration``/``trainer``/``plans``/``labeled``/``augment``).
 
     Args:
         options: what to predict, with which model, how (see :class:`PredictOptions`).
@@ -392,7 +401,8 @@ def predict(options: PredictOptions) -> list[Path]:
     if output_dir == input_dir:
         raise NnzooError(f"output folder {output_dir} is the input folder; choose another one")
     model = resolve_model(model_dir=o.model_dir, dataset=o.dataset, configuration=o.configuration, trainer=o.trainer,
-                          plans=o.plans, labeled=parse_labeled(o.labeled), folds=o.folds, checkpoint=checkpoint)
+                          plans=o.plans, labeled=parse_labeled(o.labeled), augment=o.augment, folds=o.folds,
+                          checkpoint=checkpoint)
     if o.backend == "onnxruntime":
         from .onnx_backend import onnx_files
 

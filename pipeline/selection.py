@@ -1,8 +1,8 @@
 """Choosing among the zoo: ``find-best`` over every trained model, and prediction with the chosen one or ensemble.
 
 ``find_best`` does what ``nnUNetv2_find_best_configuration`` does, over every trained
-``<trainer>__<plans>__<configuration>[_labeled<N>]`` of a dataset (so per-method plans and label
-budgets are no obstacle): it collects each model's cross-validation predictions with nnU-Net's
+``<trainer>__<plans>__<configuration>[_<augment>][_labeled<N>]`` of a dataset (so per-method plans,
+added augmentations and label budgets are no obstacle): it collects each model's cross-validation predictions with nnU-Net's
 ``accumulate_cv_results``, scores them with ``nnzoo evaluate`` (Dice, HD95 or NSD; mean over the
 foreground and per class), ensembles the best ones with nnU-Net's softmax averaging
 (``ensemble_crossvalidations``), determines nnU-Net's postprocessing for the winner
@@ -17,21 +17,21 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .errors import NnzooError, read_json
 from .predict import PredictOptions
 
-__all__ = ["METRICS", "find_models", "check_complete", "check_compatible", "find_best", "predict_ensemble",
-           "RESULT_FILE"]
+__all__ = ["METRICS", "NO_AUGMENT", "find_models", "check_complete", "check_compatible", "find_best", "FindBestOptions",
+           "predict_ensemble", "RESULT_FILE"]
 
 #: metric name -> (key in nnzoo's summary, higher is better)
 METRICS = {"dice": ("Dice", True), "hd95": ("HD95", False), "nsd": ("NSD", True)}
 RESULT_FILE = "find_best.json"
-_BUDGET_RE = re.compile(r"^(?P<configuration>.+?)(?:_labeled(?P<labeled>[0-9.]+))?$")
+#: the ``augments`` filter's name for models trained without ``--augment``
+NO_AUGMENT = "none"
 
 
 def _folds_string(folds) -> str:
@@ -39,18 +39,30 @@ def _folds_string(folds) -> str:
 
 
 def find_models(dataset_name: str, *, configurations: list[str] | None = None,
-                trainers: list[str] | None = None) -> list[dict]:
-    """Trained model folders of a dataset: ``{"folder", "trainer", "plans", "configuration", "labeled"}``."""
+                trainers: list[str] | None = None, augments: list[str] | None = None) -> list[dict]:
+    """Trained model folders of a dataset: ``{"folder", "trainer", "plans", "configuration", "augment", "labeled"}``.
+
+    Args:
+        dataset_name: the dataset's name.
+        configurations: only these configurations (default: all).
+        trainers: only these trainers (default: all).
+        augments: only models trained with these ``--augment`` names (:data:`NO_AUGMENT`: without one;
+            default: all).
+    """
+    from .experiment import parse_model_folder_name
+
     root = Path(os.environ["nnUNet_results"]) / dataset_name
     out = []
     for folder in sorted(root.glob("*__*__*")) if root.is_dir() else []:
-        parts = folder.name.split("__")
-        if not folder.is_dir() or len(parts) != 3 or not (folder / "plans.json").is_file():
+        parsed = parse_model_folder_name(folder.name)
+        if not folder.is_dir() or parsed is None or not (folder / "plans.json").is_file():
             continue
-        info = {"folder": str(folder), "trainer": parts[0], "plans": parts[1], **_BUDGET_RE.match(parts[2]).groupdict()}
+        info = {"folder": str(folder), **parsed}
         if configurations and info["configuration"] not in configurations:
             continue
         if trainers and info["trainer"] not in trainers:
+            continue
+        if augments and (info["augment"] or NO_AUGMENT) not in augments:
             continue
         out.append(info)
     return out
@@ -127,20 +139,44 @@ def _evaluate(pred: Path, gt: Path, dataset_json: dict, nproc: int) -> dict:
     return res
 
 
-def find_best(dataset: str | int, *, configurations: list[str] | None = None, trainers: list[str] | None = None,
-              metric: str = "dice", ensemble_size: int = 2, folds=(0, 1, 2, 3, 4),
-              output_dir: str | Path | None = None, num_processes: int | None = None) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class FindBestOptions:
+    """What ``nnzoo find-best`` is asked to do: one field per flag (``from_namespace`` for the CLI).
+
+    Attributes:
+        dataset: dataset id or name (``-d``).
+        configurations: only these configurations (``-c``; default: all).
+        trainers: only these trainers (``-tr``; default: all).
+        augments: only models trained with these ``--augment`` names, :data:`NO_AUGMENT` for those trained
+            without one (``--augment``; default: all).
+        metric: ``dice``, ``hd95`` or ``nsd`` (mean over the foreground classes of the cross-validation).
+        ensemble_size: largest ensemble tried (1: none); ensembles are formed from the best models.
+        folds: the cross-validation folds (``-f``).
+        output_dir: where the results go (``-o``; default ``nnUNet_results/<dataset>/nnzoo_find_best``).
+        num_processes: processes for evaluation, ensembling and postprocessing (``-np``).
+    """
+
+    dataset: str | int
+    configurations: list[str] | None = None
+    trainers: list[str] | None = None
+    augments: list[str] | None = None
+    metric: str = "dice"
+    ensemble_size: int = 2
+    folds: tuple[int, ...] | list[int] = (0, 1, 2, 3, 4)
+    output_dir: str | Path | None = None
+    num_processes: int | None = None
+
+    @classmethod
+    def from_namespace(cls, args) -> FindBestOptions:
+        """The options of an ``argparse`` namespace whose destinations are the field names."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def find_best(options: FindBestOptions) -> dict:
     """Rank every trained model with complete cross-validation, try ensembles, choose, determine postprocessing.
 
     Args:
-        dataset: dataset id or name.
-        configurations: only these configurations (default: all).
-        trainers: only these trainers (default: all).
-        metric: ``dice``, ``hd95`` or ``nsd`` (mean over the foreground classes of the cross-validation).
-        ensemble_size: largest ensemble tried (1: none); ensembles are formed from the best models.
-        folds: the cross-validation folds.
-        output_dir: where the results go (default ``nnUNet_results/<dataset>/nnzoo_find_best``).
-        num_processes: processes for evaluation, ensembling and postprocessing.
+        options: the dataset, which models, metric, ensembles, folds, output (see :class:`FindBestOptions`).
 
     Returns:
         The content of ``find_best.json``.
@@ -156,6 +192,9 @@ def find_best(dataset: str | int, *, configurations: list[str] | None = None, tr
     from .dataset import resolve_dataset_name
     from .env import setup_folders
 
+    o = options
+    dataset, metric, ensemble_size, folds = o.dataset, o.metric, o.ensemble_size, tuple(o.folds)
+    output_dir, num_processes = o.output_dir, o.num_processes
     if metric not in METRICS:
         raise NnzooError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
     if ensemble_size < 1:
@@ -166,7 +205,7 @@ def find_best(dataset: str | int, *, configurations: list[str] | None = None, tr
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
     gt = pre / "gt_segmentations"
     out = Path(output_dir) if output_dir else Path(os.environ["nnUNet_results"]) / name / "nnzoo_find_best"
-    models = find_models(name, configurations=configurations, trainers=trainers)
+    models = find_models(name, configurations=o.configurations, trainers=o.trainers, augments=o.augments)
     incomplete, complete = [], []
     for m in models:
         why = check_complete(m["folder"], folds, pre)
@@ -323,7 +362,7 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
         target = work / str(i)
         print(f"nnzoo: ensemble member {i + 1}/{len(model_dirs)}: {Path(folder).name}")
         predict(replace(options, output_dir=target, model_dir=folder, from_best=None, ensemble=None, folds=folds,
-                        dataset=None, configuration=None, labeled=None, prev_stage_predictions=None,
+                        dataset=None, configuration=None, labeled=None, augment=None, prev_stage_predictions=None,
                         save_probabilities=len(model_dirs) > 1, overwrite=False,
                         continue_prediction=options.continue_prediction or target.is_dir()))
         members.append(str(target))

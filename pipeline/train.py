@@ -4,8 +4,10 @@ nnzoo adds to ``nnUNetv2_train``: trainer names resolved through the registry (a
 are planned on the spot when only the default plans exist), every check before anything is
 built or written, a short schedule (``epochs``/``iters``) recorded in ``nnzoo_run.json`` beside
 the checkpoints (so ``--continue`` and ``predict`` need no repeated flags), atomic checkpoints,
-low-label runs (``labeled``), seeds, and DDP on CPU (Gloo) and on several nodes
-(:mod:`nnzoo.pipeline.distributed`).
+low-label runs (``labeled``), an input augmentation added to any trainer (``augment``, see
+:mod:`nnzoo.trainers.augment`), seeds, and DDP on CPU (Gloo) and on several nodes
+(:mod:`nnzoo.pipeline.distributed`). A label budget and an augmentation each give the run a model
+folder of its own (:func:`~nnzoo.pipeline.experiment.model_folder`); without them the folder is nnU-Net's.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 from .dataset import resolve_dataset_name
 from .errors import NnzooError, read_json
 from .experiment import (
-    budget_suffix,
+    augmentation_hint,
     build_network,
+    check_augment,
     check_configuration,
     configuration_manager,
     data_identifier,
@@ -30,10 +33,13 @@ from .experiment import (
     load_plans,
     model_folder,
     parse_fold,
+    parse_model_folder_name,
     trainer_for,
+    training_class,
 )
 
-__all__ = ["train", "TrainOptions", "TrainRun", "resolve_run", "parse_labeled", "evaluate_validation", "RUN_FILE"]
+__all__ = ["train", "TrainOptions", "TrainRun", "resolve_run", "parse_labeled", "training_class", "evaluate_validation",
+           "RUN_FILE"]  # training_class: re-exported from .experiment
 
 RUN_FILE = "nnzoo_run.json"
 
@@ -85,6 +91,9 @@ class TrainOptions:
         save_every: write ``checkpoint_latest.pth`` every this many epochs (default: the trainer's, 50).
         labeled: keep only this many (or this fraction of) labeled training cases; the rest of the
             fold's training cases count as unlabeled (their labels are never read).
+        augment: an input augmentation applied on top of the trainer's own (``--augment``, one of
+            :data:`nnzoo.trainers.augment.AUGMENTATIONS`, e.g. ``gin``); part of the model folder's name
+            (``..._gin``), so ``--continue``/``--val`` and ``predict`` are given it again.
         seed: seed Python's, numpy's and torch's generators before the trainer is built
             (initialisation, patch sampling and, with ``nnUNet_n_proc_DA=0``, augmentation) and the
             choice of labeled cases.
@@ -112,6 +121,7 @@ class TrainOptions:
     val_iters: int | None = None
     save_every: int | None = None
     labeled: str | int | float | None = None
+    augment: str | None = None
     seed: int | None = None
     overwrite: bool = False
     validate: bool = True
@@ -143,7 +153,16 @@ class TrainRun:
     @property
     def fold_dir(self) -> Path:
         o = self.options
-        return model_folder(self.dataset_name, o.trainer, o.plans, o.configuration, o.labeled) / f"fold_{o.fold}"
+        return (model_folder(self.dataset_name, o.trainer, o.plans, o.configuration, o.labeled, augment=o.augment)
+                / f"fold_{o.fold}")
+
+    @property
+    def model_folder_name(self) -> str | None:
+        """The model folder's name where it is not nnU-Net's ``<trainer>__<plans>__<configuration>`` (a label
+        budget or an augmentation), else None."""
+        o = self.options
+        name = self.fold_dir.parent.name
+        return None if name == f"{o.trainer}__{o.plans}__{o.configuration}" else name
 
     def record(self) -> dict:
         """``nnzoo_run.json``: the resolved options (schedule under nnU-Net's attribute names)."""
@@ -151,7 +170,8 @@ class TrainRun:
         return {"dataset_name": self.dataset_name, "configuration": o.configuration, "fold": o.fold,
                 "trainer": o.trainer, "plans": o.plans, "device": o.device, "resume": o.resume,
                 "num_epochs": o.epochs, "num_iterations_per_epoch": o.iters, "num_val_iterations_per_epoch": o.val_iters,
-                "save_every": o.save_every, "labeled": o.labeled, "seed": o.seed, "validate": o.validate,
+                "save_every": o.save_every, "labeled": o.labeled, "augment": o.augment, "seed": o.seed,
+                "validate": o.validate,
                 "validation_only": o.validation_only, "npz": o.npz, "val_best": o.val_best,
                 "pretrained_weights": o.pretrained_weights, "disable_checkpointing": o.disable_checkpointing,
                 "hparams": dict(o.hparams) or None}
@@ -245,6 +265,7 @@ def resolve_run(options: TrainOptions) -> TrainRun:
     folders = setup_folders(quiet=True)
     name = resolve_dataset_name(o.dataset)
     trainer_cls = trainer_for(o.trainer, o.configuration)
+    augment = check_augment(o.augment)
     plans_name = o.plans or default_plans_name(o.trainer)
     if o.plans is None:
         _plan_method_plans_on_the_spot(name, o.trainer, plans_name, o.configuration)
@@ -264,14 +285,18 @@ def resolve_run(options: TrainOptions) -> TrainRun:
     _check_trainer_supports(trainer_cls, plans_dict, o.configuration, dataset_json)
 
     budget = parse_labeled(o.labeled)
-    overrides = _parse_hparams(trainer_cls, dict(o.hparams or {}))
-    out = model_folder(name, trainer_cls.__name__, plans_name, o.configuration, budget) / f"fold_{fold}"
+    overrides = _parse_hparams(_augmented(trainer_cls, augment), dict(o.hparams or {}))
+    out = model_folder(name, trainer_cls.__name__, plans_name, o.configuration, budget, augment=augment) / f"fold_{fold}"
     run_file = out / RUN_FILE
     prev = _previous_record(run_file) if (o.resume or o.validation_only) else {}
     if overrides and prev.get("hparams") not in (None, overrides):
         raise NnzooError(f"--hparam {overrides} differs from the run being continued ({prev['hparams']})")
+    if prev and prev.get("augment") != augment:  # the folder is per augmentation: only a hand-moved run gets here
+        raise NnzooError(f"{run_file}: the run being continued was trained with --augment {prev.get('augment')}, not "
+                         f"{'--augment ' + augment if augment else 'without --augment'}; --continue/--val resume the "
+                         "same run")
     resolved = replace(
-        o, dataset=name, fold=fold, plans=plans_name, labeled=budget,
+        o, dataset=name, fold=fold, plans=plans_name, labeled=budget, augment=augment,
         epochs=o.epochs or prev.get("num_epochs"), iters=o.iters or prev.get("num_iterations_per_epoch"),
         val_iters=o.val_iters or (max(1, round(o.iters / 5)) if o.iters else None)
         or prev.get("num_val_iterations_per_epoch"), save_every=o.save_every or prev.get("save_every"),
@@ -286,11 +311,23 @@ def resolve_run(options: TrainOptions) -> TrainRun:
     if o.resume:
         _check_checkpoint_to_continue(run, trainer_cls)
     if o.pretrained_weights is not None:
-        from nnzoo.trainers.base import nnzoo_trainer_class
-
-        _check_pretrained_weights(resolved, nnzoo_trainer_class(trainer_cls, dict(resolved.hparams) or None),
+        _check_pretrained_weights(resolved, training_class(trainer_cls, augment=augment, hparams=resolved.hparams),
                                   plans_dict, dataset_json)
     return run
+
+
+def _augmented(trainer_cls: type, augment: str | None) -> type:
+    """The trainer with the augmentation (its hyperparameters are the trainer's and the augmentation's).
+
+    Raises:
+        NnzooError: the trainer already applies this augmentation itself.
+    """
+    if augment is None:
+        return trainer_cls
+    try:
+        return training_class(trainer_cls, augment=augment)
+    except ValueError as e:
+        raise NnzooError(str(e)) from None
 
 
 def _check_pretrained_weights(o: TrainOptions, trainer_cls: type, plans: dict, dataset_json: dict) -> None:
@@ -388,7 +425,7 @@ def _parse_hparams(trainer_cls: type, hparams: dict[str, str] | None) -> dict:
     try:
         return parse_hyperparameters(trainer_cls, hparams or {})
     except KeyError as e:
-        raise NnzooError(f"--hparam {e.args[0]}") from None
+        raise NnzooError(f"--hparam {e.args[0]}{augmentation_hint(trainer_cls, hparams or {})}") from None
     except ValueError as e:
         raise NnzooError(f"--hparam {e}") from None
 
@@ -414,8 +451,8 @@ def _check_model_folder(run: TrainRun) -> None:
 
 def _check_checkpoint_to_continue(run: TrainRun, trainer_cls: type) -> None:
     """The checkpoint ``--continue`` resumes from (nnU-Net's order: final, latest, best) must load safely and be
-    of this trainer and configuration; without any, a run of the same fold under another label budget is what
-    was meant."""
+    of this trainer and configuration; without any, a run of the same fold under another label budget or
+    augmentation (a sibling folder of the same trainer, plans and configuration) is what was meant."""
     from .checkpoint import load_checkpoint_safely
 
     fold_dir, o = run.fold_dir, run.options
@@ -428,12 +465,20 @@ def _check_checkpoint_to_continue(run: TrainRun, trainer_cls: type) -> None:
                                  f"{trainer_cls.__name__} ({o.configuration}); --continue resumes the same run")
             return
     model = fold_dir.parent
-    others = sorted(p.parent.name for p in model.parent.glob(f"{model.name.split('_labeled')[0]}*/{fold_dir.name}")
-                    if p.parent != model and any(p.glob("checkpoint_*.pth")))
+    here = parse_model_folder_name(model.name)
+    others = sorted(p.parent.name for p in model.parent.glob(f"*__*__*/{fold_dir.name}")
+                    if p.parent != model and any(p.glob("checkpoint_*.pth"))
+                    and _same_run_but_suffix(parse_model_folder_name(p.parent.name), here))
     if others:
         raise NnzooError(f"{fold_dir} holds no checkpoint to continue from, but {', '.join(others)} do: the label "
-                         "budget is part of the run (give the same --labeled)")
+                         "budget and the augmentation are part of the run (give the same --labeled and --augment)")
     print(f"nnzoo: {fold_dir} holds no checkpoint to continue from; starting a new training")
+
+
+def _same_run_but_suffix(a: dict | None, b: dict | None) -> bool:
+    """Two model folders of the same trainer, plans and configuration (label budget or augmentation may differ)."""
+    keys = ("trainer", "plans", "configuration")
+    return a is not None and b is not None and all(a[k] == b[k] for k in keys)
 
 
 def _start_record(run: TrainRun, out: Path) -> None:
@@ -448,6 +493,7 @@ def _start_record(run: TrainRun, out: Path) -> None:
     what = "validating" if o.validation_only else "training"
     print(f"nnzoo: {what} {o.trainer} on {run.dataset_name} {o.configuration} fold {o.fold} ({o.device})"
           + (f", {o.labeled} labeled cases" if o.labeled is not None else "")
+          + (f", --augment {o.augment}" if o.augment else "")
           + (f", seed {o.seed}" if o.seed is not None else "")
           + (f", hyperparameters {dict(o.hparams)}" if o.hparams else ""))
 
@@ -457,7 +503,6 @@ def run_process(run: TrainRun):
     import torch
 
     from nnzoo.trainers import nnunet_compat as compat
-    from nnzoo.trainers.base import nnzoo_trainer_class
 
     from .env import resolve_device
 
@@ -477,11 +522,10 @@ def run_process(run: TrainRun):
     pre = Path(os.environ["nnUNet_preprocessed"]) / run.dataset_name
     plans_dict, _ = load_plans(run.dataset_name, o.plans)
     dataset_json = read_json(pre / "dataset.json", hint="re-run plan_and_preprocess")
-    cls = nnzoo_trainer_class(trainer_for(o.trainer), hyperparameters=dict(o.hparams) or None)
-    suffix = budget_suffix(o.labeled)
+    cls = training_class(trainer_for(o.trainer), augment=o.augment, hparams=o.hparams)
     t = compat.build_trainer(cls, plans=plans_dict, configuration=o.configuration, fold=o.fold,
                              dataset_json=dataset_json, device=dev, resume=o.resume,
-                             model_folder_name=run.fold_dir.parent.name if suffix else None)
+                             model_folder_name=run.model_folder_name)
     if Path(t.output_folder) != run.fold_dir:  # a trainer that moved its output folder: checks above were elsewhere
         raise RuntimeError(f"{o.trainer} writes to {t.output_folder}, expected {run.fold_dir}")
     for attr, value in (("num_epochs", o.epochs), ("num_iterations_per_epoch", o.iters),

@@ -18,7 +18,8 @@ import numpy as np
 from .errors import NnzooError
 from .segio import read_images, read_label, reader_for
 
-__all__ = ["Case", "check_case", "check_cases", "declared_label_values", "MAX_LISTED"]
+__all__ = ["Case", "check_case", "check_cases", "check_domains", "read_case_mapping", "declared_label_values",
+           "MAX_LISTED"]
 
 MAX_LISTED = 20  # problems listed in one error message
 
@@ -185,3 +186,51 @@ def declared_label_values(dataset_json: dict) -> set[int]:
             raise NnzooError(f"label {name!r} has the value {v!r}, not an integer "
                              "(or a list of integers for a region)") from None
     return out
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else "")
+
+
+def read_case_mapping(path, flag: str) -> dict[str, str]:
+    """A user's ``{case: domain}`` file (CSV ``case,domain`` or JSON), read by
+    :func:`nnzoo.trainers.domains.parse_domains_file`.
+
+    Raises:
+        NnzooError: a folder, or what ``parse_domains_file`` refuses; the message starts with ``flag`` and the path.
+    """
+    from pathlib import Path
+
+    from nnzoo.trainers.domains import DomainsError, parse_domains_file
+
+    if Path(path).is_dir():
+        raise NnzooError(f"{flag} {path}: a folder, not a CSV or JSON file")
+    try:
+        return parse_domains_file(path)
+    except DomainsError as e:
+        raise NnzooError(f"{flag} {e}") from None
+
+
+def check_domains(domains: dict[str, str], required: list[str], *, source: str,
+                  allowed: list[str] | None = None) -> None:
+    """A mapping ``{case: domain}`` covers every required case and names no other case.
+
+    Args:
+        domains: the mapping.
+        required: cases that must have a domain (labeled and unlabeled training cases).
+        source: what the mapping came from (file and flag), the start of the error message.
+        allowed: further cases the mapping may name without having to (e.g. ``imagesTs``).
+
+    Raises:
+        NnzooError: one message naming the cases without a domain and the cases that do not exist.
+    """
+    missing = sorted(set(required) - set(domains))
+    unknown = sorted(set(domains) - set(required) - set(allowed or ()))
+    problems = []
+    if missing:
+        problems.append(f"no domain for {len(missing)} case(s) of the dataset: {_listed(missing)}")
+    if unknown:
+        problems.append(f"names {len(unknown)} case(s) that are not in the dataset: {_listed(unknown)}")
+    if problems:
+        raise NnzooError(f"{source}: " + "; ".join(problems))

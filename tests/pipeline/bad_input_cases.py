@@ -236,3 +236,148 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             st = os.lstat(p)
             out[p] = (st.st_mtime_ns, st.st_size)
     return out
+
+
+# ------------------------------------------------------------------------ domains and groups (issue 21)
+def domains_file(c: Ctx, name: str, content: dict | str) -> Path:
+    """A domains (``--domains``) or groups (``--groups``) file in the row's folder: CSV ``case,domain`` rows
+    from a dict (JSON when ``name`` ends in .json), or ``content`` as given."""
+    if isinstance(content, dict):
+        content = json.dumps(content) if name.endswith(".json") else \
+            "case,domain\n" + "".join(f"{k},{v}\n" for k, v in content.items())
+    return c.file(name, content.encode())
+
+
+#: the domains of :attr:`Ctx.src`'s cases (3 labeled, 1 unlabeled)
+SRC_DOMAINS = {"case000": "T1", "case001": "T1", "case002": "T2", "unl000": "FLAIR"}
+#: the domains of the world's 5 PNG cases
+WORLD_DOMAINS = {f"case{i:03d}": ("A" if i < 3 else "B") for i in range(5)}
+
+
+def _create_domains(c: Ctx, content: dict | str, name: str = "d.csv", unlabeled: bool = True) -> tuple[list, Path]:
+    f = domains_file(c, name, content)
+    extra = ["--unlabeled", str(c.src["unlabeled"])] if unlabeled else []
+    return c.create(*extra, "--domains", str(f)), f
+
+
+def _drop(mapping: dict, *keys: str) -> dict:
+    return {k: v for k, v in mapping.items() if k not in keys}
+
+
+def _create_row(content, needles, name: str = "d.csv", unlabeled: bool = True):
+    def build(c: Ctx):
+        argv, f = _create_domains(c, content, name, unlabeled)
+        return argv, [str(f), *needles]
+    return build
+
+
+def _plan_domains(c: Ctx, content: dict | str) -> tuple[list[str], list[str]]:
+    f = c.w.raw / "domains.json"
+    f.write_text(content if isinstance(content, str) else json.dumps(content))
+    return ["plan_and_preprocess", "-d", str(WORLD_ID), "-c", "2d", "-np", "1"], [str(f)]
+
+
+def _eval_groups(c: Ctx, content: dict | str, name: str = "g.csv", drop_pred: str | None = None):
+    f = domains_file(c, name, content)
+    if drop_pred:
+        (c.pred / f"{drop_pred}.nii.gz").unlink()
+    return c.evaluate("--groups", str(f)), ["--groups", str(f)]
+
+
+def _eval_world_domains(c: Ctx, text: str):
+    pred = Path(shutil.copytree(c.w.raw / "labelsTr", c.tmp / "wpred"))
+    (c.w.raw / "domains.json").write_text(text)
+    return (["evaluate", "-ref", str(c.w.raw / "labelsTr"), "-pred", str(pred), "-d", str(WORLD_ID), "-np", "1"],
+            [str(c.w.raw / "domains.json")])
+
+
+def _plus(build, *needles: str):
+    def run(c: Ctx):
+        argv, base = build(c)
+        return argv, [*base, *needles]
+    return run
+
+
+#: rows of the bad-input matrix for ``dataset create --domains``, a hand-placed ``domains.json`` at
+#: ``plan_and_preprocess``, and ``evaluate --groups`` / ``-d``'s domains.json: ``{command: {row id: build}}``
+DOMAIN_ROWS: dict[str, dict] = {
+    "dataset create": {
+        "domains-file-missing": lambda c: (c.create("--domains", str(c.tmp / "no.csv")),
+                                           ["--domains", str(c.tmp / "no.csv"), "not found"]),
+        "domains-is-a-folder": lambda c: (c.create("--domains", str(c.dir("dom.csv"))),
+                                          ["--domains", str(c.tmp / "dom.csv"), "a folder"]),
+        "domains-labeled-case-missing": _create_row(_drop(SRC_DOMAINS, "case001"), ["--domains", "case001"]),
+        "domains-unlabeled-case-missing": _create_row(_drop(SRC_DOMAINS, "unl000"), ["--domains", "unl000"]),
+        "domains-unlabeled-without-flag": _create_row(SRC_DOMAINS, ["unl000", "not in the dataset"],
+                                                      unlabeled=False),
+        "domains-unknown-case": _create_row({**SRC_DOMAINS, "case099": "T1"}, ["case099", "not in the dataset"]),
+        "domains-json-unknown-case": _create_row({**SRC_DOMAINS, "case099": "T1"}, ["case099"], name="d.json"),
+        "domains-json-corrupt": _create_row('{"case000": "T1",', ["not valid JSON"], name="d.json"),
+        "domains-json-list": _create_row('["case000", "T1"]', ["JSON object"], name="d.json"),
+        "domains-json-not-string": _create_row('{"case000": 3}', ["'case000'", "string"], name="d.json"),
+        "domains-csv-three-columns": _create_row("case000,T1,x\n", ["row 1", "3 columns"]),
+        "domains-case-twice": _create_row("case000,T1\ncase000,T2\n", ["'case000'", "two domains"]),
+        "domains-empty-domain": _create_row("case000,\n", ["empty"]),
+        "domains-empty-file": _create_row("", ["lists no case"]),
+    },
+    "plan_and_preprocess": {
+        "domains-json-case-missing": _plus(lambda c: _plan_domains(c, _drop(WORLD_DOMAINS, "case003")),
+                                       "case003"),
+        "domains-json-unknown-case": _plus(lambda c: _plan_domains(c, {**WORLD_DOMAINS, "case077": "A"}),
+                                       "case077", "not in the dataset"),
+        "domains-json-corrupt": _plus(lambda c: _plan_domains(c, "{"), "not valid JSON"),
+    },
+    "evaluate": {
+        "groups-file-missing": lambda c: (c.evaluate("--groups", str(c.tmp / "no.csv")),
+                                          ["--groups", str(c.tmp / "no.csv"), "not found"]),
+        "groups-unknown-case": _plus(lambda c: _eval_groups(c, {"case000": "A", "case099": "B"}),
+                                       "case099", "reference folder"),
+        "groups-names-no-evaluated-case": _plus(
+            lambda c: _eval_groups(c, {"case002": "A"}, drop_pred="case002"), "none of the 2 evaluated"),
+        "groups-json-corrupt": _plus(lambda c: _eval_groups(c, "{", name="g.json"), "not valid JSON"),
+        "groups-csv-three-columns": _plus(lambda c: _eval_groups(c, "case000,A,B\n"), "3 columns"),
+        "groups-reserved-name": _plus(lambda c: _eval_groups(c, {"case000": "(no group)"}),
+                                                "reserved"),
+        "d-domains-json-corrupt": _plus(lambda c: _eval_world_domains(c, "{"), "not valid JSON"),
+    },
+}
+
+
+# ------------------------------------------------------------------------------- --augment (issue 21)
+def _names_export(c: Ctx, *extra: str) -> list[str]:
+    """``export-model`` of the world's model by nnU-Net's names (``-d -c``) instead of ``-m``."""
+    c.w  # noqa: B018 - activates the world's folders
+    return ["export-model", "-d", str(WORLD_ID), "-c", "2d", "-o", str(c.tmp / "model.zip"), *extra]
+
+
+def _find_best(c: Ctx, *extra: str) -> list[str]:
+    c.w  # noqa: B018 - activates the world's folders
+    return ["find-best", "-d", str(WORLD_ID), "-np", "1", *extra]
+
+
+#: rows of the bad-input matrix for ``--augment`` (train, predict, find-best, export-model): ``{command: {row id:
+#: build}}``; the world's only model is the plain ``nnUNetTrainer`` one (no ``..._gin`` folder)
+AUGMENT_ROWS: dict[str, dict] = {
+    "train": {
+        "augment-unknown": lambda c: (c.train("--augment", "gni"), ["--augment", "'gni'", "gin"]),
+        "augment-continue-other-augmentation": lambda c: (c.train("--continue", "--augment", "gin"),
+                                                          [str(c.w.model), "--augment"]),
+        "augment-hparam-without-augment": lambda c: (c.train("--hparam", "GIN_N_LAYERS=3", fold="1"),
+                                                     ["--hparam", "GIN_N_LAYERS", "--augment gin"]),
+    },
+    "predict": {
+        "augment-unknown": lambda c: (c.predict("--augment", "gni"), ["--augment", "'gni'", "gin"]),
+        "augment-untrained": lambda c: (c.predict("--augment", "gin"),
+                                        [f"{MODEL}_gin", "no trained model", "--augment gin", MODEL]),
+        "augment-with-m": lambda c: (c.predict("--augment", "gin", model=True), ["--augment gin", "-m"]),
+    },
+    "find-best": {
+        "augment-unknown": lambda c: (_find_best(c, "--augment", "gni"), ["--augment", "'gni'", "gin", "none"]),
+        "augment-untrained": lambda c: (_find_best(c, "--augment", "gin"), ["--augment gin", "no trained model"]),
+    },
+    "export-model": {
+        "augment-unknown": lambda c: (_names_export(c, "--augment", "gni"), ["--augment", "'gni'", "gin"]),
+        "augment-untrained": lambda c: (_names_export(c, "--augment", "gin"),
+                                        [f"{MODEL}_gin", "no trained model", "--augment gin"]),
+    },
+}

@@ -25,6 +25,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bad_input_cases import (  # noqa: E402
+    AUGMENT_ROWS,
+    DOMAIN_ROWS,
     MODEL,
     WORLD_ID,
     WORLD_NAME,
@@ -41,8 +43,8 @@ from bad_input_cases import (  # noqa: E402
 from nnzoo.pipeline.cli import main  # noqa: E402
 
 #: rows of :data:`BAD` per command (the README's reliability paragraph quotes these)
-ROWS_PER_COMMAND = {"dataset create": 44, "plan_and_preprocess": 24, "train": 43, "predict": 43, "evaluate": 38,
-                    "find-best": 14, "export-model": 12, "install-model": 11}
+ROWS_PER_COMMAND = {"dataset create": 58, "plan_and_preprocess": 27, "train": 46, "predict": 46, "evaluate": 45,
+                    "find-best": 16, "export-model": 14, "install-model": 11}
 #: rows of :data:`VALID` per command
 VALID_ROWS_PER_COMMAND = {"dataset create": 4, "evaluate": 5, "predict": 1, "export-model": 1, "install-model": 1}
 
@@ -509,6 +511,9 @@ rows("install-model", {
                                     [str(c.w.model), "--overwrite"]),
     "zip-missing-arg": lambda c: (["install-model"], ["zip_file"]),
 })
+
+for _command, _table in (*DOMAIN_ROWS.items(), *AUGMENT_ROWS.items()):  # rows of --domains/--groups and --augment
+    rows(_command, _table)
 
 
 # ============================================================================================ fixtures

@@ -18,19 +18,21 @@ MODEL = "nnUNetTrainer__nnUNetPlans__{}"
 
 
 def build_model_folder(tmp_path: Path, *, configuration: str = "2d", folds: tuple[int, ...] = (0,),
-                       labeled: int | None = None, trainer_class: type | None = None) -> Path:
+                       labeled: int | None = None, trainer_class: type | None = None,
+                       augment: str | None = None) -> Path:
     """A model folder as ``nnzoo train`` leaves it, written without training.
 
     For each fold an nnU-Net trainer is built on the CPU from the tiny test plans (each fold's
     network randomly initialised, so folds differ), initialised and checkpointed
     (``fold_<f>/checkpoint_final.pth``, ``nnzoo_run.json``); ``plans.json`` and ``dataset.json`` are
-    copied in. With ``labeled`` the folder gets nnzoo's ``_labeled<N>`` suffix.
+    copied in. With ``augment``/``labeled`` the folder gets nnzoo's ``_<augment>``/``_labeled<N>`` suffix.
 
     Args:
         tmp_path: the test's tmp_path (conftest points nnU-Net's folders into it).
         configuration: ``2d`` or ``3d_fullres``.
         folds: the folds to write.
         labeled: a label budget for the folder name.
+        augment: an augmentation (``--augment``) for the folder name.
         trainer_class: the trainer (default nnU-Net's ``nnUNetTrainer``).
 
     Returns:
@@ -54,8 +56,10 @@ def build_model_folder(tmp_path: Path, *, configuration: str = "2d", folds: tupl
         model = fold.parent
     (model / "plans.json").write_text(json.dumps(tiny_plans(configuration)))
     (model / "dataset.json").write_text(json.dumps(tiny_dataset_json()))
-    if labeled is not None:
-        target = model.with_name(f"{model.name}_labeled{labeled}")
+    if labeled is not None or augment is not None:
+        from nnzoo.pipeline.experiment import model_folder_suffix
+
+        target = model.with_name(model.name + model_folder_suffix(augment=augment, labeled=labeled))
         shutil.move(model, target)
         model = target
     return model
