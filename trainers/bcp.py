@@ -14,7 +14,7 @@ from .registry import register_trainer
 from .semisup import EMATeacher, SemiSupervisedTrainer
 
 __all__ = ["nnUNetTrainerBCP", "bcp_mask", "mix", "resize_nearest", "largest_component_per_class",
-           "single_component_counts", "masked_dice_ce", "bcp_region_loss", "halves", "unlabeled_halves",
+           "single_component_counts", "lcc_filter_counts", "masked_dice_ce", "bcp_region_loss", "halves", "unlabeled_halves",
            "one_object_classes", "bcp_stage1_loss", "bcp_stage2_loss", "STAGE1_KEY"]
 
 #: checkpoint key of the best stage-1 weights (and optimizer state) and of the connectivity statistics
@@ -77,6 +77,22 @@ def largest_component_per_class(seg: np.ndarray, classes: Sequence[int] | None =
             if mask.any():
                 out[i][mask & ~remove_all_but_largest_component(mask)] = 0
     return out
+
+
+def lcc_filter_counts(before: np.ndarray, after: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class: ``[samples containing it, samples where the filter removed some of it, voxels removed]``.
+
+    Args:
+        before: label maps ``(N, *spatial)`` before :func:`largest_component_per_class`.
+        after: the same after it.
+        num_classes: classes including background (row 0 stays zero).
+    """
+    counts = np.zeros((num_classes, 3), np.int64)
+    flat_b, flat_a = before.reshape(len(before), -1), after.reshape(len(after), -1)
+    for c in range(1, num_classes):
+        removed = ((flat_b == c) & (flat_a != c)).sum(1)
+        counts[c] = ((flat_b == c).any(1).sum(), (removed > 0).sum(), removed.sum())
+    return counts
 
 
 def single_component_counts(target: np.ndarray, num_classes: int) -> np.ndarray:
@@ -266,14 +282,37 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
     network weights of the checkpoint) with plain nnU-Net prediction; the teacher is kept in the
     checkpoint (``nnzoo_teacher``) only to resume training.
 
+    Labeled exposure: every step loads nnU-Net's full labeled batch of ``B`` patches (plus ``B``
+    unlabeled ones), but, as in the official code, the labeled pixels the loss sees add up to half
+    a batch: stage 1 mixes the two labeled halves into ``B / 2`` images; in stage 2 ``l_a`` fills
+    the ``1 - M`` part of ``X1`` and ``l_b`` the ``M`` part of ``X2`` (``B / 2`` patches' worth of
+    labeled pixels, the rest pseudo-labelled). Other semi-supervised trainers here put the whole
+    labeled batch into their supervised loss.
+
+    Which classes the largest-component filter acted on is logged at the end of every stage-2
+    epoch and counted over the run (pseudo-labels with the class, pseudo-labels it changed,
+    voxels it removed, per class); ``on_train_end`` writes the counts to the fold folder's
+    ``bcp_lcc.json`` (under DDP rank 0's pseudo-labels only).
+
     Supported: plain label plans, 2D and 3D. Not supported (error): region-based plans, ignore label.
 
-    Deviations from the official code:
-        - one training run with nnU-Net's poly learning-rate schedule across both stages (official:
-          separate runs, the learning rate restarts for self-training); the best stage-1 model is
-          chosen by nnU-Net's EMA pseudo-Dice on its validation batches;
-        - the largest-component filter skips classes that are not one object in the labeled
-          patches (official: every class; ``LCC_MIN_SINGLE_FRACTION = 0`` restores that);
+    nnzoo choices:
+        - ``PRETRAIN_FRACTION = 0.2`` of the epochs for stage 1, one run with nnU-Net's poly
+          learning rate across both stages, and the optimizer state carried over from the best
+          stage-1 model. The official code differs per dataset: ACDC (2D) pre-trains 10000 and
+          self-trains 30000 iterations (25 % stage 1), both at a constant learning rate of 0.01,
+          and stage 2 loads the stage-1 optimizer state with the weights; LA (3D) pre-trains 2000
+          and self-trains 15000 iterations (about 12 %), stage 2 with a new SGD optimizer and a
+          step decay (x0.1 every 2500 iterations). nnzoo follows ACDC in carrying the optimizer
+          over (the official 2D/4-class setting, like the benchmark), takes a fraction between the
+          two and nnU-Net's poly schedule so that the total length and schedule equal the
+          baseline's; the best stage-1 model is chosen by nnU-Net's EMA pseudo-Dice on its
+          validation batches (official: validation Dice every 200 iterations);
+        - ``LCC_MIN_SINGLE_FRACTION = 0.9``: the largest-component filter skips classes that are
+          not one object in at least 90 % of the labeled patches they occur in (official: every
+          class, ``LCC_MIN_SINGLE_FRACTION = 0`` restores that).
+
+    Other deviations from the official code:
         - nnU-Net's network, augmentation, patch sampling and batch size; each batch is split in
           halves a/b (an odd batch shares its middle patch, a batch of one is paired with
           itself); X1 and X2 go through the student in one concatenated forward pass (identical to
@@ -298,6 +337,8 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
     unsupported_labels_reason = "copy-paste of region or partially annotated labels is undefined"
     stage1_best: dict | None = None
     component_counts: np.ndarray | None = None
+    lcc_counts: np.ndarray | None = None
+    _lcc_epoch: np.ndarray | None = None
 
     # ---------------------------------------------------------------- schedule
     @property
@@ -361,7 +402,48 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
     def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher argmax, largest connected component per one-object class; ``(N, 1, *spatial)`` long."""
         seg = self.teacher.predict(images).argmax(1).to(torch.int16).cpu().numpy()
-        return torch.from_numpy(largest_component_per_class(seg, self.lcc_classes())).to(images.device).long()[:, None]
+        classes = self.lcc_classes()
+        out = largest_component_per_class(seg, classes)
+        counts = lcc_filter_counts(seg, out, self.label_manager.num_segmentation_heads)
+        self.lcc_counts = counts if self.lcc_counts is None else self.lcc_counts + counts
+        self._lcc_epoch = counts if self._lcc_epoch is None else self._lcc_epoch + counts
+        return torch.from_numpy(out).to(images.device).long()[:, None]
+
+    def lcc_record(self) -> dict:
+        """The largest-component filter's counts over the run, per class (written to ``bcp_lcc.json``)."""
+        n = self.label_manager.num_segmentation_heads
+        counts = self.lcc_counts if self.lcc_counts is not None else np.zeros((n, 3), np.int64)
+        single = self.component_counts if self.component_counts is not None else np.zeros((n, 2), np.int64)
+        names = {int(v): k for k, v in self.dataset_json["labels"].items() if isinstance(v, int)}
+        filtered = self.lcc_classes()
+        return {"min_single_fraction": self.LCC_MIN_SINGLE_FRACTION, "filtered_classes": filtered,
+                "per_class": {str(c): {"name": names.get(c, str(c)), "filtered": c in filtered,
+                                       "labeled_patches_one_object": int(single[c, 0]),
+                                       "labeled_patches_with_class": int(single[c, 1]),
+                                       "pseudo_labels_with_class": int(counts[c, 0]),
+                                       "pseudo_labels_changed": int(counts[c, 1]),
+                                       "voxels_removed": int(counts[c, 2])} for c in range(1, n)}}
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        if self._lcc_epoch is not None:
+            c = self._lcc_epoch
+            acted = [f"class {k}: {c[k, 1]} of {c[k, 0]} pseudo-labels, {c[k, 2]} voxels removed"
+                     for k in range(1, len(c)) if k in self.lcc_classes()]
+            self.print_to_log_file("BCP largest-component filter this epoch (this rank): "
+                                   + ("; ".join(acted) if acted else "no class filtered"))
+            self._lcc_epoch = None
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.lcc_counts is not None and getattr(self, "local_rank", 0) == 0 and self.output_folder:
+            import json
+            import os
+
+            path = os.path.join(self.output_folder, "bcp_lcc.json")
+            with open(f"{path}.tmp-{os.getpid()}", "w") as f:
+                json.dump(self.lcc_record(), f, indent=1)
+            os.replace(f"{path}.tmp-{os.getpid()}", path)
 
     def stage2_inputs(self, data: torch.Tensor, unlabeled: torch.Tensor,
                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -406,7 +488,7 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
 
     # ---------------------------------------------------------------- checkpoints
     def _extra_checkpoint_state(self) -> dict:
-        stage1 = {"best": self.stage1_best, "component_counts": self.component_counts}
+        stage1 = {"best": self.stage1_best, "component_counts": self.component_counts, "lcc_counts": self.lcc_counts}
         return {**super()._extra_checkpoint_state(), STAGE1_KEY: stage1}
 
     def _restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
@@ -414,3 +496,4 @@ class nnUNetTrainerBCP(SemiSupervisedTrainer):
         stage1 = checkpoint.get(STAGE1_KEY) or {}
         self.stage1_best = stage1.get("best")
         self.component_counts = stage1.get("component_counts")
+        self.lcc_counts = stage1.get("lcc_counts")

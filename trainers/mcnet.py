@@ -158,6 +158,18 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
     Supported: label, region and ignore-label plans (the supervised term is nnU-Net's loss; the
     consistency covers every voxel), 2D and 3D, ``--labeled N`` and ``imagesUnlabeled``.
 
+    nnzoo choices (not in the official code, which has no setting for them; both act in the
+    4-class benchmark, so its MC-Net+ results are for this variant):
+        - renormalised sharpening with more than two classes, ``s(p)_c = p_c^(1/T) / sum_k
+          p_k^(1/T)`` (:func:`sharpen`). The official code sharpens each softmax channel on its
+          own, also in its 4-class ACDC 2D script (``train_mcnet_2d.py``); with more than two
+          classes that sends every class below 0.5 towards 0, the winning one too when no class
+          reaches 0.5, so the pseudo-label stops being a distribution. The two forms are identical
+          for two classes; ``SHARPEN_PER_CHANNEL = True`` restores the official one;
+        - ``CE_WEIGHT = 1``: the supervised loss is nnU-Net's Dice + CE; the official loss is Dice
+          only (the scripts compute CE but only log it; ``CE_WEIGHT = 0`` restores that). Kept so
+          that the supervised term equals the nnU-Net baseline's.
+
     Deviations from the official code:
         - backbone: the plan's encoder with nnU-Net-shaped decoders (skip concatenation,
           conv-norm-nonlin blocks, deep supervision) instead of V-Net (3D, additive skips,
@@ -166,17 +178,12 @@ class nnUNetTrainerMCNet(PlanNetworkMixin, SemiSupervisedTrainer):
         - 2D encoder dropout sits after every convolution of a stage (nnU-Net's
           ``ConvDropoutNormReLU`` position: conv -> dropout -> norm) instead of once between the
           stage's two convolutions; stages beyond the fifth take the last probability (0.5);
-        - sharpening with more than two classes is renormalised over the classes (the official
-          per-channel form pushes every class below 0.5 towards 0, also the winning one when no
-          class reaches 0.5); ``SHARPEN_PER_CHANNEL = True`` restores the official form;
         - upsampling of the interpolating decoders: 1x1 convolution then interpolation (the
           official 2D form; official 3D: interpolation then 3x3x3 conv + norm + ReLU); the
           decoders are built in the order transposed conv / linear / nearest, so decoder 0,
           used for inference, is the transposed-conv one in 2D too (official 2D: the bilinear
           decoder comes first and is used for testing);
-        - supervised loss: nnU-Net's Dice + CE (``CE_WEIGHT = 1``) with deep supervision; the
-          official loss is Dice only (set ``CE_WEIGHT = 0``; nnU-Net's Dice form, background
-          excluded, batch Dice per plan);
+        - nnU-Net's Dice form (background excluded, batch Dice per plan) with deep supervision;
         - ramp-up measured in epochs of nnU-Net's schedule (fractions above);
         - batch: nnU-Net's planned batch size of labeled patches plus as many unlabeled ones
           (official 2D: 12 + 12 of a batch of 24; 3D: 2 + 2); the default planner keeps nnU-Net's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from .registry import register_trainer
 from .semisup import SemiSupervisedTrainer
 from .unlabeled_data import PseudoLabeledDataset, UnlabeledImageDataset
 
-__all__ = ["nnUNetTrainerSelfTraining", "pseudo_label_folder", "pseudo_label_dir", "PSEUDO_DONE"]
+__all__ = ["nnUNetTrainerSelfTraining", "pseudo_label_folder", "pseudo_label_dir", "PSEUDO_DONE", "self_training_loss"]
 
 #: written last into the pseudo-label folder: the labels in it are complete
 PSEUDO_DONE = "pseudo_labels.json"
@@ -32,6 +33,32 @@ def pseudo_label_folder(trainer) -> Path:
 def pseudo_label_dir(preprocessed_dataset_folder: str | Path, model_folder_name: str, fold: int | str) -> Path:
     """``<preprocessed dataset folder>/pseudo_labels/<model folder name>/fold_<fold>`` (for readers without a trainer)."""
     return Path(preprocessed_dataset_folder) / "pseudo_labels" / model_folder_name / f"fold_{fold}"
+
+
+def self_training_loss(outputs, target, pseudo_target, *, n_labeled: int, loss: Callable,
+                       pseudo_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Stage-2 loss of one pass over ``n_labeled`` labeled then pseudo-labeled patches: two terms.
+
+    ``loss(labeled outputs, target) + pseudo_weight * loss(pseudo-labeled outputs, pseudo_target)``,
+    each term averaged over its own patches, so the labeled term is exactly a supervised step's
+    loss on the labeled patches (one loss over both halves would halve its share).
+
+    Args:
+        outputs: network outputs (deep-supervision list or tensor), labeled patches first.
+        target: nnU-Net's target of the labeled patches (list or tensor).
+        pseudo_target: the pseudo-labeled patches' targets, same form.
+        n_labeled: labeled patches at the start of the batch.
+        loss: nnU-Net's loss, ``(outputs, target) -> scalar``.
+        pseudo_weight: weight of the pseudo-label term.
+
+    Returns:
+        ``(total, {"labeled_loss": ..., "pseudo_loss": ...})``.
+    """
+    deep = isinstance(outputs, (list, tuple))
+    lab = [o[:n_labeled] for o in outputs] if deep else outputs[:n_labeled]
+    pse = [o[n_labeled:] for o in outputs] if deep else outputs[n_labeled:]
+    l_lab, l_pse = loss(lab, target), loss(pse, pseudo_target)
+    return l_lab + pseudo_weight * l_pse, {"labeled_loss": l_lab, "pseudo_loss": l_pse}
 
 
 @register_trainer(
@@ -52,17 +79,36 @@ class nnUNetTrainerSelfTraining(SemiSupervisedTrainer):
     maps (and nnU-Net's foreground locations for oversampling) are stored in
     :func:`pseudo_label_folder`. Stage 2 continues training; every step takes nnU-Net's labeled
     batch of ``B`` patches plus ``B`` pseudo-labeled patches (sampled and augmented by nnU-Net's
-    loader, with its foreground oversampling) under nnU-Net's loss. Each rank pseudo-labels its own
-    share of the unlabeled cases; ``--continue`` in stage 2 reuses the stored pseudo-labels, a run
-    starting (or resumed) before stage 2 makes new ones.
+    loader, with its foreground oversampling) in one forward pass, with the loss
+    (:func:`self_training_loss`)::
 
-    One round and one model: the total number of iterations equals any other trainer's (the
-    FLARE entries retrain a new model, sometimes for several rounds, with ensembles as teachers).
+        L(labeled outputs, labels) + PSEUDO_WEIGHT * L(pseudo-labeled outputs, pseudo-labels)
+
+    (nnU-Net's deep-supervised Dice + CE, each term averaged over its own ``B`` patches): the
+    labeled term is exactly the supervised baseline's loss, as in every other semi-supervised
+    trainer here (the labeled batch keeps its full weight). This is the two-term form of
+    pseudo-label training as in WILDS' ``NoisyStudent`` (labeled loss + pseudo-label loss, weight
+    1) and FixMatch-style objectives; until 2026-12 nnzoo used one loss over the ``2B`` patches,
+    which gave the labeled patches half the weight of a supervised step. ST++ (Yang et al., CVPR
+    2022) instead retrains on the union of the two sets as one dataset. Each rank pseudo-labels
+    its own share of the unlabeled cases; ``--continue`` in stage 2 reuses the stored
+    pseudo-labels, a run starting (or resumed) before stage 2 makes new ones.
+
+    nnzoo choices (no single official code defines them):
+        - one round and one model: pseudo-labels come from the model being trained, half-way
+          through (``PSEUDO_LABEL_AT = 0.5``), while nnU-Net's poly learning rate is still high
+          (0.01 * 0.5^0.9, about 54 % of the initial rate), so the total number of iterations
+          equals any other trainer's (the FLARE entries train a teacher to the end, then a new
+          student, sometimes for several rounds, with ensembles as teachers);
+        - no confidence filtering: every voxel of every unlabeled case gets the argmax label
+          (``PSEUDO_WEIGHT = 1``, no threshold, no uncertainty weighting);
+        - stage-2 weighting as above (labeled term at full weight, pseudo-label term added).
 
     Not supported (error): the ignore label (pseudo-labels have no unannotated voxels).
     """
 
     PSEUDO_LABEL_AT = 0.5
+    PSEUDO_WEIGHT = 1.0
     PSEUDO_LABEL_TTA = True
     supports_ignore_label = False
     unsupported_labels_reason = "pseudo-labels have no unannotated voxels; cascades have no previous stage for them"
@@ -137,14 +183,12 @@ class nnUNetTrainerSelfTraining(SemiSupervisedTrainer):
         if self.dataloader_pseudo is None:  # stage 1: nnU-Net's step on the labels
             return super().train_step(batch)
         data, target = self.batch_to_device(batch)
-        pseudo = next(self.dataloader_pseudo)
-        p_data, p_target = self.batch_to_device(pseudo)
-        if isinstance(target, list):
-            both = [torch.cat((t, p)) for t, p in zip(target, p_target)]
-        else:
-            both = torch.cat((target, p_target))
-        return self.nnunet_step(torch.cat((data, p_data.to(data.dtype))), both, lambda net, x: net(x),
-                                lambda out, t: self.loss(out, t))
+        p_data, p_target = self.batch_to_device(next(self.dataloader_pseudo))
+        n = data.shape[0]
+        return self.nnunet_step_with_parts(
+            torch.cat((data, p_data.to(data.dtype))), target, lambda net, x: net(x),
+            lambda out, t: self_training_loss(out, t, p_target, n_labeled=n, loss=self.loss,
+                                              pseudo_weight=self.PSEUDO_WEIGHT))
 
     def on_train_end(self) -> None:
         super().on_train_end()

@@ -244,13 +244,6 @@ def test_regions_and_ignore_label_are_rejected(tmp_path):
             labels={"background": 0, "a": [1, 2], "b": 2}, regions_class_order=[1, 2]))
 
 
-def test_registered():
-    from nnzoo.trainers.registry import get_trainer_info
-
-    info = get_trainer_info("nnUNetTrainerBCP")
-    assert info.cls is nnUNetTrainerBCP and info.semi_supervised and set(info.dims) == {"2d", "3d"}
-
-
 # ----------------------------------------------------------------------------- real training run
 DATASET_ID, DATASET = 987, "Dataset987_SemiTiny"
 
@@ -388,6 +381,15 @@ def test_lcc_applies_only_to_classes_that_are_one_object(tmp_path):
     plab = t.pseudo_labels(torch.zeros(1, 1, 16, 16))[:, 0].numpy()
     assert (plab[0, :3, :3] == 0).all() and (plab[0, 8:, 8:] == 1).all()
     assert plab[0, 0, 10] == 2 and plab[0, 5, 14] == 2
+    # what the filter did is counted per class: class 1 lost its 3x3 component, class 2 was not filtered
+    np.testing.assert_array_equal(t.lcc_counts, [[0, 0, 0], [1, 1, 9], [1, 0, 0]])
+    t.pseudo_labels(torch.zeros(1, 1, 16, 16))
+    record = t.lcc_record()
+    assert record["filtered_classes"] == [1]
+    assert record["per_class"]["1"] == {"name": "a", "filtered": True, "labeled_patches_one_object": 10,
+                                        "labeled_patches_with_class": 10, "pseudo_labels_with_class": 2,
+                                        "pseudo_labels_changed": 2, "voxels_removed": 18}
+    assert record["per_class"]["2"]["filtered"] is False and record["per_class"]["2"]["voxels_removed"] == 0
 
 
 def test_stage1_steps_count_components_and_stage2_starts_from_the_best_stage1_model(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Mean Teacher (trainers/mean_teacher.py): noise, ramp, loss composition, the EMA teacher and checkpoints."""
+"""Mean Teacher (trainers/mean_teacher.py): noise, dropout, teacher mode, ramp, loss weights, EMA and checkpoints."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import pytest
 import torch
 from helpers import deep_supervision_targets, make_trainer, tiny_plans
 
-from nnzoo.trainers.mean_teacher import consistency_mse, nnUNetTrainerMeanTeacher, noisy
-from nnzoo.trainers.semisup import sigmoid_rampup
+from nnzoo.trainers.mean_teacher import add_dropout, consistency_mse, nnUNetTrainerMeanTeacher, noisy
 
 PATCH = {"3d_fullres": (16, 16, 16), "2d": (16, 16)}
+
+
+class _NoDropout(nnUNetTrainerMeanTeacher):
+    ENCODER_DROPOUT_2D = (0.0,)
+    BOTTLENECK_DROPOUT_3D = 0.0
+    OUTPUT_DROPOUT_3D = 0.0
 
 
 def _trainer(tmp_path, configuration="2d", cls=nnUNetTrainerMeanTeacher):
@@ -42,21 +47,88 @@ def test_consistency_mse_on_hand_made_values():
     assert float(consistency_mse(a, b)) == pytest.approx((0.04 + 0.04) / 4)
 
 
-def test_weight_is_zero_in_the_warm_up_then_the_ramp(tmp_path):
+def test_weight_is_zero_in_the_2d_warm_up_only_then_the_ramp(tmp_path):
     t = make_trainer(nnUNetTrainerMeanTeacher, tmp_path, "2d")
     assert t.consistency_weight(0.0) == 0.0 and t.consistency_weight(0.03) == 0.0  # 1000 of 30000 iterations
+    assert t.consistency_weight(0.034) == pytest.approx(0.1 * math.exp(-5 * 0.966 ** 2))
     assert t.consistency_weight(0.5) == pytest.approx(0.1 * math.exp(-5 * 0.25))
     assert t.consistency_weight(1.0) == pytest.approx(0.1)
     t.num_epochs, t.num_iterations_per_epoch, t.ema_steps = 10, 10, 50
-    assert t.training_progress() == 0.5 and t.consistency_weight() == pytest.approx(0.1 * sigmoid_rampup(0.5, 1.0))
+    assert t.training_progress() == 0.5 and t.consistency_weight() == pytest.approx(0.1 * math.exp(-5 * 0.25))
+    t3 = make_trainer(nnUNetTrainerMeanTeacher, tmp_path, "3d_fullres")  # SSL4MIS's 3D script: no warm-up
+    assert t3.consistency_weight(0.0) == pytest.approx(0.1 * math.exp(-5))
+    assert t3.consistency_weight(0.02) == pytest.approx(0.1 * math.exp(-5 * 0.98 ** 2))
+
+
+def test_relative_consistency_weight_is_the_official_one(tmp_path):
+    # SSL4MIS: 0.5 * (Dice + CE) + 0.1 * MSE once ramped up, i.e. 0.2 per unit of supervised loss
+    t = make_trainer(nnUNetTrainerMeanTeacher, tmp_path, "2d")
+    assert t.loss_weights(1.0) == pytest.approx((1.0, 0.2))  # nnU-Net's supervised scale kept
+    assert t.loss_weights(0.5) == pytest.approx((1.0, 0.2 * math.exp(-5 * 0.25)))
+    literal = make_trainer(type("Literal", (nnUNetTrainerMeanTeacher,), {"KEEP_NNUNET_LOSS_SCALE": False}),
+                           tmp_path, "2d")
+    assert literal.loss_weights(1.0) == pytest.approx((0.5, 0.1))  # the official form, same ratio
+
+
+def test_dropout_places_and_state_dict(tmp_path):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    for cfg in ("2d", "3d_fullres"):
+        t = _trainer(tmp_path, cfg)
+        plain = nnUNetTrainer.build_network_architecture(t.plans_manager, t.configuration_manager, 1, 3, True)
+        assert set(t.network.state_dict()) == set(plain.state_dict())  # checkpoints interchange
+    t2 = _trainer(tmp_path, "2d")
+    for s, stage in enumerate(t2.network.encoder.stages):  # SSL4MIS's UNet: between the stage's two convs
+        blocks = [m for m in stage.modules() if type(m).__name__ == "ConvDropoutNormReLU"]
+        assert blocks[0].nnzoo_dropout.p == (0.05, 0.1, 0.2, 0.3, 0.5)[min(s, 4)]
+        assert not any(hasattr(b, "nnzoo_dropout") for b in blocks[1:])
+    assert not hasattr(t2.network.decoder, "nnzoo_bottleneck_dropout")
+
+
+def test_3d_dropout_acts_on_the_bottleneck_and_before_the_head(tmp_path):
+    t = _trainer(tmp_path, "3d_fullres", cls=_NoDropout)
+    net = add_dropout(t.network, bottleneck=1.0)  # everything dropped: the bottleneck no longer matters
+    net.train()
+    net.decoder.deep_supervision = False
+    skips = net.encoder(torch.randn(1, 1, *PATCH["3d_fullres"]))
+    other = [*skips[:-1], torch.randn_like(skips[-1])]
+    with torch.no_grad():
+        torch.testing.assert_close(net.decoder(skips), net.decoder(other))
+        net.eval()
+        assert not torch.allclose(net.decoder(skips), net.decoder(other))  # eval: no dropout
+    net = add_dropout(_trainer(tmp_path, "3d_fullres", cls=_NoDropout).network, output=1.0)
+    net.train()
+    net.decoder.deep_supervision = False
+    with torch.no_grad():
+        y = net(torch.randn(1, 1, *PATCH["3d_fullres"]))
+    bias = net.decoder.seg_layers[-1].bias
+    torch.testing.assert_close(y, bias.view(1, -1, 1, 1, 1).expand_as(y))  # the head saw only zeros
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_teacher_prediction_is_perturbed_by_dropout(tmp_path, configuration):
+    torch.manual_seed(0)
+    t = _trainer(tmp_path, configuration)
+    t.NOISE_STD = 0.0  # isolate the dropout from the input noise
+    x = torch.randn(2, 1, *PATCH[configuration])
+    a, b = t.teacher_probabilities(x), t.teacher_probabilities(x)
+    assert t.teacher.module.training
+    assert (a - b).abs().max() > 1e-3  # two calls on the same input differ
+    z = _trainer(tmp_path, configuration, cls=_NoDropout)
+    z.NOISE_STD = 0.0
+    a, b = z.teacher_probabilities(x), z.teacher_probabilities(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    z.teacher.module.eval()  # InstanceNorm without running statistics: train mode == eval mode
+    with torch.no_grad():
+        torch.testing.assert_close(z.probabilities(z.teacher.predict(x)), a)
 
 
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_train_step_loss_teacher_input_and_ema(tmp_path, configuration, monkeypatch):
     torch.manual_seed(0)
-    t = _trainer(tmp_path, configuration)
+    t = _trainer(tmp_path, configuration, cls=_NoDropout)  # deterministic forwards to recompute the loss
     t.num_epochs, t.num_iterations_per_epoch = 10, 10
-    t.ema_steps = 50  # weight 0.1 * sigmoid_rampup(0.5)
+    t.ema_steps = 50  # progress 0.5
     data, targets = _batch(t, configuration)
     unlabeled = torch.randn_like(data)
     t.dataloader_unlabeled = iter([{"data": unlabeled}])
@@ -74,10 +146,8 @@ def test_train_step_loss_teacher_input_and_ema(tmp_path, configuration, monkeypa
     t.teacher = EMATeacher(t.network)
     teacher_before = {k: v.clone() for k, v in t.teacher.module.state_dict().items()}
     student_before = {k: v.clone() for k, v in t.network.state_dict().items()}
-    # the expected loss, computed with the weights before the step
     t.network.train()
     with torch.no_grad():
-        torch.manual_seed(1)
         out = t.network(torch.cat((data, unlabeled)))
     out_ = t.train_step({"data": data, "target": targets})
     torch.testing.assert_close(seen["teacher_clean"], unlabeled)  # the teacher sees the unlabeled images + noise
@@ -86,7 +156,7 @@ def test_train_step_loss_teacher_input_and_ema(tmp_path, configuration, monkeypa
         sup = t.loss([o[:2] for o in out], targets)
         tp = torch.softmax(_load(t.teacher.module, teacher_before)(seen["teacher_in"])[0].float(), 1)
         cons = consistency_mse(torch.softmax(out[0][2:].float(), 1), tp)
-    w = 0.1 * sigmoid_rampup(0.5, 1.0)
+    w = 0.2 * math.exp(-5 * 0.25)  # the official 0.1 relative to 0.5 * (Dice + CE), ramped at 0.5
     assert float(out_["supervised_loss"]) == pytest.approx(float(sup), rel=1e-4)
     assert float(out_["consistency_loss"]) == pytest.approx(float(cons), rel=1e-4)
     assert float(out_["loss"]) == pytest.approx(float(sup) + w * float(cons), rel=1e-4)
@@ -137,10 +207,3 @@ def test_ema_steps_and_teacher_survive_a_checkpoint(tmp_path):
     for k, v in t.teacher.module.state_dict().items():
         assert torch.equal(v, t2.teacher.module.state_dict()[k]), k
     assert all(np.isfinite(float(p.sum())) for p in t2.teacher.module.parameters())
-
-
-def test_registered():
-    from nnzoo.trainers.registry import get_trainer_info
-
-    info = get_trainer_info("nnUNetTrainerMeanTeacher")
-    assert info.cls is nnUNetTrainerMeanTeacher and info.semi_supervised and set(info.dims) == {"2d", "3d"}

@@ -11,7 +11,12 @@ import torch
 from helpers import dataset_dir, deep_supervision_targets, make_trainer, tiny_dataset_json, tiny_plans
 
 from nnzoo.trainers.nnunet_compat import build_trainer
-from nnzoo.trainers.self_training import PSEUDO_DONE, nnUNetTrainerSelfTraining, pseudo_label_folder
+from nnzoo.trainers.self_training import (
+    PSEUDO_DONE,
+    nnUNetTrainerSelfTraining,
+    pseudo_label_folder,
+    self_training_loss,
+)
 
 
 class _SignNet(torch.nn.Module):
@@ -35,13 +40,40 @@ def test_schedule_and_unsupported_labels(tmp_path):
                      dataset_json=tiny_dataset_json(labels={"background": 0, "a": 1, "ignore": 2}))
 
 
+def _stage2_inputs(t, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(2, 1, 16, 16, generator=g)
+    targets = deep_supervision_targets(t, torch.randint(0, 3, (2, 1, 16, 16), generator=g).float())
+    p_data = torch.randn(2, 1, 16, 16, generator=g)
+    p_targets = deep_supervision_targets(t, torch.randint(0, 3, (2, 1, 16, 16), generator=g).float())
+    return data, targets, p_data, p_targets
+
+
+def test_stage2_labeled_gradient_equals_a_supervised_step(tmp_path):
+    """The labeled patches' gradient in stage 2 is a supervised step's (one loss over 2B patches halves it)."""
+    t = make_trainer(nnUNetTrainerSelfTraining, tmp_path, "2d", plans=tiny_plans("2d", (16, 16)), initialize=True)
+    data, targets, p_data, p_targets = _stage2_inputs(t)
+    with torch.no_grad():
+        outs = t.network(torch.cat((data, p_data)))
+    leaves = [o.clone().requires_grad_(True) for o in outs]
+    total, parts = self_training_loss(leaves, targets, p_targets, n_labeled=2, loss=t.loss)
+    total.backward()
+    sup_leaves = [o[:2].clone().requires_grad_(True) for o in outs]
+    t.loss(sup_leaves, targets).backward()  # nnU-Net's supervised step on the labeled patches alone
+    for stage2, sup in zip(leaves, sup_leaves):
+        if sup.grad is not None and sup.grad.abs().max() > 0:
+            torch.testing.assert_close(stage2.grad[:2], sup.grad)
+    assert any(s.grad is not None and s.grad.abs().max() > 0 for s in sup_leaves)
+    assert any(o.grad[2:].abs().max() > 0 for o in leaves)  # the pseudo-labeled patches are trained too
+    # the old form, one loss over both halves, halves the labeled cross-entropy gradient: not equal
+    old = [o.clone().requires_grad_(True) for o in outs]
+    t.loss(old, [torch.cat((a, b)) for a, b in zip(targets, p_targets)]).backward()
+    assert not torch.allclose(old[0].grad[:2], leaves[0].grad[:2], rtol=0.05, atol=0)
+
+
 def test_stage2_step_is_the_labeled_batch_plus_as_many_pseudo_labeled(tmp_path):
     t = make_trainer(nnUNetTrainerSelfTraining, tmp_path, "2d", plans=tiny_plans("2d", (16, 16)), initialize=True)
-    data = torch.randn(2, 1, 16, 16)
-    target = torch.randint(0, 3, (2, 1, 16, 16)).float()
-    targets = deep_supervision_targets(t, target)
-    p_data = torch.randn(2, 1, 16, 16)
-    p_targets = [torch.zeros_like(x) for x in targets]
+    data, targets, p_data, p_targets = _stage2_inputs(t)
 
     class _Pseudo:
         def __next__(self):
@@ -50,14 +82,17 @@ def test_stage2_step_is_the_labeled_batch_plus_as_many_pseudo_labeled(tmp_path):
     seen = []
     real = t.network.forward
     t.network.forward = lambda x: (seen.append(x.detach().clone()), real(x))[1]
-    out = t.train_step({"data": data, "target": targets})  # stage 1: nnU-Net's step on the labels only
+    t.train_step({"data": data, "target": targets})  # stage 1: nnU-Net's step on the labels only
     assert seen[-1].shape[0] == 2
     t.dataloader_pseudo = _Pseudo()
-    with torch.no_grad():  # nnU-Net's loss over both halves, with the weights before the step
-        ref = t.loss(real(torch.cat((data, p_data))), [torch.cat((a, b)) for a, b in zip(targets, p_targets)])
+    with torch.no_grad():  # nnU-Net's loss of each half, with the weights before the step
+        lab = t.loss(real(data), targets)
+        pse = t.loss(real(p_data), p_targets)
     out = t.train_step({"data": data, "target": targets})
     torch.testing.assert_close(seen[-1], torch.cat((data, p_data)))
-    assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
+    assert float(out["labeled_loss"]) == pytest.approx(float(lab), rel=1e-5)
+    assert float(out["pseudo_loss"]) == pytest.approx(float(pse), rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(lab) + float(pse), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -110,10 +145,3 @@ def test_pseudo_labels_come_from_the_sliding_window_of_the_current_model(in_prep
     from nnzoo.trainers import nnunet_compat as compat
 
     compat.shutdown_augmenter(t.dataloader_pseudo)
-
-
-def test_registered():
-    from nnzoo.trainers.registry import get_trainer_info
-
-    info = get_trainer_info("nnUNetTrainerSelfTraining")
-    assert info.cls is nnUNetTrainerSelfTraining and info.semi_supervised and set(info.dims) == {"2d", "3d"}

@@ -174,8 +174,6 @@ def test_critic_budget_is_epochs_over_the_masks(tmp_path):
     tr = _trainer(tmp_path, "2d")
     assert tr.critic_steps(6) == 3 * 2  # 3 epochs x ceil(6 / 4) batches
     assert tr.critic_steps(8) == 3 * 2 and tr.critic_steps(9) == 3 * 3
-    official = _trainer(tmp_path, "2d", cls=nnUNetTrainerShapePrior)
-    assert official.critic_steps(20) == 10001 * 2  # the official 10001 epochs, batches of 16
 
 
 class _NearestReal(torch.nn.Module):
@@ -201,16 +199,106 @@ def test_critic_separation_auc(tmp_path):
     assert tr.critic_separation(constant, real) == 0.5  # chance
 
 
-def test_pretraining_logs_the_held_out_auc_and_warns_when_low(tmp_path):
+def _disks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """Two-channel masks: a disk (class 1) with a smaller disk (class 2) inside it."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = torch.rand(n, 2, generator=g) * size * 0.3 + size * 0.35
+    r = torch.rand(n, generator=g) * size * 0.1 + size * 0.2
+    d = (yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2
+    outer, inner = d < r[:, None, None] ** 2, d < (0.5 * r[:, None, None]) ** 2
+    return torch.stack((outer & ~inner, inner), 1).float()
+
+
+def test_pretraining_records_the_held_out_auc_and_warns_when_low(tmp_path):
     tr = _trainer(tmp_path, "2d")
     real = torch.nn.functional.interpolate((torch.rand(10, 2, 4, 4) > 0.5).float(), size=(16, 16))
     critic = tr.pretrain_critic(real=real)
     assert tr.critic is critic and not any(p.requires_grad for p in critic.parameters())
-    assert 0.0 <= tr.critic_auc <= 1.0
     log = Path(tr.log_file).read_text()
     assert "Shape critic: 6 critic" in log and "on 8 labeled masks" in log  # 2 of 10 held out
-    assert f"AUC {tr.critic_auc:.3f}" in log
+    assert "budget 6 critic updates = 3 epochs x 2 batches" in log and "s per critic update (first 5)" in log
+    assert "% of the budget" in log and f"AUC {tr.critic_auc:.3f}" in log
     assert ("WARNING: the shape critic barely tells" in log) == (tr.critic_auc < tr.CRITIC_MIN_AUC)
+    record = json.loads((Path(tr.output_folder) / "shape_critic.json").read_text())
+    assert record["auc"] == pytest.approx(tr.critic_auc) and record["auc_masks"] == 1  # the other held-out mask
+    assert record["critic_updates"] == 6 and record["epochs"] == 3 and record["stopped_by"] == "budget"
+    assert record["cache_hit"] is False and Path(record["cache"]).is_file()
+
+
+class _LearningCritic(_TinyShapePrior):
+    CRITIC_EPOCHS = 10
+    CRITIC_BATCH_SIZE = 16
+    CRITIC_MIN_AUC = 0.0  # no early stop
+    CRITIC_CACHE = False
+
+
+def test_pretrained_critic_beats_chance_on_held_out_masks(tmp_path):
+    """Real masks it never saw score as more real than corrupted ones (AUC > 0.5 well beyond noise)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    tr = _trainer(tmp_path, "2d", cls=_LearningCritic)
+    critic = tr.pretrain_critic(real=_disks(40, 16, g))  # 32 training masks: 20 critic updates
+    assert tr.critic_record["critic_updates"] == 20
+    held_out = _disks(48, 16, g)  # new masks, and corruptions of them (critic_auc)
+    auc = tr.critic_separation(critic, held_out, seed=1)
+    print(f"held-out AUC after 20 updates: {auc:.3f}")
+    assert auc > 0.75  # untrained critics of this size scored 0.27-0.64 (5 seeds)
+
+
+def test_auc_rule_stops_the_pretraining_after_the_warm_up(tmp_path):
+    rule = type("Rule", (_TinyShapePrior,), {"CRITIC_EPOCHS": 50, "CRITIC_AUC_EVERY": 2, "CRITIC_MIN_AUC": 1e-9,
+                                            "CRITIC_WARMUP_G_STEPS": 2})
+    tr = _trainer(tmp_path, "2d", cls=rule)
+    tr.pretrain_critic(real=torch.rand(10, 2, 16, 16).round())  # 8 training masks: 2 updates an epoch
+    r = tr.critic_record
+    # warm-up: 2 blocks of 2 updates (an epoch each), each followed by a generator step; the first
+    # check after the warm-up is at update 6
+    assert r["stopped_by"] == "auc" and r["critic_updates"] == 6 and r["auc_checks"] == [[6, r["auc_checks"][0][1]]]
+    assert r["budget_updates"] == 100 and r["epochs"] == 3 and r["generator_updates"] == 2
+    never = type("Never", (rule,), {"CRITIC_MIN_AUC": 1.01, "CRITIC_EPOCHS": 4})
+    tr = _trainer(tmp_path, "2d", cls=never)
+    tr.pretrain_critic(real=torch.rand(10, 2, 16, 16).round())
+    assert tr.critic_record["stopped_by"] == "budget" and tr.critic_record["critic_updates"] == 8
+    assert [c[0] for c in tr.critic_record["auc_checks"]] == [6]  # not 2, 4: warm-up; not 8: the budget's end
+
+
+def test_critic_cache_is_reused_and_keyed_by_the_labeled_cases(tmp_path, monkeypatch):
+    import nnzoo.trainers.shape_prior as sp
+
+    updates = []
+    real_train = sp.train_wgan_critic
+
+    def counting(*args, **kwargs):
+        out = real_train(*args, **kwargs)
+        updates.append(out["critic_steps"])
+        return out
+
+    monkeypatch.setattr(sp, "train_wgan_critic", counting)
+    real = torch.rand(10, 2, 16, 16).round()
+    first = _trainer(tmp_path, "2d")
+    first.pretrain_critic(real=real)
+    second = _trainer(tmp_path, "2d")  # another run (fold, seed, --continue) on the same masks and settings
+    second.pretrain_critic(real=real)
+    assert updates == [6]  # trained once
+    assert second.critic_record["cache_hit"] and second.critic_record["auc"] == first.critic_record["auc"]
+    for k, v in first.critic.state_dict().items():
+        assert torch.equal(v, second.critic.state_dict()[k]), k
+    assert json.loads((Path(second.output_folder) / "shape_critic.json").read_text())["cache_hit"] is True
+    changed = type("Wider", (_TinyShapePrior,), {"CRITIC_FEATURES_2D": 4})
+    _trainer(tmp_path, "2d", cls=changed).pretrain_critic(real=real)  # other critic settings: trains again
+    assert updates == [6, 6]
+    # without explicit masks the key is the fold's labeled cases
+    t = _trainer(tmp_path, "2d")
+    t.labeled_train_keys = ["case_a", "case_b"]
+    p_ab = t.critic_cache_path()
+    assert p_ab.parent == Path(t.preprocessed_dataset_folder_base) / "shape_critics"
+    assert Path(t.preprocessed_dataset_folder) not in p_ab.parents  # never inside the data folder
+    t.labeled_train_keys = ["case_a", "case_c"]
+    assert t.critic_cache_path() != p_ab
+    t.labeled_train_keys = ["case_a", "case_b"]
+    assert t.critic_cache_path() == p_ab
+    (Path(t.preprocessed_dataset_folder) / "case_b_seg.b2nd").write_bytes(b"re-preprocessed")
+    assert t.critic_cache_path() != p_ab  # the labeled segmentations changed
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -256,7 +344,10 @@ def test_cli_label_budget_and_resume_keeps_the_critic(in_prepared):
     assert json.loads((fold / "labeled_split.json").read_text())["num_labeled"] == 2
     assert main([*common, "--epochs", "2", "--continue"]) == 0
     logs = "".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")) if p.name not in earlier)
-    assert logs.count("Shape critic: ") == 1  # pre-trained once
+    # pre-trained (or taken from the cache of an earlier run on the same labeled cases) once, not on --continue
+    assert logs.count("Shape critic pre-training (") + logs.count("Shape critic reused from") == 1
+    record = json.loads((fold / "shape_critic.json").read_text())
+    assert record["restored_from_checkpoint"] and Path(record["cache"]).parent.name == "shape_critics"
     assert "Shape critic restored from the checkpoint (not retrained)" in logs
     resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert resumed["current_epoch"] == 2

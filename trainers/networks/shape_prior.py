@@ -17,6 +17,7 @@ github.com/WUTCM-Lab/Shape-Prior-Semi-Seg.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from .common import EncoderDecoderNet, UNetStyleDecoder, dropout_module
 
 __all__ = ["TwinDecoderUNet", "ShapeCritic", "ShapeGenerator", "resize_to_critic",
-           "train_wgan_critic"]
+           "train_wgan_critic", "critic_auc", "critic_updates"]
 
 
 class TwinDecoderUNet(EncoderDecoderNet):
@@ -179,35 +180,46 @@ def resize_to_critic(probs: torch.Tensor, size: int) -> torch.Tensor:
 
 def train_wgan_critic(critic: ShapeCritic, generator: ShapeGenerator, *, sample_real: Callable[[int], torch.Tensor],
                       steps: int, batch_size: int = 16, lr: float = 5e-5, clip: float = 0.01, iters_per_g: int = 5,
-                      warmup_g_steps: int = 25, warmup_iters: int = 100, refresh_every: int = 500) -> dict:
+                      warmup_g_steps: int = 25, warmup_iters: int = 100, refresh_every: int = 500,
+                      epoch_length: int | None = None,
+                      callback: Callable[[dict], bool] | None = None) -> dict:
     """WGAN training (weight clipping, RMSprop) of ``critic`` against ``generator``; modifies both in place.
 
     The critic minimises ``D(real) - D(fake)`` (so real masks score low) with its weights clipped
     to ``[-clip, clip]`` before every update; after each block of critic updates the generator takes
     one step minimising ``D(G(z))``. A block is ``warmup_iters`` updates for the first
-    ``warmup_g_steps`` generator steps and every ``refresh_every``-th, else ``iters_per_g``.
+    ``warmup_g_steps`` generator steps and every ``refresh_every``-th, else ``iters_per_g``; with
+    ``epoch_length`` a block also ends at the end of an epoch of that many updates (the official
+    loop: ``while j < Diters and i < len(dataloader)``), so a small mask set gets a generator step
+    at least once per epoch.
 
     Args:
         critic: the critic (left in eval mode, weights clipped, gradients off).
         generator: its adversary (left in eval mode).
-        sample_real: ``n -> (n, C, size, ...)`` batch of real masks on the critic's device.
-        steps: total critic updates.
-        batch_size: masks per update.
+        sample_real: ``n -> (m, C, size, ...)`` batch of real masks on the critic's device (``m <= n``).
+        steps: total critic updates (the budget).
+        batch_size: masks per update (and fakes per update).
         lr: RMSprop learning rate of both.
         clip: weight-clipping bound.
         iters_per_g, warmup_g_steps, warmup_iters, refresh_every: the update schedule.
+        epoch_length: critic updates per epoch (None: blocks ignore epochs).
+        callback: called after every critic update with ``{"critic_steps", "generator_steps",
+            "wasserstein"}``; returning True stops the training there (e.g. an AUC rule).
 
     Returns:
-        ``{"critic_steps", "generator_steps", "wasserstein"}`` (last ``D(fake) - D(real)`` estimate).
+        ``{"critic_steps", "generator_steps", "wasserstein", "stopped_early"}`` (``wasserstein``:
+        the last ``D(fake) - D(real)`` estimate).
     """
     device = next(critic.parameters()).device
     opt_d = torch.optim.RMSprop(critic.parameters(), lr=lr)
     opt_g = torch.optim.RMSprop(generator.parameters(), lr=lr)
     critic.train()
     generator.train()
-    done, g_steps, w = 0, 0, float("nan")
-    while done < steps:
+    done, g_steps, w, stop = 0, 0, float("nan"), False
+    while done < steps and not stop:
         block = warmup_iters if g_steps < warmup_g_steps or g_steps % refresh_every == 0 else iters_per_g
+        if epoch_length:
+            block = min(block, epoch_length - done % epoch_length)
         critic.requires_grad_(True)
         for _ in range(min(block, steps - done)):
             with torch.no_grad():
@@ -221,6 +233,12 @@ def train_wgan_critic(critic: ShapeCritic, generator: ShapeGenerator, *, sample_
             opt_d.step()
             done += 1
             w = float(d_fake.detach() - d_real.detach())
+            if callback is not None and callback({"critic_steps": done, "generator_steps": g_steps,
+                                                  "wasserstein": w}):
+                stop = True
+                break
+        if stop:
+            break
         critic.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
         critic(generator(torch.randn(batch_size, generator.latent_dim, device=device))).mean().backward()
@@ -232,4 +250,38 @@ def train_wgan_critic(critic: ShapeCritic, generator: ShapeGenerator, *, sample_
     critic.requires_grad_(False)
     critic.eval()
     generator.eval()
-    return {"critic_steps": done, "generator_steps": g_steps, "wasserstein": w}
+    return {"critic_steps": done, "generator_steps": g_steps, "wasserstein": w, "stopped_early": stop}
+
+
+def critic_updates(n_masks: int, *, epochs: int, batch_size: int) -> int:
+    """Critic updates of ``epochs`` passes over ``n_masks`` masks in batches of ``batch_size`` (at least 1)."""
+    return max(1, epochs * math.ceil(n_masks / batch_size))
+
+
+def critic_auc(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, *,
+               device: torch.device | str = "cpu", seed: int = 0) -> float:
+    """AUC of a critic telling real masks from corrupted copies of them (lower score = more real).
+
+    Corruptions: 15 % of the voxels flipped, or the mask replaced by thresholded smooth noise
+    (blobs of the same size).
+
+    Args:
+        critic: masks ``(B, C, size, ...)`` -> scores ``(B,)``.
+        real: real masks ``(B, C, size, ...)``.
+        device: where the critic runs.
+        seed: seed of the corruptions.
+
+    Returns:
+        0.5 = chance (ties count half), 1 = every real mask scores below every corrupted one.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    real = real.float().cpu()
+    flipped = torch.where(torch.rand(real.shape, generator=g) < 0.15, 1 - real, real)
+    coarse = torch.rand((real.shape[0], real.shape[1], *[4] * (real.ndim - 2)), generator=g)
+    blobs = (resize_to_critic(coarse, real.shape[-1]) > 0.6).float()
+    with torch.no_grad():
+        s_real = critic(real.to(device)).cpu()
+        s_bad = torch.cat([critic(x.to(device)).cpu() for x in (flipped, blobs)])
+    below = (s_real[:, None] < s_bad[None, :]).float().mean()
+    ties = (s_real[:, None] == s_bad[None, :]).float().mean()
+    return float(below + 0.5 * ties)
