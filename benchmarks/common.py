@@ -51,7 +51,8 @@ def build_trainer(cls: type, plans: dict, configuration: str, dataset_json: dict
     """An initialized trainer (network, optimizer, loss) whose nnU-Net folders live under ``root``.
 
     No data is needed: nnU-Net infers the dataset format from the files in the preprocessed
-    folder, so an empty marker file stands in for them.
+    folder, so empty marker files stand in for them: two cases of two domains (``domains.json``), so
+    that trainers that need domains (registry ``needs_domains``) initialize too.
     """
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[key] = str(root / key)
@@ -60,13 +61,19 @@ def build_trainer(cls: type, plans: dict, configuration: str, dataset_json: dict
     trainer = build(cls, plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json, device=device)
     folder = Path(trainer.preprocessed_dataset_folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "marker.b2nd").touch()
+    for case in ("marker", "marker2"):
+        (folder / f"{case}.b2nd").touch()
+    from nnzoo.trainers.domains import DOMAINS_FILE
+
+    (Path(trainer.preprocessed_dataset_folder_base) / DOMAINS_FILE).write_text(
+        json.dumps({"marker": "domain_a", "marker2": "domain_b"}))
     trainer.initialize()
     return trainer
 
 
 def make_batch(trainer, batch_size: int, device: torch.device, seed: int = 0) -> dict:
-    """Random images and blob-shaped label maps at every deep-supervision scale of ``trainer``."""
+    """Random images and blob-shaped label maps at every deep-supervision scale of ``trainer``; the case
+    identifiers (``keys``, as nnU-Net's loader gives them) alternate between :func:`build_trainer`'s two cases."""
     patch = [int(p) for p in trainer.configuration_manager.patch_size]
     classes = trainer.label_manager.num_segmentation_heads
     g = torch.Generator().manual_seed(seed)
@@ -80,7 +87,7 @@ def make_batch(trainer, batch_size: int, device: torch.device, seed: int = 0) ->
         for sc in scales]
     data = torch.randn(batch_size, trainer.num_input_channels, *patch, generator=g)
     return {"data": data.to(device), "target": [t.to(device) for t in targets] if scales is not None
-            else targets[0].to(device)}
+            else targets[0].to(device), "keys": [("marker", "marker2")[i % 2] for i in range(batch_size)]}
 
 
 def sync(device: torch.device) -> None:

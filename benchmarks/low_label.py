@@ -36,13 +36,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import cohort
+from benchmarks.cohort import machine, nnzoo  # noqa: F401  (part of this script's API)
 
 BASELINE = "nnUNetTrainer"
 FULL = "all labels"
@@ -56,40 +58,19 @@ def _semi_supervised_trainers() -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    ap.add_argument("--out", default="low_label_work", help="working and output folder (resumes what is there)")
-    ap.add_argument("--source", default=None, help="bring your own cohort (see the module docstring); default: "
-                    "generate brain phantoms")
-    ap.add_argument("--config", default="2d", choices=["2d", "3d_fullres"])
+    cohort.add_run_args(
+        ap, out="low_label_work", seeds_help="default 0 1 2 (smoke: 0)",
+        trainers_help="trainers at the low label count (default: nnUNetTrainer + every semi-supervised one)",
+        hparam_help="a trainer hyperparameter for this benchmark (repeatable; reported in the table); default: "
+                    "nnUNetTrainerShapePrior:CRITIC_EPOCHS=100 (the official 10001 critic epochs take hours on a CPU)",
+        dataset_id=950, dataset_id_help="first of the dataset ids used (id .. id+#seeds)")
     ap.add_argument("--labeled", type=int, default=None, help="labeled cases per seed (default 4; smoke 2)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (smoke: 0)")
-    ap.add_argument("--trainers", nargs="+", default=None,
-                    help="trainers at the low label count (default: nnUNetTrainer + every semi-supervised one)")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--iters", type=int, default=None, help="iterations per epoch")
-    ap.add_argument("--num-train", type=int, default=None, help="generated training cases (labeled + unlabeled)")
-    ap.add_argument("--num-test", type=int, default=None, help="generated held-out test cases")
-    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated cohort")
     ap.add_argument("--labeled-acquisitions", nargs="+", default=None, metavar="STYLE",
                     help="generated cohort: the acquisition styles labeled cases are drawn from (default: the "
                          "generator's two T1 styles; 'all': every style, the control without a domain shift "
                          "between labeled and test cases)")
-    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--quick", action="store_true",
-                    help="apply each method's registry quick_hparams (shortened once-per-run costs; reported)")
-    ap.add_argument("--hparam", action="append", default=None, metavar="TRAINER:NAME=VALUE",
-                    help="a trainer hyperparameter for this benchmark (repeatable; reported in the table); default: "
-                         "nnUNetTrainerShapePrior:CRITIC_EPOCHS=100 (the official 10001 critic epochs take hours on "
-                         "a CPU)")
-    ap.add_argument("--smoke", action="store_true", help="tiny end-to-end run for the tests")
-    ap.add_argument("--jobs", type=int, default=1,
-                    help="runs side by side, each with cores/jobs torch threads (OMP_NUM_THREADS) and augmentation in "
-                         "its main process; per-run times are then those of shared cores")
-    ap.add_argument("--dataset-id", type=int, default=950, help="first of the dataset ids used (id .. id+#seeds)")
     a = ap.parse_args(argv)
-    d = SMOKE if a.smoke else DEFAULTS[a.config]
-    for k, v in d.items():
-        if getattr(a, k) is None:
-            setattr(a, k, v)
+    cohort.apply_defaults(a, SMOKE if a.smoke else DEFAULTS[a.config])
     if a.trainers is None:
         a.trainers = [BASELINE, *_semi_supervised_trainers()]
     if a.labeled_acquisitions is not None:
@@ -107,13 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.quick = True
     if a.hparam is None:
         a.hparam = [] if a.smoke else list(DEFAULT_HPARAMS)
-    a.hparams = {}
-    for item in a.hparam:
-        trainer, sep, kv = item.partition(":")
-        if not sep or "=" not in kv:
-            ap.error(f"--hparam {item!r}: expected TRAINER:NAME=VALUE")
-        k, v = kv.split("=", 1)
-        a.hparams.setdefault(trainer, {})[k] = v
+    a.hparams = cohort.parse_hparams(ap, a.hparam)
     return a
 
 
@@ -131,34 +106,12 @@ def make_source(a: argparse.Namespace, root: Path) -> tuple[Path, dict]:
     """The cohort folder and its manifest (generated unless ``--source``)."""
     if a.source:
         src = Path(a.source)
-        for sub in ("images", "labels", "test_images", "test_labels"):
-            if not (src / sub).is_dir():
-                raise SystemExit(f"error: --source {src}: no {sub}/ folder")
+        cohort.check_source_folder(src)
         manifest = json.loads((src / "manifest.json").read_text()) if (src / "manifest.json").is_file() else {}
         return src, manifest
-    from nnzoo.pipeline import brain_phantoms as bp
-
-    src = root / "cohort"
-    if not (src / "manifest.json").is_file():
-        t = time.time()
-        dim = 2 if a.config == "2d" else 3
-        kw = ({"shape": (24, 24)} if dim == 2 else {"shape": (24, 24), "num_slices": 12}) if a.smoke else {}
-        if a.labeled_acquisitions is not None:
-            kw["labeled_acquisitions"] = tuple(a.labeled_acquisitions)
-        bp.write_cohort(src, num_train=a.num_train, num_test=a.num_test, seed=a.data_seed, dim=dim, **kw)
-        print(f"cohort: {a.num_train} training + {a.num_test} test cases ({dim}D) in {time.time() - t:.0f} s -> {src}",
-              flush=True)
-    manifest = json.loads((src / "manifest.json").read_text())
-    if a.labeled_acquisitions is not None and manifest.get("labeled_acquisitions") != list(a.labeled_acquisitions):
-        raise SystemExit(f"error: --labeled-acquisitions {' '.join(a.labeled_acquisitions)}: the cohort in {src} draws "
-                         f"labels from {manifest.get('labeled_acquisitions')}; use another --out")
-    return src, manifest
-
-
-def _cases(folder: Path) -> dict[str, Path]:
-    from nnzoo.pipeline.segio import find_cases
-
-    return find_cases(folder)
+    return cohort.generated_cohort(root, dim=2 if a.config == "2d" else 3, num_train=a.num_train,
+                                   num_test=a.num_test, seed=a.data_seed, smoke=a.smoke,
+                                   labeled_acquisitions=a.labeled_acquisitions)
 
 
 def choose_labeled(manifest: dict, train_cases: list[str], n: int, seed: int) -> list[str]:
@@ -180,44 +133,11 @@ def choose_labeled(manifest: dict, train_cases: list[str], n: int, seed: int) ->
     return sorted(np.random.default_rng([seed, 7]).choice(pool, n, replace=False).tolist())
 
 
-def nnzoo(*args: str, log: Path, env: dict[str, str] | None = None) -> float:
-    """Run one ``nnzoo`` command (this interpreter), output to ``log``; seconds taken. Exits on failure."""
-    t = time.time()
-    with open(log, "w") as f:
-        r = subprocess.run([sys.executable, "-m", "nnzoo.pipeline", *args], stdout=f, stderr=subprocess.STDOUT,
-                           env={**os.environ, **(env or {})})
-    if r.returncode:
-        tail = log.read_text()[-2000:]
-        raise SystemExit(f"error: `nnzoo {' '.join(args)}` failed (log {log}):\n{tail}")
-    return time.time() - t
-
-
 def make_dataset(a: argparse.Namespace, src: Path, root: Path, did: int, name: str, labeled: list[str],
                  unlabeled: list[str]) -> None:
     """nnU-Net raw dataset ``did`` with ``labeled`` in imagesTr and ``unlabeled`` in imagesUnlabeled, planned."""
-    raw = Path(os.environ["nnUNet_raw"])
-    if any(raw.glob(f"Dataset{did:03d}_*")):
-        return
-    images, labels = _cases(src / "images"), _cases(src / "labels")
-    stage = root / "staging" / name
-    shutil.rmtree(stage, ignore_errors=True)
-    for sub in ("images", "labels", "unlabeled"):
-        (stage / sub).mkdir(parents=True)
-    for c in labeled:
-        shutil.copy2(images[c], stage / "images" / images[c].name)
-        shutil.copy2(labels[c], stage / "labels" / labels[c].name)
-    for c in unlabeled:
-        shutil.copy2(images[c], stage / "unlabeled" / images[c].name)
-    cmd = ["dataset", "create", "--images", str(stage / "images"), "--labels", str(stage / "labels"), "--name", name,
-           "--id", str(did), "--channel", "MR"]
-    for value, label in (a.label_names or {}).items():
-        cmd += ["--label", f"{value}={label}"]
-    if unlabeled:
-        cmd += ["--unlabeled", str(stage / "unlabeled")]
-    logs = root / "logs"
-    nnzoo(*cmd, log=logs / f"create_{name}.log")
-    nnzoo("plan_and_preprocess", "-d", str(did), "-c", a.config, "-np", "2", log=logs / f"plan_{name}.log")
-    shutil.rmtree(stage)
+    cohort.make_dataset(root, src, did=did, name=name, labeled=labeled, unlabeled=unlabeled, config=a.config,
+                        label_names=a.label_names)
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -226,29 +146,13 @@ def run_one(a: argparse.Namespace, root: Path, src: Path, did: int, trainer: str
 
     The model folder is ``nnUNet_results/seed<seed>`` (the all-labels baseline keeps one per seed).
     """
-    from nnzoo.trainers import get_trainer_info
-
-    env = {"nnUNet_results": str(root / "nnUNet_results" / f"seed{seed}")}
-    if a.jobs > 1:
-        env |= {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // a.jobs)), "nnUNet_n_proc_DA": "0"}
-    tag = f"{trainer}_d{did}_s{seed}"
-    logs = root / "logs"
-    quick = {**(get_trainer_info(trainer).quick_hparams if a.quick else {}), **a.hparams.get(trainer, {})}
-    hp = [x for k, v in quick.items() for x in ("--hparam", f"{k}={v}")]
-    t_train = nnzoo("train", str(did), a.config, "all", "-tr", trainer, "--epochs", str(a.epochs), "--iters",
-                    str(a.iters), "--seed", str(seed), "--no-val", "--overwrite", "-device", a.device, *hp,
-                    log=logs / f"train_{tag}.log", env=env)
-    pred, ev = root / "predictions" / tag, root / "evaluations" / tag
-    t_pred = nnzoo("predict", "-i", str(src / "test_images"), "-o", str(pred), "-d", str(did), "-c", a.config,
-                   "-tr", trainer, "-f", "all", "-device", a.device, "--overwrite", log=logs / f"predict_{tag}.log", env=env)
-    nnzoo("evaluate", "-ref", str(src / "test_labels"), "-pred", str(pred), "-d", str(did), "-o", str(ev),
-          log=logs / f"evaluate_{tag}.log", env=env)
-    summary = json.loads((ev / "summary.json").read_text())
-    dice = {k: float(v["Dice"]) for k, v in summary["mean"].items() if k != "0"}
-    return {"trainer": trainer, "dataset": did, "seed": seed, "dice": dice, "mean_fg": sum(dice.values()) / len(dice),
-            "train_s": round(t_train, 1), "predict_s": round(t_pred, 1), "quick_hparams": quick,
-            "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
-                         for c in summary["metric_per_case"]}}
+    quick = cohort.trainer_hparams(trainer, quick=a.quick, hparams=a.hparams)
+    r = cohort.train_predict_evaluate(root, src, did=did, trainer=trainer, seed=seed, config=a.config,
+                                      epochs=a.epochs, iters=a.iters, device=a.device, jobs=a.jobs,
+                                      results=root / "nnUNet_results" / f"seed{seed}", tag=f"{trainer}_d{did}_s{seed}",
+                                      hparams=quick)
+    r["quick_hparams"] = quick
+    return r
 
 
 def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> dict[str, dict[str, float]]:
@@ -312,20 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     src, manifest = make_source(a, root)
     a.label_names = {int(k): v for k, v in manifest.get("labels", {}).items() if int(k) != 0}
     state_names = {str(k): v for k, v in a.label_names.items()}
-    train_cases = sorted(_cases(src / "images"))
-    test_cases = sorted(_cases(src / "test_images"))
+    train_cases = sorted(cohort.cases(src / "images"))
+    test_cases = sorted(cohort.cases(src / "test_images"))
     if set(train_cases) & set(test_cases):
         raise SystemExit(f"error: cases in both the training and the test set: {sorted(set(train_cases) & set(test_cases))}")
     out_json = root / "low_label.json"
-    state = json.loads(out_json.read_text()) if out_json.is_file() else {"runs": {}}
     settings = {k: getattr(a, k) for k in ("config", "labeled", "seeds", "trainers", "epochs", "iters", "num_train",
                                            "num_test", "data_seed", "device", "quick", "source", "hparams")}
     if a.labeled_acquisitions is not None:  # (absent by default: earlier runs' settings stay comparable)
         settings["labeled_acquisitions"] = a.labeled_acquisitions
+    state = cohort.load_state(out_json, settings)
     state["jobs"] = a.jobs
-    if state.get("settings") not in (None, settings):
-        raise SystemExit(f"error: {out_json} holds runs of other settings ({state['settings']}); use another --out")
-    state["settings"] = settings
     state["label_names"] = state_names
     state["test_groups"] = {c: v["acquisition"] for c, v in manifest.get("test", {}).items() if "acquisition" in v}
     state["labeled_groups"] = manifest.get("labeled_acquisitions")
@@ -341,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         make_dataset(a, src, root, did, f"LowLabel{a.labeled}s{s}", labeled, [c for c in train_cases if c not in labeled])
     runs = plan_runs(a)
     todo = [(n, r) for n, r in enumerate(runs, 1) if "|".join(map(str, r)) not in state["runs"]]
-    lock = threading.Lock()
 
     def work(item: tuple[int, tuple[str, str, int]]) -> None:
         n, (trainer, labels, seed) = item
@@ -349,20 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{n}/{len(runs)}] {trainer}, {labels} labeled, seed {seed} ...", flush=True)
         r = run_one(a, root, src, did, trainer, seed)
         r["labels"] = labels
-        with lock:
-            state["runs"][f"{trainer}|{labels}|{seed}"] = r
-            out_json.write_text(json.dumps(state, indent=1))
+        cohort.save_state(out_json, state, f"{trainer}|{labels}|{seed}", r)
         print(f"[{n}/{len(runs)}] {trainer}, {labels} labeled, seed {seed}: mean foreground Dice {r['mean_fg']:.4f} "
               f"(train {r['train_s']:.0f} s, predict {r['predict_s']:.0f} s)", flush=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        list(pool.map(work, todo))
+    cohort.run_parallel(todo, work, a.jobs)
     state["pseudo_labels"] = pseudo_label_quality(a, state, datasets)
-    state["wall_s"] = round(state.get("wall_s", 0) + time.time() - t0, 1)
-    state["machine"] = machine()
-    state["date"] = time.strftime("%Y-%m-%d")
-    state["command"] = "python benchmarks/low_label.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out_json.write_text(json.dumps(state, indent=1))
+    cohort.finish_state(state, t0, "low_label.py", argv)
+    cohort.save_state(out_json, state)
     from benchmarks.low_label_report import write_report
 
     md = write_report(state, root)
@@ -370,14 +264,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def machine() -> str:
-    """CPU cores and GPU of this machine, in words."""
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
-
-
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+
+if __package__ in (None, ""):  # loaded by path: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.cohort import markdown_table, save_figure
 
 BASELINE = "nnUNetTrainer"
 FULL = "all labels"
@@ -100,11 +106,11 @@ def _gap_table(state: dict, summary: dict) -> str:
     present = {t for e in gaps.values() for t in e["closed"]}
     trainers = [r["trainer"] for r in sorted(summary["rows"].values(), key=lambda r: -r["mean"])
                 if r["trainer"] in present and r["labels"] != FULL]
-    lines = ["| | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1),
-             "| gap (all labels − low labels) | " + " | ".join(f"{gaps[g]['gap']:+.3f}" for g in groups) + " |"]
-    for t in trainers:
-        lines.append(f"| `{t}` | " + " | ".join(
-            f"{round(100 * gaps[g]['closed'][t]):d} %" if t in gaps[g]["closed"] else "no gap" for g in groups) + " |")
+    lines = markdown_table(
+        ["", *groups],
+        [["gap (all labels − low labels)", *(f"{gaps[g]['gap']:+.3f}" for g in groups)],
+         *([f"`{t}`", *(f"{round(100 * gaps[g]['closed'][t]):d} %" if t in gaps[g]["closed"] else "no gap"
+                        for g in groups)] for t in trainers)])
     return ("\nShare of each group's gap closed (group means; \"no gap\": below "
             f"{MIN_GROUP_GAP:.2f}):\n\n" + "\n".join(lines) + "\n")
 
@@ -120,10 +126,9 @@ def _pseudo_label_table(state: dict) -> str:
         for case, d in cases.items():
             per.setdefault(trainer, {}).setdefault(groups_of.get(case, "all"), []).append(d)
     groups = list(dict.fromkeys(g for row in per.values() for g in row))
-    lines = ["| trainer | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
-    for t, row in per.items():
-        lines.append(f"| `{t}` | " + " | ".join(f"{np.mean(row[g]):.3f} (n={len(row[g])})" if g in row else "–"
-                                               for g in groups) + " |")
+    lines = markdown_table(["trainer", *groups],
+                           ([f"`{t}`", *(f"{np.mean(row[g]):.3f} (n={len(row[g])})" if g in row else "–" for g in groups)]
+                            for t, row in per.items()))
     return ("\nPseudo-labels the trainer wrote for its unlabeled training cases, scored against their labels "
             "(which no run sees; mean foreground Dice per group, all seeds):\n\n" + "\n".join(lines) + "\n")
 
@@ -133,11 +138,11 @@ def _group_table(state: dict, summary: dict) -> str:
     if not table:
         return ""
     groups = list(dict.fromkeys(g for row in table.values() for g in row))
-    lines = ["| trainer | labeled | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
-    for r in sorted(summary["rows"].values(), key=lambda r: (r["labels"] != FULL, r["trainer"] != BASELINE, -r["mean"])):
-        row = table.get((r["trainer"], r["labels"]), {})
-        lines.append(f"| `{r['trainer']}` | {r['labels']} | "
-                     + " | ".join(f"{row[g]:.3f}" if g in row else "–" for g in groups) + " |")
+    order = sorted(summary["rows"].values(), key=lambda r: (r["labels"] != FULL, r["trainer"] != BASELINE, -r["mean"]))
+    lines = markdown_table(["trainer", "labeled", *groups],
+                           ([f"`{r['trainer']}`", r["labels"],
+                             *(f"{row[g]:.3f}" if g in row else "–" for g in groups)]
+                            for r in order for row in [table.get((r["trainer"], r["labels"]), {})]))
     return ("\nMean foreground Dice per test-case group (mean over seeds and the group's test cases):\n\n"
             + "\n".join(lines) + "\n")
 
@@ -150,15 +155,16 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
     names = state.get("label_names", {})
     head = ["trainer", "labeled", "mean fg Dice (min–max)", *[names.get(c, f"class {c}") for c in classes],
             f"Δ vs {BASELINE} (paired; min–max; wins)", "gap closed", "train s/run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = sorted(rows.values(), key=lambda r: (r["labels"] != FULL, r["trainer"] != BASELINE, -r["mean"]))
+    body = []
     for r in order:
         diff = (f"{r['diff_mean']:+.4f} ({r['diff_min']:+.4f} … {r['diff_max']:+.4f}; {r['wins']}/{r['paired']})"
                 if "diff_mean" in r else "–")
         closed = f"{round(100 * r['gap_closed']):d} %" if "gap_closed" in r else "–"
-        lines.append(f"| `{r['trainer']}` | {r['labels']} | {r['mean']:.4f} ({r['min']:.4f}–{r['max']:.4f}) | "
-                     + " | ".join(f"{r['class_means'].get(c, float('nan')):.3f}" for c in classes)
-                     + f" | {diff} | {closed} | {r['train_s_mean']:.0f} |")
+        body.append([f"`{r['trainer']}`", r["labels"], f"{r['mean']:.4f} ({r['min']:.4f}–{r['max']:.4f})",
+                     *(f"{r['class_means'].get(c, float('nan')):.3f}" for c in classes), diff, closed,
+                     f"{r['train_s_mean']:.0f}"])
+    lines = markdown_table(head, body)
     quick = {r["trainer"]: r["quick_hparams"] for r in state["runs"].values() if r.get("quick_hparams")}
     notes = [f"{st['config']}, {st['labeled']} labeled cases per seed, seeds {st['seeds']}, "
              f"{st['epochs']} × {st['iters']} iterations for every run, fold `all`, "
@@ -214,9 +220,7 @@ def plot(state: dict, summary: dict, png: Path) -> None:
     ax.set_title(f"Low-label benchmark ({st['config']}, {st['labeled']} labeled, {len(st['seeds'])} seeds; "
                  "bars: mean, whiskers: min–max, dots: seeds)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def write_report(state: dict, root: Path) -> str:

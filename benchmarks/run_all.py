@@ -6,7 +6,8 @@ Sections (each measured in this run, on this machine):
    ``nnUNetTrainer`` on the same plans, patch and batch (steps interleaved so load affects all alike);
 2. prediction throughput of ``nnzoo predict`` relative to ``nnUNetv2_predict`` on the same model
    and images (needs a trained demo model: run ``nnzoo demo`` first);
-3. the low-label accuracy table of ``benchmarks/low_label.py``, read from its output folder if present.
+3. the low-label accuracy table of ``benchmarks/low_label.py``, read from its output folder if present;
+4. the domain-shift table of ``benchmarks/domain_shift.py``, read from its output folder if present.
 
 Writes ``benchmarks/results/benchmarks.md`` (and a PNG bar chart) and, with ``--update-readme``,
 replaces the block between ``<!-- figures -->`` markers in README.md.
@@ -103,13 +104,14 @@ def predict_section(folders: dict[str, Path], device: str) -> dict | None:
             "throughput_ratio": round(secs["nnUNetv2_predict"] / secs["nnzoo predict"], 2)}
 
 
-def accuracy_section(low_label_dir: Path) -> str | None:
-    """The table written by ``benchmarks/low_label.py`` into ``low_label_dir``, if it ran."""
-    md = low_label_dir / "low_label.md"
+def accuracy_section(low_label_dir: Path, name: str = "low_label") -> str | None:
+    """The table written by ``benchmarks/<name>.py`` into its output folder, if it ran."""
+    md = low_label_dir / f"{name}.md"
     return md.read_text() if md.is_file() else None
 
 
-def to_markdown(machine: str, train_rows: list[dict], predict: dict | None, acc: str | None) -> str:
+def to_markdown(machine: str, train_rows: list[dict], predict: dict | None, acc: str | None,
+                shift: str | None = None) -> str:
     lines = [f"Measured {datetime.date.today().isoformat()} on {machine} by `benchmarks/run_all.py`.", "",
              "| trainer | train step (ms) | × nnUNetTrainer | CUDA peak (MiB) |", "|---|---|---|---|"]
     for r in train_rows:
@@ -122,6 +124,8 @@ def to_markdown(machine: str, train_rows: list[dict], predict: dict | None, acc:
                   f"{predict['throughput_ratio']:.2f}×."]
     if acc:
         lines += ["", "Low-label benchmark (`benchmarks/low_label.py`):", "", acc]
+    if shift:
+        lines += ["", "Domain-shift benchmark (`benchmarks/domain_shift.py`):", "", shift]
     return "\n".join(lines) + "\n"
 
 
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", default="nnzoo_work")
     ap.add_argument("--low-label-dir", default="low_label_work", help="output folder of benchmarks/low_label.py")
+    ap.add_argument("--domain-shift-dir", default="domain_shift_work",
+                    help="output folder of benchmarks/domain_shift.py")
     ap.add_argument("--output", default=str(REPO / "benchmarks" / "results"), help="folder for the table and plot")
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args(argv)
@@ -162,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     folders = {k: Path(os.environ.get(k) or workdir / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
 
-    print("[1/3] train-step time of every trainer vs nnUNetTrainer", flush=True)
+    print("[1/4] train-step time of every trainer vs nnUNetTrainer", flush=True)
     train_rows = train_step_section(device, args.patch, args.batch, args.rounds, args.steps, args.warmup)
-    print("[2/3] nnzoo predict vs nnUNetv2_predict", flush=True)
+    print("[2/4] nnzoo predict vs nnUNetv2_predict", flush=True)
     predict = predict_section(folders, args.device)
-    print("[3/3] low-label accuracy table", flush=True)
+    print("[3/4] low-label accuracy table", flush=True)
     acc = accuracy_section(Path(args.low_label_dir))
-    md = to_markdown(machine + f", patch {args.patch}, batch {args.batch}", train_rows, predict, acc)
+    print("[4/4] domain-shift accuracy table", flush=True)
+    shift = accuracy_section(Path(args.domain_shift_dir), "domain_shift")
+    md = to_markdown(machine + f", patch {args.patch}, batch {args.batch}", train_rows, predict, acc, shift)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.md").write_text(md)

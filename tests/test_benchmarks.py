@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nnzoo.trainers import list_trainers
@@ -201,3 +202,170 @@ def test_bench_predict_smoke_compares_with_nnunet_and_reports(tmp_path):
         assert set(row["seconds"]) == {"nnUNetv2_predict", "nnzoo predict", "nnzoo predict --exact"}
     assert set(result["rows"][0]["steps"]) == {"nnUNetv2 (float32)", "nnzoo"}
     assert "throughput ratio" in (tmp_path / "bp" / "bench_predict.md").read_text()
+
+
+# ----------------------------------------------------------------------------------- domain shift
+def _domain_shift():
+    sys.path.insert(0, str(REPO))
+    from benchmarks import cohort, domain_shift, domain_shift_report
+
+    return cohort, domain_shift, domain_shift_report
+
+
+def test_bootstrap_interval_resamples_seeds_and_cases_and_keeps_pairs():
+    """Hand-made scores: a constant difference has a zero-width interval however much the cases vary
+    (pairs stay paired); seed-to-seed and case-to-case variation each widen it; bad shapes are refused."""
+    cohort, _, _ = _domain_shift()
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, (3, 20))  # cases differ a lot
+    est, lo, hi = cohort.bootstrap_interval(base + 0.1, base, statistic=lambda a, b: np.nanmean(a - b, axis=(-2, -1)))
+    assert (est, lo, hi) == pytest.approx((0.1, 0.1, 0.1))
+    assert cohort.bootstrap_interval(np.full((3, 5), 0.4)) == pytest.approx((0.4, 0.4, 0.4))
+    seeds_only = np.repeat(np.array([[0.0], [1.0]]), 4, axis=1)  # the two seeds differ, cases do not
+    est, lo, hi = cohort.bootstrap_interval(seeds_only)
+    assert est == pytest.approx(0.5) and lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
+    cases_only = np.array([[0.0, 1.0]])  # one seed: only cases are drawn
+    est, lo, hi = cohort.bootstrap_interval(cases_only)
+    assert est == pytest.approx(0.5) and lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
+    wide = cohort.bootstrap_interval(base)
+    assert wide[1] < wide[0] < wide[2]
+    with pytest.raises(ValueError, match="shape"):
+        cohort.bootstrap_interval(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_failure_reason_is_the_error_line():
+    cohort, _, _ = _domain_shift()
+    log = "loading...\nTraceback (most recent call last):\n  File x\nValueError: DCAC needs two domains\n\n"
+    assert cohort.failure_reason(log) == "ValueError: DCAC needs two domains"
+    assert cohort.failure_reason("a\nerror: --augment gin: unknown\n") == "error: --augment gin: unknown"
+    assert cohort.failure_reason("") == "no output"
+
+
+def _ds_state(rows: dict[str, dict[int, list[float]]], failed: dict | None = None) -> dict:
+    """Runs of hand-made per-case scores; cases s0, s1 (source domain 'a'), t0 (target 't2'), f0 (target 'fl')."""
+    cases = ["s0", "s1", "t0", "f0"]
+    runs = {}
+    for key, per_seed in rows.items():
+        trainer = "nnUNetTrainer" if key in ("source only", "oracle") else key
+        for seed, scores in per_seed.items():
+            runs[f"{key}|{seed}"] = {"row": key, "trainer": trainer, "seed": seed, "train_s": 10.0,
+                                     "per_case": {c: {"1": v, "2": v} for c, v in zip(cases, scores)}}
+    for key, reason in (failed or {}).items():
+        runs[f"{key}|0"] = {"row": key, "trainer": key, "seed": 0, "failed": reason}
+    return {"runs": runs, "test_groups": {"s0": "a", "s1": "a", "t0": "t2", "f0": "fl"}, "source_domains": ["a"],
+            "settings": {"config": "2d", "seeds": [0, 1], "epochs": 1, "iters": 2, "num_train": 4, "num_test": 4},
+            "skipped": {"nnUNetTrainerTriD": "nnUNetTrainerTriD is not a registered trainer (yet)"}}
+
+
+def test_domain_shift_summary_gaps_paired_differences_and_failures():
+    """Gap per target domain, share closed, change on the source domain, per-seed differences; a failed row
+    is in the table with its reason; a target without a gap gets no share; the goal line names the rows."""
+    _, _, report = _domain_shift()
+    state = _ds_state({
+        "source only": {0: [0.9, 0.9, 0.2, 0.5], 1: [0.8, 0.8, 0.4, 0.5]},
+        "oracle": {0: [0.9, 0.9, 0.8, 0.505], 1: [0.8, 0.8, 1.0, 0.505]},
+        "X": {0: [0.9, 0.9, 0.5, 0.6], 1: [0.8, 0.8, 0.7, 0.6]},    # closes half the t2 gap, no loss on 'a'
+        "Y": {0: [0.85, 0.85, 0.8, 0.5], 1: [0.75, 0.75, 1.0, 0.5]},  # closes all of it, loses 0.05 on 'a'
+    }, failed={"Z": "error: Z needs domains.json"})
+    s = report.summarise(state)
+    assert s["source"] == ["a"] and s["targets"] == ["t2", "fl"]
+    assert s["gap"]["t2"] == pytest.approx((0.6, 0.6, 0.6)) and s["gap"]["fl"][0] == pytest.approx(0.005)
+    x, y = s["rows"]["X"], s["rows"]["Y"]
+    assert x["closed"]["t2"] == pytest.approx((0.5, 0.5, 0.5)) and "fl" not in x["closed"]
+    assert y["closed"]["t2"][0] == pytest.approx(1.0) and y["diff"]["source"][0] == pytest.approx(-0.05)
+    assert x["diff_per_seed"]["t2"] == pytest.approx({0: 0.3, 1: 0.3})
+    assert x["dice"]["t2"]["mean"] == pytest.approx(0.6) and x["dice"]["t2"]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert report.goal_rows(s) == ["X"]
+    md = report.to_markdown(state, s)
+    assert "failed (1/1 seeds): error: Z needs domains.json" in md
+    assert "| `X` | 50 % [50, 50] | no gap | +0.000 [+0.000, +0.000] |" in md
+    assert "nnUNetTrainerTriD is not a registered trainer" in md and "goal" in md and "`X`" in md
+
+
+def test_domain_shift_rows_come_from_the_registry(monkeypatch):
+    """Source only, the oracle, every domain-generalisation trainer of the registry (one registered later
+    appears), the GIN rows; --trainers restricts them; unregistered trainers are skipped with a reason."""
+    _, ds, _ = _domain_shift()
+    from nnzoo.trainers import list_trainers
+
+    info = {i.name: i for i in list_trainers()}
+    rows, skipped = ds.plan_rows(None, "2d")
+    keys = [r.key for r in rows]
+    assert keys[:2] == ["source only", "oracle"] and {"nnUNetTrainer+gin", "nnUNetTrainerBCP+gin"} <= set(keys)
+    assert {n for n, i in info.items() if i.domain_generalisation} <= set(keys) and not skipped
+    assert [r.data for r in rows if r.key == "oracle"] == ["all"]
+    assert all(r.augment == "gin" for r in rows if r.key.endswith("+gin"))
+    fake = dict(info, nnUNetTrainerNew=info["nnUNetTrainerDA5"].__class__(
+        name="nnUNetTrainerNew", cls=object, description="x", domain_generalisation=True, dims=("3d",)))
+    monkeypatch.setattr(ds, "registered", lambda: fake)
+    rows, skipped = ds.plan_rows(["nnUNetTrainerNew", "nnUNetTrainer+gin", "nnUNetTrainerFoo"], "2d")
+    assert [r.key for r in rows] == ["source only", "oracle", "nnUNetTrainer+gin"]
+    assert skipped == {"nnUNetTrainerNew": "nnUNetTrainerNew has no 2d configuration",
+                       "nnUNetTrainerFoo": "nnUNetTrainerFoo is not a registered trainer (yet)"}
+    runs = ds.plan_runs(rows, [0, 1])
+    assert [(r.key, s) for r, s in runs[-4:]] == [("source only", 0), ("oracle", 0), ("source only", 1),
+                                                   ("oracle", 1)]
+
+
+def test_domain_shift_own_cohort_needs_domains(tmp_path):
+    """--source: --source-domains is required; the domains file must name every case; a source domain must
+    have training cases, some test case must be from a target domain, every training case needs its label
+    (each a one-line error)."""
+    _, ds, _ = _domain_shift()
+    src = tmp_path / "c"
+    for sub, names in (("images", "ab"), ("labels", "ab"), ("test_images", "xy"), ("test_labels", "xy")):
+        (src / sub).mkdir(parents=True)
+        for n in names:
+            (src / sub / f"{n}.nii.gz").touch()
+    with pytest.raises(SystemExit):
+        ds.parse_args(["--source", str(src)])
+    a = ds.parse_args(["--source", str(src), "--source-domains", "s1"])
+    with pytest.raises(SystemExit, match="no domains.csv"):
+        ds.make_source(a, tmp_path)
+    (src / "domains.csv").write_text("case,domain\na,s1\nb,t\nx,s1\n")
+    with pytest.raises(SystemExit, match="1 case\\(s\\) have no domain: y"):
+        ds.make_source(a, tmp_path)
+    (src / "domains.csv").write_text("case,domain\na,s1\nb,t\nx,s1\ny,t\n")
+    _, domains, _ = ds.make_source(a, tmp_path)
+    assert domains == {"a": "s1", "b": "t", "x": "s1", "y": "t"}
+    with pytest.raises(SystemExit, match="--source-domains s2: no training case"):
+        ds.make_source(ds.parse_args(["--source", str(src), "--source-domains", "s2"]), tmp_path)
+    with pytest.raises(SystemExit, match="every test case is from a source domain"):
+        ds.make_source(ds.parse_args(["--source", str(src), "--source-domains", "s1", "t"]), tmp_path)
+    (src / "labels" / "b.nii.gz").unlink()
+    with pytest.raises(SystemExit, match="no label of training case\\(s\\) b"):
+        ds.make_source(a, tmp_path)
+
+
+@pytest.mark.slow
+def test_domain_shift_smoke_runs_every_row(tmp_path):
+    """End to end (tiny, every row): the source dataset holds the source domains' cases labeled and the others
+    unlabeled, with their domains; no test case is in a dataset; every row is scored on every test case."""
+    import json
+
+    _, ds, _ = _domain_shift()
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "domain_shift.py"), "--smoke", "--out", str(out),
+                        "--jobs", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=1800)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    state = json.loads((out / "domain_shift.json").read_text())
+    rows, _ = ds.plan_rows(None, "2d")
+    assert sorted(state["runs"]) == sorted(f"{row.key}|0" for row in rows)
+    failed = {k: v["failed"] for k, v in state["runs"].items() if "failed" in v}
+    assert not failed, failed
+    test_cases = sorted(p.name.split(".")[0] for p in (out / "cohort" / "test_images").iterdir())
+    for run in state["runs"].values():
+        assert sorted(run["per_case"]) == test_cases
+    raw = out / "nnUNet_raw"
+    src = next(raw.glob("Dataset*_DomainShiftSource"))
+    domains = json.loads((src / "domains.json").read_text())
+    labeled = {p.name.split(".")[0] for p in (src / "labelsTr").iterdir()}
+    unlabeled = {p.name.split("_0000")[0] for p in (src / "imagesUnlabeled").iterdir()}
+    assert {domains[c] for c in labeled} == set(state["source_domains"])
+    assert unlabeled and not {domains[c] for c in unlabeled} & set(state["source_domains"])
+    for ds_dir in raw.iterdir():
+        names = {p.name.split(".")[0].split("_0000")[0] for sub in ("imagesTr", "imagesUnlabeled")
+                 if (ds_dir / sub).is_dir() for p in (ds_dir / sub).iterdir()}
+        assert not names & set(test_cases), ds_dir.name
+    md = (out / "domain_shift.md").read_text()
+    assert "gap closed" in md and (out / "domain_shift.png").stat().st_size > 0

@@ -1,0 +1,381 @@
+"""Shared pieces of nnzoo's accuracy benchmarks (``low_label.py``, ``domain_shift.py``).
+
+A benchmark here runs the ``nnzoo`` CLI as a user would (``dataset create``, ``plan_and_preprocess``,
+``train``, ``predict``, ``evaluate``) on a cohort of labeled training cases and held-out test cases,
+keeps every finished run in a JSON file of its working folder (so a rerun resumes), runs ``--jobs``
+runs side by side, and writes a Markdown table, a PNG and the JSON. This module holds what the
+benchmarks share: the generated cohort, the dataset and run steps, the resumable state, the
+parallel runner, the command-line flags common to them, and the statistics (a paired bootstrap
+interval over seeds and test cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CommandFailed", "nnzoo", "failure_reason", "cases", "generated_cohort", "check_source_folder",
+           "make_dataset", "run_env", "train_predict_evaluate", "run_parallel", "load_state", "save_state",
+           "add_run_args", "parse_hparams", "apply_defaults", "trainer_hparams", "machine", "finish_state",
+           "bootstrap_interval", "markdown_table", "save_figure"]
+
+
+# ------------------------------------------------------------------------------------------ commands
+class CommandFailed(SystemExit):
+    """An ``nnzoo`` command that failed. Uncaught, it ends the script with its message (as ``SystemExit``);
+    a benchmark that reports failed runs catches it and keeps :attr:`reason`.
+
+    Attributes:
+        reason: one line saying why (the command's last error line).
+        log: the command's log file.
+    """
+
+    def __init__(self, args: Sequence[str], log: Path) -> None:
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        self.reason = failure_reason(text)
+        self.log = log
+        super().__init__(f"error: `nnzoo {' '.join(args)}` failed (log {log}):\n{text[-2000:]}")
+
+
+def failure_reason(text: str, width: int = 200) -> str:
+    """The line of a failed command's output that says why: the last ``error:``/exception line, else the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        head = ln.split(":", 1)[0]
+        if ln.lower().startswith("error") or (head.endswith(("Error", "Exception")) and " " not in head):
+            return ln[:width]
+    return lines[-1][:width] if lines else "no output"
+
+
+def nnzoo(*args: str, log: Path, env: dict[str, str] | None = None) -> float:
+    """Run one ``nnzoo`` command (this interpreter), output to ``log``; seconds taken.
+
+    Raises:
+        CommandFailed: the command exited with an error.
+    """
+    t = time.time()
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "nnzoo.pipeline", *args], stdout=f, stderr=subprocess.STDOUT,
+                           env={**os.environ, **(env or {})})
+    if r.returncode:
+        raise CommandFailed(args, log)
+    return time.time() - t
+
+
+# ---------------------------------------------------------------------------------------------- data
+def cases(folder: Path) -> dict[str, Path]:
+    """``{case: file}`` of a folder of images or labels (one ``CASE.<ending>`` per case)."""
+    from nnzoo.pipeline.segio import find_cases
+
+    return find_cases(folder)
+
+
+def check_source_folder(src: Path, flag: str = "--source") -> None:
+    """A user's cohort must hold ``images/ labels/ test_images/ test_labels/``; no case in both sets.
+
+    Raises:
+        SystemExit: a folder is missing, or a case is both a training and a test case.
+    """
+    for sub in ("images", "labels", "test_images", "test_labels"):
+        if not (src / sub).is_dir():
+            raise SystemExit(f"error: {flag} {src}: no {sub}/ folder")
+    both = sorted(set(cases(src / "images")) & set(cases(src / "test_images")))
+    if both:
+        raise SystemExit(f"error: {flag} {src}: cases in both the training and the test set: {both[:5]}")
+
+
+def generated_cohort(root: Path, *, dim: int, num_train: int, num_test: int, seed: int, smoke: bool,
+                     labeled_acquisitions: Sequence[str] | None = None) -> tuple[Path, dict]:
+    """The brain-phantom cohort of :mod:`nnzoo.pipeline.brain_phantoms` in ``root/cohort`` (made once).
+
+    Args:
+        root: the benchmark's working folder.
+        dim: 2 or 3.
+        num_train, num_test: generated training and test cases (styles cycle in both).
+        seed: the cohort's seed.
+        smoke: tiny images (24x24, 3D: 12 slices).
+        labeled_acquisitions: styles of the labeled pool (None: the generator's default, two T1 styles).
+
+    Returns:
+        ``(cohort folder, manifest)``.
+
+    Raises:
+        SystemExit: the cohort already there draws its labeled pool from other styles.
+    """
+    from nnzoo.pipeline import brain_phantoms as bp
+
+    src = root / "cohort"
+    if not (src / "manifest.json").is_file():
+        t = time.time()
+        kw: dict = ({"shape": (24, 24)} if dim == 2 else {"shape": (24, 24), "num_slices": 12}) if smoke else {}
+        if labeled_acquisitions is not None:
+            kw["labeled_acquisitions"] = tuple(labeled_acquisitions)
+        bp.write_cohort(src, num_train=num_train, num_test=num_test, seed=seed, dim=dim, **kw)
+        print(f"cohort: {num_train} training + {num_test} test cases ({dim}D) in {time.time() - t:.0f} s -> {src}",
+              flush=True)
+    manifest = json.loads((src / "manifest.json").read_text())
+    if labeled_acquisitions is not None and manifest.get("labeled_acquisitions") != list(labeled_acquisitions):
+        raise SystemExit(f"error: --labeled-acquisitions {' '.join(labeled_acquisitions)}: the cohort in {src} draws "
+                         f"labels from {manifest.get('labeled_acquisitions')}; use another --out")
+    return src, manifest
+
+
+def make_dataset(root: Path, src: Path, *, did: int, name: str, labeled: Sequence[str], unlabeled: Sequence[str],
+                 config: str, label_names: dict[int, str] | None = None, domains: dict[str, str] | None = None
+                 ) -> None:
+    """nnU-Net raw dataset ``did`` with ``labeled`` in imagesTr and ``unlabeled`` in imagesUnlabeled, planned and
+    preprocessed for ``config`` (``nnzoo dataset create`` + ``nnzoo plan_and_preprocess``); nothing when it exists.
+
+    Args:
+        domains: ``{case: domain}`` of the dataset's cases, passed as ``--domains`` (None: no domains).
+
+    Raises:
+        CommandFailed: a command failed.
+    """
+    raw = Path(os.environ["nnUNet_raw"])
+    if any(raw.glob(f"Dataset{did:03d}_*")):
+        return
+    images, labels = cases(src / "images"), cases(src / "labels")
+    stage = root / "staging" / name
+    shutil.rmtree(stage, ignore_errors=True)
+    for sub in ("images", "labels", "unlabeled"):
+        (stage / sub).mkdir(parents=True)
+    for c in labeled:
+        shutil.copy2(images[c], stage / "images" / images[c].name)
+        shutil.copy2(labels[c], stage / "labels" / labels[c].name)
+    for c in unlabeled:
+        shutil.copy2(images[c], stage / "unlabeled" / images[c].name)
+    cmd = ["dataset", "create", "--images", str(stage / "images"), "--labels", str(stage / "labels"), "--name", name,
+           "--id", str(did), "--channel", "MR"]
+    for value, label in (label_names or {}).items():
+        cmd += ["--label", f"{value}={label}"]
+    if unlabeled:
+        cmd += ["--unlabeled", str(stage / "unlabeled")]
+    if domains is not None:
+        (stage / "domains.json").write_text(json.dumps({c: domains[c] for c in [*labeled, *unlabeled]}, indent=1))
+        cmd += ["--domains", str(stage / "domains.json")]
+    logs = root / "logs"
+    nnzoo(*cmd, log=logs / f"create_{name}.log")
+    nnzoo("plan_and_preprocess", "-d", str(did), "-c", config, "-np", "2", log=logs / f"plan_{name}.log")
+    shutil.rmtree(stage)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def run_env(results: Path, jobs: int) -> dict[str, str]:
+    """Environment of one run: its ``nnUNet_results`` and, with ``jobs > 1``, ``cores / jobs`` torch threads and
+    augmentation in the main process."""
+    env = {"nnUNet_results": str(results)}
+    if jobs > 1:
+        env |= {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), "nnUNet_n_proc_DA": "0"}
+    return env
+
+
+def train_predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, seed: int, config: str, epochs: int,
+                           iters: int, device: str, jobs: int, results: Path, tag: str, hparams: dict[str, str],
+                           extra: Sequence[str] = ()) -> dict:
+    """Train ``trainer`` on dataset ``did`` (fold ``all``, ``epochs x iters``, ``seed``), predict ``test_images/``
+    and score the predictions against ``test_labels/``, all through the CLI.
+
+    Args:
+        results: the run's ``nnUNet_results``.
+        tag: names its logs, predictions and evaluation folders.
+        hparams: ``--hparam NAME=VALUE`` of the run.
+        extra: more arguments of ``train`` and ``predict`` (e.g. ``--augment gin``).
+
+    Returns:
+        ``trainer, dataset, seed, dice`` (per class), ``mean_fg``, ``train_s``, ``predict_s`` and ``per_case``
+        (``{test file name: {class: Dice}}``).
+
+    Raises:
+        CommandFailed: a command failed.
+    """
+    env = run_env(results, jobs)
+    logs = root / "logs"
+    hp = [x for k, v in hparams.items() for x in ("--hparam", f"{k}={v}")]
+    t_train = nnzoo("train", str(did), config, "all", "-tr", trainer, "--epochs", str(epochs), "--iters",
+                    str(iters), "--seed", str(seed), "--no-val", "--overwrite", "-device", device, *hp, *extra,
+                    log=logs / f"train_{tag}.log", env=env)
+    pred, ev = root / "predictions" / tag, root / "evaluations" / tag
+    t_pred = nnzoo("predict", "-i", str(src / "test_images"), "-o", str(pred), "-d", str(did), "-c", config,
+                   "-tr", trainer, "-f", "all", "-device", device, "--overwrite", *extra,
+                   log=logs / f"predict_{tag}.log", env=env)
+    nnzoo("evaluate", "-ref", str(src / "test_labels"), "-pred", str(pred), "-d", str(did), "-o", str(ev),
+          log=logs / f"evaluate_{tag}.log", env=env)
+    summary = json.loads((ev / "summary.json").read_text())
+    dice = {k: float(v["Dice"]) for k, v in summary["mean"].items() if k != "0"}
+    return {"trainer": trainer, "dataset": did, "seed": seed, "dice": dice, "mean_fg": sum(dice.values()) / len(dice),
+            "train_s": round(t_train, 1), "predict_s": round(t_pred, 1),
+            "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
+                         for c in summary["metric_per_case"]}}
+
+
+def run_parallel(items: Iterable, work: Callable[[object], None], jobs: int) -> None:
+    """``work(item)`` for every item, ``jobs`` at a time (threads; each run is its own processes)."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(work, items))
+
+
+# --------------------------------------------------------------------------------------------- state
+_lock = threading.Lock()
+
+
+def load_state(path: Path, settings: dict) -> dict:
+    """The benchmark's JSON (``{"runs": {}}`` when new) with ``settings`` recorded.
+
+    Raises:
+        SystemExit: the file holds runs of other settings.
+    """
+    state = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    if state.get("settings") not in (None, settings):
+        raise SystemExit(f"error: {path} holds runs of other settings ({state['settings']}); use another --out")
+    state["settings"] = settings
+    return state
+
+
+def save_state(path: Path, state: dict, key: str | None = None, run: dict | None = None) -> None:
+    """Write ``state`` (after adding ``run`` under ``key``), safely from several threads."""
+    with _lock:
+        if key is not None:
+            state["runs"][key] = run
+        path.write_text(json.dumps(state, indent=1))
+
+
+def machine() -> str:
+    """CPU cores and GPU of this machine, in words."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def finish_state(state: dict, t0: float, script: str, argv: Sequence[str] | None) -> None:
+    """Record the wall time (added to earlier sessions'), machine, date and command of a finished benchmark."""
+    state["wall_s"] = round(state.get("wall_s", 0) + time.time() - t0, 1)
+    state["machine"] = machine()
+    state["date"] = time.strftime("%Y-%m-%d")
+    state["command"] = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def add_run_args(ap: argparse.ArgumentParser, *, out: str, seeds_help: str, trainers_help: str,
+                 hparam_help: str, dataset_id: int, dataset_id_help: str) -> None:
+    """The flags every accuracy benchmark has (cohort, seeds, iterations, device, jobs, hyperparameters)."""
+    ap.add_argument("--out", default=out, help="working and output folder (resumes what is there)")
+    ap.add_argument("--source", default=None, help="bring your own cohort (see the module docstring); default: "
+                    "generate brain phantoms")
+    ap.add_argument("--config", default="2d", choices=["2d", "3d_fullres"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help=seeds_help)
+    ap.add_argument("--trainers", nargs="+", default=None, help=trainers_help)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None, help="iterations per epoch")
+    ap.add_argument("--num-train", type=int, default=None, help="generated training cases (labeled + unlabeled)")
+    ap.add_argument("--num-test", type=int, default=None, help="generated held-out test cases")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the generated cohort")
+    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true",
+                    help="apply each method's registry quick_hparams (shortened once-per-run costs; reported)")
+    ap.add_argument("--hparam", action="append", default=None, metavar="TRAINER:NAME=VALUE", help=hparam_help)
+    ap.add_argument("--smoke", action="store_true", help="tiny end-to-end run for the tests")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs side by side, each with cores/jobs torch threads (OMP_NUM_THREADS) and augmentation in "
+                         "its main process; per-run times are then those of shared cores")
+    ap.add_argument("--dataset-id", type=int, default=dataset_id, help=dataset_id_help)
+
+
+def apply_defaults(a: argparse.Namespace, defaults: dict) -> None:
+    """Fill every flag left at None from ``defaults``."""
+    for k, v in defaults.items():
+        if getattr(a, k, None) is None:
+            setattr(a, k, v)
+
+
+def parse_hparams(ap: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``TRAINER:NAME=VALUE`` items as ``{trainer: {name: value}}`` (a malformed item is a flag error)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        trainer, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            ap.error(f"--hparam {item!r}: expected TRAINER:NAME=VALUE")
+        k, v = kv.split("=", 1)
+        out.setdefault(trainer, {})[k] = v
+    return out
+
+
+def trainer_hparams(trainer: str, *, quick: bool, hparams: dict[str, dict[str, str]]) -> dict:
+    """A run's hyperparameters: the registry's ``quick_hparams`` (with ``quick``), then ``--hparam``."""
+    from nnzoo.trainers import get_trainer_info
+
+    return {**(get_trainer_info(trainer).quick_hparams if quick else {}), **hparams.get(trainer, {})}
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def bootstrap_interval(*arrays: np.ndarray, statistic: Callable[..., np.ndarray] | None = None,
+                       confidence: float = 0.95, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """A statistic of per-seed, per-test-case scores and its percentile bootstrap interval.
+
+    Each bootstrap sample draws seeds and test cases with replacement, independently (a two-way
+    bootstrap: seed-to-seed and case-to-case variation both enter the interval), and applies the
+    same draw to every array, so paired arrays stay paired (e.g. a method and the baseline of the
+    same seed on the same case).
+
+    Args:
+        arrays: scores of shape ``(seeds, cases)``, all alike; NaN entries are left out of means.
+        statistic: ``f(*arrays) -> values`` reducing the last two axes (it is called with a leading
+            bootstrap axis); default: the mean of the first array.
+        confidence: coverage of the interval.
+        n_boot: bootstrap samples.
+        seed: seed of the draws.
+
+    Returns:
+        ``(estimate on the data, lower, upper)``; with one seed and one case the interval is the estimate.
+
+    Raises:
+        ValueError: arrays of different or non-2D shapes.
+    """
+    arrays = tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+    if not arrays or arrays[0].ndim != 2 or any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"expected arrays of one (seeds, cases) shape, got {[a.shape for a in arrays]}")
+    stat = statistic or (lambda x, *_: np.nanmean(x, axis=(-2, -1)))
+    est = float(np.asarray(stat(*(a[None] for a in arrays))).reshape(-1)[0])
+    n_s, n_c = arrays[0].shape
+    rng = np.random.default_rng(seed)
+    si = rng.integers(0, n_s, (n_boot, n_s))[:, :, None]
+    ci = rng.integers(0, n_c, (n_boot, n_c))[:, None, :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a draw of NaN cases only: NaN, dropped below
+        boot = np.asarray(stat(*(a[si, ci] for a in arrays)), dtype=np.float64)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return est, est, est
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return est, float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------------------- writing
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """Lines of a Markdown table."""
+    def line(cells: Sequence[object]) -> str:
+        return "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)
+
+    return [line(head), "|" + "---|" * len(head), *(line(r) for r in rows)]
+
+
+def save_figure(fig, png: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure (laid out tightly) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(png, dpi=dpi)
+    plt.close(fig)

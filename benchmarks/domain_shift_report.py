@@ -1,0 +1,259 @@
+"""Tables and figure of the domain-shift benchmark (:mod:`benchmarks.domain_shift`) from its JSON of runs."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # loaded by path: the repository root makes `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.cohort import bootstrap_interval, markdown_table, save_figure
+
+__all__ = ["case_scores", "summarise", "to_markdown", "write_report", "MIN_GAP"]
+
+SOURCE_ONLY, ORACLE = "source only", "oracle"
+#: a target domain's gap (oracle minus source only) below this is "no gap": no share of it is reported
+MIN_GAP = 0.02
+#: the goal of issue 21: share of every target gap closed, and the largest loss on the source domains
+GOAL_CLOSED, GOAL_SOURCE_LOSS = 0.5, 0.01
+
+
+def case_scores(run: dict) -> dict[str, float]:
+    """``{case: mean foreground Dice}`` of a run (classes absent from reference and prediction, NaN, left out)."""
+    out = {}
+    for case, dice in run.get("per_case", {}).items():
+        v = [float(x) for x in dice.values() if x is not None and not np.isnan(float(x))]
+        out[case] = float(np.mean(v)) if v else float("nan")
+    return out
+
+
+def _nanmean(x: np.ndarray, axis=None) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def summarise(state: dict) -> dict:
+    """Per row: Dice per domain over seeds, paired differences to source only (per seed and with 95 % bootstrap
+    intervals over seeds and test cases), the share of each target domain's gap closed, failures.
+
+    Returns:
+        ``{"groups", "source", "targets", "rows": {key: {...}}, "gap": {domain: (est, lo, hi)}}``.
+    """
+    groups_of = state["test_groups"]
+    source = [g for g in dict.fromkeys(groups_of.values()) if g in state["source_domains"]]
+    targets = [g for g in dict.fromkeys(groups_of.values()) if g not in state["source_domains"]]
+    pools = {**{g: [c for c, d in groups_of.items() if d == g] for g in source + targets},
+             "source": [c for c, d in groups_of.items() if d in source],
+             "target": [c for c, d in groups_of.items() if d in targets]}
+    ok: dict[str, dict[int, dict[str, float]]] = {}
+    rows: dict[str, dict] = {}
+    for run in state["runs"].values():
+        row = rows.setdefault(run["row"], {"key": run["row"], "trainer": run["trainer"], "augment": run.get("augment"),
+                                           "failed": {}, "train_s": [], "hparams": run.get("hparams") or {}})
+        if "failed" in run:
+            row["failed"][run["seed"]] = run["failed"]
+        else:
+            ok.setdefault(run["row"], {})[run["seed"]] = case_scores(run)
+            row["train_s"].append(run["train_s"])
+
+    def matrix(key: str, seeds: list[int], cases: list[str]) -> np.ndarray:
+        return np.array([[ok[key][s].get(c, np.nan) for c in cases] for s in seeds], dtype=np.float64)
+
+    def seeds_of(*keys: str) -> list[int]:
+        common = set.intersection(*(set(ok.get(k, {})) for k in keys))
+        return sorted(common)
+
+    gap = {}
+    ref = seeds_of(SOURCE_ONLY, ORACLE)
+    for g in targets:
+        if ref:
+            gap[g] = bootstrap_interval(matrix(ORACLE, ref, pools[g]) - matrix(SOURCE_ONLY, ref, pools[g]))
+    for key, row in rows.items():
+        seeds = sorted(ok.get(key, {}))
+        row["seeds"] = seeds
+        row["dice"] = {}
+        for g, cases in pools.items():
+            if seeds:
+                per_seed = _nanmean(matrix(key, seeds, cases), axis=1)
+                row["dice"][g] = {"mean": float(np.mean(per_seed)), "per_seed": dict(zip(seeds, map(float, per_seed))),
+                                  "sd": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else 0.0}
+        row["train_s_mean"] = float(np.mean(row["train_s"])) if row["train_s"] else None
+        paired = seeds_of(key, SOURCE_ONLY)
+        if key == SOURCE_ONLY or not paired:
+            continue
+        row["paired_seeds"] = paired
+        row["diff"], row["diff_per_seed"] = {}, {}
+        for g, cases in pools.items():
+            d = matrix(key, paired, cases) - matrix(SOURCE_ONLY, paired, cases)
+            row["diff"][g] = bootstrap_interval(d)
+            row["diff_per_seed"][g] = dict(zip(paired, map(float, _nanmean(d, axis=1))))
+        three = seeds_of(key, SOURCE_ONLY, ORACLE)
+        row["closed"] = {}
+        for g in targets:
+            if not three or g not in gap or gap[g][0] < MIN_GAP:
+                continue
+            m, s, o = (matrix(k, three, pools[g]) for k in (key, SOURCE_ONLY, ORACLE))
+            row["closed"][g] = bootstrap_interval(
+                m, s, o, statistic=lambda m, s, o: _nanmean(m - s, axis=(-2, -1)) / _nanmean(o - s, axis=(-2, -1)))
+    return {"groups": source + targets, "source": source, "targets": targets, "rows": rows, "gap": gap}
+
+
+def _order(summary: dict) -> list[dict]:
+    rows = summary["rows"]
+    refs = [rows[k] for k in (SOURCE_ONLY, ORACLE) if k in rows]
+    rest = [r for k, r in rows.items() if k not in (SOURCE_ONLY, ORACLE)]
+    rest.sort(key=lambda r: (not r["seeds"], -r["dice"].get("target", {}).get("mean", 0.0)))
+    return refs + rest
+
+
+def _name(r: dict) -> str:
+    return {SOURCE_ONLY: f"`{r['trainer']}`, source labels (source only)",
+            ORACLE: f"`{r['trainer']}`, all labels (oracle)"}.get(r["key"], f"`{r['trainer']}`"
+                                                                     + (f" + `--augment {r['augment']}`"
+                                                                        if r.get("augment") else ""))
+
+
+def _status(r: dict) -> str:
+    if not r["failed"]:
+        return ""
+    n = len(r["failed"]) + len(r["seeds"])
+    reasons = list(dict.fromkeys(r["failed"].values()))
+    return f"failed ({len(r['failed'])}/{n} seeds): " + "; ".join(reasons).replace("|", "/")
+
+
+def _ci(v: tuple[float, float, float], pct: bool = False) -> str:
+    if pct:
+        return f"{round(100 * v[0]):d} % [{round(100 * v[1]):d}, {round(100 * v[2]):d}]"
+    return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
+
+def goal_rows(summary: dict) -> list[str]:
+    """Rows closing at least half of every target gap (where there is one) and losing at most 0.01 Dice on the
+    source domains, on the mean over seeds."""
+    out = []
+    for r in _order(summary):
+        if r["key"] in (SOURCE_ONLY, ORACLE) or not r.get("closed") or "diff" not in r:
+            continue
+        eps = 1e-9  # (shares and differences of floats)
+        if (all(v[0] >= GOAL_CLOSED - eps for v in r["closed"].values())
+                and r["diff"]["source"][0] >= -GOAL_SOURCE_LOSS - eps):
+            out.append(r["key"])
+    return out
+
+
+def to_markdown(state: dict, summary: dict | None = None) -> str:
+    s = summary or summarise(state)
+    st, groups, targets = state["settings"], s["groups"], s["targets"]
+    order = _order(s)
+
+    def dice(r: dict, g: str) -> str:
+        d = r["dice"].get(g)
+        return f"{d['mean']:.3f} ± {d['sd']:.3f}" if d else "–"
+
+    t1 = markdown_table(
+        ["row", *groups, "source domains", "target domains", "train s/run", "status"],
+        ([_name(r), *(dice(r, g) for g in [*groups, "source", "target"]),
+          f"{r['train_s_mean']:.0f}" if r["train_s_mean"] else "–", _status(r) or "ok"] for r in order))
+    gap_line = ["gap (oracle − source only)", *(_ci(s["gap"][g]) if g in s["gap"] else "–" for g in targets), "–"]
+    t2 = markdown_table(
+        ["row", *(f"{g}: gap closed" for g in targets), "Δ source domains"],
+        [gap_line, *([_name(r), *(_ci(r["closed"][g], pct=True) if g in r.get("closed", {}) else
+                                  ("no gap" if g in s["gap"] and s["gap"][g][0] < MIN_GAP else "–") for g in targets),
+                      _ci(r["diff"]["source"]) if "diff" in r else "–"]
+                     for r in order if r["key"] not in (SOURCE_ONLY, ORACLE))])
+
+    def per_seed(r: dict, g: str) -> str:
+        return ", ".join(f"s{k} {v:+.3f}" for k, v in r["diff_per_seed"][g].items())
+
+    t3 = markdown_table(
+        ["row", *(f"Δ {g}" for g in groups), "Δ target domains, per seed", "Δ source domains, per seed"],
+        ([_name(r), *(_ci(r["diff"][g]) for g in groups), per_seed(r, "target"), per_seed(r, "source")]
+         for r in order if "diff" in r))
+    winners = goal_rows(s)
+    hp = {r["key"]: r["hparams"] for r in s["rows"].values() if r["hparams"]}
+    notes = [
+        f"{st['config']}, seeds {st['seeds']}, {st['epochs']} × {st['iters']} iterations for every run, fold `all`; "
+        + (f"cohort {st['source']}" if st.get("source") else
+           f"generated brain phantoms ({st['num_train']} training, {st['num_test']} held-out test cases)"),
+        f"source domains (labeled): {', '.join(s['source'])}; target domains (training images unlabeled, "
+        f"in `imagesUnlabeled`; read by semi-supervised trainers only): {', '.join(targets)}",
+        "Dice: mean foreground Dice of a domain's test cases, mean ± standard deviation over seeds",
+        "Δ: paired difference to source only (same seed, same test cases); [ ]: 95 % interval, percentile "
+        "bootstrap over seeds and test cases (4000 draws); gap closed: mean Δ / mean gap on the same draws"
+        f" (\"no gap\": gap below {MIN_GAP})",
+        f"goal (≥ {100 * GOAL_CLOSED:.0f} % of every target gap closed, ≥ −{GOAL_SOURCE_LOSS} on the source domains): "
+        + (", ".join(f"`{k}`" for k in winners) if winners else "no row"),
+    ]
+    for key, why in (state.get("skipped") or {}).items():
+        notes.append(f"row `{key}` not run: {why}")
+    if state.get("jobs", 1) > 1:
+        notes.append(f"{state['jobs']} runs side by side, each with 1/{state['jobs']} of the cores: train s/run are "
+                     "times on shared cores")
+    if hp:
+        notes.append("hyperparameters set for this benchmark (--hparam / --quick): "
+                     + "; ".join(f"`{k}` {v}" for k, v in hp.items()))
+    notes.append(f"{state.get('date', '')}, {state.get('machine', '')}, wall time {state.get('wall_s', 0) / 60:.1f} min"
+                 f" (estimated up front: {state.get('estimate_min', '?')} min); `{state.get('command', '')}`")
+    return ("Mean foreground Dice per test domain:\n\n" + "\n".join(t1)
+            + "\n\nShare of each target domain's gap closed, and the change on the source domains:\n\n" + "\n".join(t2)
+            + "\n\nPaired differences to source only per domain:\n\n" + "\n".join(t3) + "\n\n"
+            + "\n".join(f"- {n}" for n in notes) + "\n")
+
+
+def plot(state: dict, summary: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _order(summary) if r["seeds"]]
+    groups, targets = summary["groups"], summary["targets"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.4), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / max(1, len(rows))
+    colors = plt.cm.tab10(np.arange(len(rows)) % 10)
+    for i, r in enumerate(rows):
+        label = r["key"]
+        if r["key"] not in (SOURCE_ONLY, ORACLE) and label.startswith("nnUNetTrainer"):
+            label = label[len("nnUNetTrainer"):]
+            label = "nnU-Net" + label if not label or label.startswith("+") else label
+        for j, g in enumerate(groups):
+            d = r["dice"][g]
+            x = j - 0.4 + width * (i + 0.5)
+            ax.bar(x, d["mean"], width, color=colors[i], edgecolor="k", lw=0.4, label=label if j == 0 else None)
+            ax.scatter([x] * len(d["per_seed"]), list(d["per_seed"].values()), color="k", s=5, zorder=3)
+        for j, g in enumerate(targets):
+            if g in r.get("closed", {}):
+                est, lo, hi = r["closed"][g]
+                x = j - 0.4 + width * (i + 0.5)
+                bx.bar(x, 100 * est, width, color=colors[i], edgecolor="k", lw=0.4)
+                bx.errorbar(x, 100 * est, yerr=[[100 * (est - lo)], [100 * (hi - est)]], color="k", capsize=2, lw=0.8)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{g}\n(source)" if g in summary["source"] else g for g in groups], fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean foreground Dice (test cases)", fontsize=9)
+    ax.set_title("Dice per test domain (bars: mean over seeds, dots: seeds)", fontsize=10)
+    ax.legend(fontsize=8, ncol=min(5, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    bx.axhline(0, color="k", lw=0.8)
+    bx.axhline(100 * GOAL_CLOSED, color="#888", ls=":", lw=1)
+    bx.set_xticks(range(len(targets)))
+    bx.set_xticklabels(targets, fontsize=9)
+    bx.set_ylabel("% of the gap (oracle − source only) closed", fontsize=9)
+    bx.set_title("Gap closed per target domain (95 % bootstrap interval)", fontsize=10)
+    st = state["settings"]
+    fig.suptitle(f"Domain-shift benchmark ({st['config']}, {len(st['seeds'])} seeds, "
+                 f"{st['epochs']} × {st['iters']} iterations)", fontsize=11)
+    save_figure(fig, png)
+
+
+def write_report(state: dict, root: Path) -> str:
+    """Write ``domain_shift.md`` and ``domain_shift.png`` into ``root``; returns the Markdown."""
+    summary = summarise(state)
+    md = to_markdown(state, summary)
+    (root / "domain_shift.md").write_text(md)
+    plot(state, summary, root / "domain_shift.png")
+    return md
