@@ -217,8 +217,31 @@ def train_predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, see
     dice = {k: float(v["Dice"]) for k, v in summary["mean"].items() if k != "0"}
     return {"trainer": trainer, "dataset": did, "seed": seed, "dice": dice, "mean_fg": sum(dice.values()) / len(dice),
             "train_s": round(t_train, 1), "predict_s": round(t_pred, 1),
+            "method_records": method_records(results, trainer=trainer, config=config, extra=extra),
             "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
                          for c in summary["metric_per_case"]}}
+
+
+#: what a trainer writes beside its checkpoints about its own auxiliary steps (e.g. the shape critic's held-out AUC)
+METHOD_RECORDS = ("shape_critic.json", "bcp_lcc.json")
+
+
+def method_records(results: Path, *, trainer: str, config: str, extra: Sequence[str] = ()) -> dict:
+    """The :data:`METHOD_RECORDS` of a finished fold-``all`` run, ``{file stem: content}`` (empty for most trainers).
+
+    Args:
+        results: the run's ``nnUNet_results``.
+        trainer: the trainer's name.
+        config: the configuration.
+        extra: the run's extra ``train`` arguments (an ``--augment NAME`` ends the model folder's name with ``_NAME``).
+    """
+    suffix = f"_{extra[list(extra).index('--augment') + 1]}" if "--augment" in extra else ""
+    out: dict = {}
+    for folder in sorted(results.glob(f"*/{trainer}__*__{config}{suffix}/fold_all")):
+        for name in METHOD_RECORDS:
+            if (folder / name).is_file():
+                out[Path(name).stem] = json.loads((folder / name).read_text())
+    return out
 
 
 def run_parallel(items: Iterable, work: Callable[[object], None], jobs: int) -> None:

@@ -17,9 +17,10 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
 3. **Runs**: ``nnUNetTrainer`` on all labels and on ``N`` labels, and every registered
    semi-supervised trainer on ``N`` labels, all for the same ``--epochs x --iters`` iterations on
    fold ``all`` (nnU-Net's planned batch; semi-supervised trainers add unlabeled patches to it).
-   Hyperparameters given with ``--hparam TRAINER:NAME=VALUE`` (default: the shape critic's
-   pre-training shortened to 100 epochs) and, with ``--quick``, a method's registry
-   ``quick_hparams`` are applied and printed with the table.
+   Hyperparameters given with ``--hparam TRAINER:NAME=VALUE`` (default none: the shape critic
+   pre-trains to its official budget or until its held-out AUC reaches ``CRITIC_MIN_AUC``, once per
+   labeled set, cached; its AUC is in the JSON and the table) and, with ``--quick``, a method's
+   registry ``quick_hparams`` are applied and printed with the table.
 4. **Scoring**: ``nnzoo predict`` on ``test_images/`` (never seen in training or validation) and
    ``nnzoo evaluate`` against ``test_labels/``; the score of a run is the mean foreground Dice.
 5. **Report**: per trainer the mean and min-max over seeds, the paired difference to
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap, out="low_label_work", seeds_help="default 0 1 2 (smoke: 0)",
         trainers_help="trainers at the low label count (default: nnUNetTrainer + every semi-supervised one)",
         hparam_help="a trainer hyperparameter for this benchmark (repeatable; reported in the table); default: "
-                    "nnUNetTrainerShapePrior:CRITIC_EPOCHS=100 (the official 10001 critic epochs take hours on a CPU)",
+                    "none (the shape critic stops at CRITIC_MIN_AUC or its official budget)",
         dataset_id=950, dataset_id_help="first of the dataset ids used (id .. id+#seeds)")
     ap.add_argument("--labeled", type=int, default=None, help="labeled cases per seed (default 4; smoke 2)")
     ap.add_argument("--labeled-acquisitions", nargs="+", default=None, metavar="STYLE",
@@ -97,7 +98,7 @@ DEFAULTS = {
     "2d": {"labeled": 4, "seeds": [0, 1, 2], "epochs": 20, "iters": 50, "num_train": 40, "num_test": 30},
     "3d_fullres": {"labeled": 4, "seeds": [0, 1, 2], "epochs": 20, "iters": 50, "num_train": 40, "num_test": 20},
 }
-DEFAULT_HPARAMS = ["nnUNetTrainerShapePrior:CRITIC_EPOCHS=100"]
+DEFAULT_HPARAMS: list[str] = []
 SMOKE = {"labeled": 2, "seeds": [0], "epochs": 1, "iters": 2, "num_train": 6, "num_test": 2}
 
 

@@ -185,6 +185,12 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
                      "times on shared cores")
     if quick:
         notes.append("hyperparameters set for this benchmark (--hparam / --quick): " + "; ".join(f"`{t}` {q}" for t, q in quick.items()))
+    critic = sorted((r["seed"], r["method_records"]["shape_critic"]) for r in state["runs"].values()
+                    if (r.get("method_records") or {}).get("shape_critic"))
+    if critic:
+        notes.append("shape critic (`nnUNetTrainerShapePrior`), held-out AUC per seed: " + "; ".join(
+            f"seed {s_}: {c.get('auc', float('nan')):.3f} after {c.get('critic_updates', '?')} updates "
+            f"(stopped by {c.get('stopped_by', '?')}{', cached' if c.get('cache_hit') else ''})" for s_, c in critic))
     notes.append(f"{state.get('date', '')}, {state.get('machine', '')}, wall time {state.get('wall_s', 0) / 60:.1f} min; "
                  f"`{state.get('command', '')}`")
     return ("\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
