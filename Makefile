@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nnzoo-installed
 
-.PHONY: install demo test test-fast test-gpu lint bench bench-ssl clean
+.PHONY: install demo test test-fast test-gpu lint bench bench-ssl bench-domain-shift clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-gpu: $(STAMP)
 
 bench-ssl: $(STAMP)
 	$(BIN)/python benchmarks/low_label.py
+
+bench-domain-shift: $(STAMP)
+	$(BIN)/python benchmarks/domain_shift.py --jobs 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --update-readme
