@@ -122,6 +122,27 @@ def _predict_parser(sub) -> None:
     pr.add_argument("--exact", action="store_true",
                     help="nnU-Net's float32 prediction unchanged (bit-identical to nnUNetv2_predict); default: the "
                          "network in bfloat16 on CPUs that run it natively, float16 on GPUs")
+    pr.add_argument("--adapt", default=None, metavar="{tent,vptta,grata}",
+                    help="test-time adaptation of every fold on each case before predicting it (TENT, VPTTA, GraTa; "
+                         "vptta needs `nnzoo source-stats`); adaptation.json records it")
+    pr.add_argument("--adapt-continual", action="store_true", dest="adapt_continual",
+                    help="keep the adapted state from case to case (default: every case starts from the trained model)")
+    pr.add_argument("--adapt-hparam", action="append", default=None, dest="adapt_hparams", metavar="NAME=VALUE",
+                    help="override one of the method's UPPER_CASE hyperparameters (official values by default)")
+
+
+def _source_stats_parser(sub) -> None:
+    ss = sub.add_parser("source-stats", help="record the source statistics test-time adaptation needs "
+                                             "(predict --adapt vptta) beside a model's checkpoints")
+    ss.add_argument("-d", default=None, dest="dataset", help="dataset id or name (not with -m)")
+    ss.add_argument("-c", default=None, dest="configuration", help="configuration (not with -m)")
+    ss.add_argument("-tr", default="nnUNetTrainer", dest="trainer")
+    ss.add_argument("-p", default=None, dest="plans")
+    ss.add_argument("-m", default=None, dest="model_dir", help="a model folder anywhere")
+    ss.add_argument("-f", nargs="+", default=None, dest="folds", help="folds (default: all trained)")
+    ss.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    ss.add_argument("--keep", action="store_true", help="skip folds that already have them")
+    _add_device(ss)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _train_parser(sub)
     _predict_parser(sub)
+    _source_stats_parser(sub)
 
     ev = sub.add_parser("evaluate", help="Dice, IoU, HD95, NSD, ASSD, volumes per case and class; JSON, CSV, HTML")
     ev.add_argument("-ref", required=True, dest="ref_dir", help="reference label files")
@@ -337,6 +359,10 @@ def _run(args: argparse.Namespace) -> None:
         train(TrainOptions.from_namespace(argparse.Namespace(**{**vars(args), "hparams": dict(args.hparams)})))
     elif args.command == "predict":
         _predict(args)
+    elif args.command == "source-stats":
+        from .source_stats import SourceStatsOptions, source_stats
+
+        source_stats(SourceStatsOptions.from_namespace(args))
     elif args.command == "evaluate":
         from .evaluate import EvaluateOptions, evaluate
 

@@ -15,18 +15,25 @@ channels-last memory layout was slower too. On the CPU the cases also run one af
 ``nnzoo predict`` process instead of nnU-Net's worker processes (:func:`nnzoo.pipeline.predict.in_process`).
 ``--exact`` runs nnU-Net's ``nnUNetPredictor`` and worker processes unchanged, whose outputs are
 bit-identical to ``nnUNetv2_predict``'s.
+
+``--adapt`` (:class:`AdaptingPredictor`): test-time adaptation of each fold on each case's tiles before nnU-Net's
+sliding window predicts the case (:mod:`nnzoo.trainers.adapt`); not with ``--exact``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
+from dataclasses import dataclass, field
 
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from nnzoo.trainers.nnunet_compat import MirroredForwardMixin
+from nnzoo.trainers.nnunet_compat import MirroredForwardMixin, unwrap_network
 
-__all__ = ["fast_dtype", "mirror_combinations", "mirrored_forward", "make_predictor", "NnzooPredictor"]
+__all__ = ["fast_dtype", "mirror_combinations", "mirrored_forward", "make_predictor", "NnzooPredictor", "Adaptation",
+           "AdaptingPredictor", "case_seed"]
 
 
 def _cpu_runs_bfloat16() -> bool:
@@ -122,7 +129,143 @@ class NnzooPredictor(MirroredForwardMixin, nnUNetPredictor):
         return mirrored_forward(self.network, x, mirror_axes=axes, dtype=self.dtype, batch=self.batch_mirrors)
 
 
-def make_predictor(*, exact: bool, device: torch.device, step_size: float, use_mirroring: bool):
+@dataclass(frozen=True)
+class Adaptation:
+    """Test-time adaptation of a prediction run (``nnzoo predict --adapt``).
+
+    Attributes:
+        method: ``tent``, ``vptta`` or ``grata`` (:data:`nnzoo.trainers.adapt.METHODS`).
+        hparams: typed hyperparameter overrides.
+        continual: carry the adapted state from case to case (default: every case from the trained state).
+        source_stats: per fold, the recorded source statistics (None where the method needs none).
+    """
+
+    method: str
+    hparams: dict = field(default_factory=dict)
+    continual: bool = False
+    source_stats: tuple = ()
+
+
+def case_seed(data: torch.Tensor) -> int:
+    """A seed from a case's preprocessed data alone (so a case's adaptation does not depend on the other cases,
+    their order, sharding or ``--continue``)."""
+    digest = hashlib.blake2b(data.detach().cpu().contiguous().numpy().tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2 ** 62)
+
+
+class AdaptingPredictorMixin:
+    """For :class:`NnzooPredictor`: per case and fold, adapt the network on the case's sliding-window tiles before
+    nnU-Net's sliding window predicts it (:mod:`nnzoo.trainers.adapt`).
+
+    nnU-Net's ``predict_logits_from_preprocessed_data`` loads each fold's weights (``load_state_dict``) and calls
+    ``predict_sliding_window_return_logits`` per fold; this hooks that call: the fold's adapter (one per fold,
+    each adapted on its own) adapts on the padded case's tiles in sliding-window order (the slicers are nnU-Net's
+    own), then nnU-Net's sliding window runs with the adapted network, every tile through the adapter's
+    ``transform`` (VPTTA's prompt); afterwards the trained values go back into the network. The random draws
+    come from a generator seeded from the case's data and the fold. Adaptation runs in float32, or bfloat16
+    where the prediction's reduced precision is bfloat16 and on GPUs that have it (float16 would need a gradient
+    scaler).
+
+    The tiles must be nnU-Net's own, in its order (VPTTA predicts each tile with the prompt adapted on it): they
+    come from :func:`~nnzoo.trainers.nnunet_compat.sliding_window_tiles`, the seam's entry for the padding and the
+    private slicers of nnU-Net's sliding window.
+    """
+
+    adaptation: Adaptation | None = None
+
+    def enable_adaptation(self, adaptation: Adaptation | None) -> None:
+        self.adaptation = adaptation
+        self._adapters: dict[int, object] = {}
+        self._adapter = None
+        self.adaptation_seconds: list[tuple[str | None, float]] = []
+        self.current_case: str | None = None
+
+    def _fold_adapter(self, index: int):
+        if index not in self._adapters:
+            from nnzoo.trainers.adapt import adapter_class
+
+            a = self.adaptation
+            cls = adapter_class(a.method)
+            kwargs = {}
+            if cls.needs_source_stats:
+                kwargs = dict(source_stats=a.source_stats[index], num_input_channels=self._num_input_channels(),
+                              patch_size=tuple(self.configuration_manager.patch_size))
+            dtype = getattr(self, "dtype", None)
+            autocast = torch.bfloat16 if (dtype == torch.bfloat16 or (
+                self.device.type == "cuda" and torch.cuda.is_bf16_supported())) else None
+            self._adapters[index] = cls(unwrap_network(self.network), multilabel=self.label_manager.has_regions,
+                                        hparams=a.hparams, autocast_dtype=autocast, **kwargs)
+        return self._adapters[index]
+
+    def _num_input_channels(self) -> int:
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        return determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        if self.adaptation is None:
+            return super().predict_logits_from_preprocessed_data(data)
+        self._seed = case_seed(data)
+        self._fold = -1
+        self._case_seconds = 0.0
+        out = super().predict_logits_from_preprocessed_data(data)
+        self.adaptation_seconds.append((self.current_case, self._case_seconds))
+        return out
+
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
+        if self.adaptation is None:
+            return super().predict_sliding_window_return_logits(input_image)
+        from nnzoo.trainers import nnunet_compat as compat
+
+        self._fold += 1
+        continual = self.adaptation.continual
+        self.network = self.network.to(self.device)
+        tiles = iter(compat.sliding_window_tiles(self, input_image))
+        # nnU-Net runs prediction in inference mode; adapting needs autograd and tensors made outside it
+        with torch.inference_mode(False):
+            adapter = self._fold_adapter(self._fold)
+            adapter.begin_case(continual=continual)
+        try:
+            adapter.adapt(tiles, generator=torch.Generator().manual_seed(self._seed + self._fold))
+            self._case_seconds += adapter.seconds[-1]
+            self._adapter = adapter
+            with adapter.predicting():
+                return super().predict_sliding_window_return_logits(input_image)
+        finally:
+            self._adapter = None
+            with torch.inference_mode(False):
+                adapter.end_case(continual=continual)
+
+    def mirrored_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._adapter is not None:
+            x = self._adapter.transform(x)
+        return super().mirrored_forward(x)
+
+    def predict_from_data_iterator(self, data_iterator, *args, **kwargs):
+        def named(it):
+            for item in it:
+                ofile = item.get("ofile") if isinstance(item, dict) else None
+                self.current_case = os.path.basename(ofile) if ofile else None
+                yield item
+
+        return super().predict_from_data_iterator(named(data_iterator), *args, **kwargs)
+
+
+class AdaptingPredictor(AdaptingPredictorMixin, NnzooPredictor):
+    """:class:`NnzooPredictor` with test-time adaptation (``nnzoo predict --adapt``).
+
+    Args:
+        adaptation: the method, hyperparameters, mode and source statistics.
+        **kwargs: :class:`NnzooPredictor`'s arguments.
+    """
+
+    def __init__(self, *, adaptation: Adaptation, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.enable_adaptation(adaptation)
+
+
+def make_predictor(*, exact: bool, device: torch.device, step_size: float, use_mirroring: bool,
+                   adaptation: Adaptation | None = None):
     """The predictor for ``nnzoo predict``: nnU-Net's (``exact``) or :class:`NnzooPredictor`.
 
     Args:
@@ -130,6 +273,7 @@ def make_predictor(*, exact: bool, device: torch.device, step_size: float, use_m
         device: the prediction device.
         step_size: sliding-window step as a fraction of the patch size.
         use_mirroring: mirroring test-time augmentation.
+        adaptation: test-time adaptation (:class:`AdaptingPredictor`; not with ``exact``).
 
     Returns:
         An ``nnUNetPredictor`` (not yet initialised with a model).
@@ -138,5 +282,10 @@ def make_predictor(*, exact: bool, device: torch.device, step_size: float, use_m
                   perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                   verbose_preprocessing=False, allow_tqdm=True)
     if exact:
+        if adaptation is not None:
+            raise ValueError("test-time adaptation runs in nnzoo's predictor, not nnU-Net's (exact)")
         return nnUNetPredictor(**kwargs)
+    if adaptation is not None:
+        return AdaptingPredictor(adaptation=adaptation, dtype=fast_dtype(device), batch_mirrors=device.type == "cuda",
+                                 **kwargs)
     return NnzooPredictor(dtype=fast_dtype(device), batch_mirrors=device.type == "cuda", **kwargs)

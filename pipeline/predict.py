@@ -18,8 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .dataset import scan_image_folder
-from .errors import NnzooError, check_folder_can_be_made, read_json
-from .experiment import build_network, check_augment, named_model_folder, trainer_for
+from .errors import NnzooError, check_folder_can_be_made
+from .experiment import check_augment
+from .trained_model import ModelRef, find_folds, load_model, resolve_model
 from .validate import Case, check_cases
 
 __all__ = ["predict", "PredictOptions", "check_options", "in_process", "BACKENDS", "find_folds", "load_model", "ModelRef", "resolve_model", "complete_outputs", "predict_cases"]
@@ -66,6 +67,10 @@ class PredictOptions:
             natively (:mod:`nnzoo.pipeline.inference`).
         backend: ``torch`` (default) or ``onnxruntime``: the folds' ONNX networks that ``nnzoo export-model
             --onnx`` added to the model folder, run by ONNX Runtime inside nnU-Net's sliding window.
+        adapt: test-time adaptation per case and fold (``--adapt tent|vptta|grata``; :mod:`nnzoo.trainers.adapt`,
+            :mod:`nnzoo.pipeline.adaptation`).
+        adapt_continual: keep the adapted state from case to case (default: every case from the trained state).
+        adapt_hparams: ``NAME=VALUE`` overrides of the method's hyperparameters (``--adapt-hparam``).
     """
 
     input_dir: str | Path
@@ -93,95 +98,14 @@ class PredictOptions:
     num_processes: int | None = None
     exact: bool = False
     backend: str = "torch"
+    adapt: str | None = None
+    adapt_continual: bool = False
+    adapt_hparams: list[str] | None = None
 
     @classmethod
     def from_namespace(cls, args) -> PredictOptions:
         """The options of an ``argparse`` namespace whose destinations are the field names."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
-
-
-@dataclass
-class ModelRef:
-    """A trained model folder and what prediction needs of it."""
-
-    folder: Path
-    folds: list[int | str]
-    checkpoint: str
-    configuration: str
-    plans: dict
-    dataset_json: dict
-
-    @property
-    def file_ending(self) -> str:
-        return self.dataset_json["file_ending"]
-
-
-def find_folds(folder: Path, folds: list[str] | None, checkpoint: str) -> list[int | str]:
-    """Folds to use: the requested ones (each must have the checkpoint) or every fold that has it.
-
-    Raises:
-        NnzooError: a requested fold lacks the checkpoint, or no fold has it.
-    """
-    if folds:
-        out: list[int | str] = []
-        for f in folds:
-            if str(f) != "all" and not str(f).isdigit():
-                raise NnzooError(f"-f: folds are integers or 'all', got {f!r}")
-            f = "all" if str(f) == "all" else int(f)
-            if not (folder / f"fold_{f}" / checkpoint).is_file():
-                raise NnzooError(f"{folder / f'fold_{f}' / checkpoint}: not found (fold {f} not trained, or "
-                                 f"not finished: see --checkpoint)")
-            out.append(f)
-        return out
-    found = sorted(int(p.name[5:]) for p in folder.glob("fold_*") if p.name[5:].isdigit()
-                   and (p / checkpoint).is_file())
-    if not found and (folder / "fold_all" / checkpoint).is_file():
-        found = ["all"]
-    if not found:
-        raise NnzooError(f"{folder}: no fold has {checkpoint} (training not finished? --checkpoint "
-                         "checkpoint_latest.pth or checkpoint_best.pth use an unfinished one)")
-    return found
-
-
-def resolve_model(*, model_dir: str | Path | None = None, dataset: str | int | None = None,
-                  configuration: str | None = None, trainer: str = "nnUNetTrainer", plans: str | None = None,
-                  labeled: int | float | None = None, augment: str | None = None, folds: list[str] | None = None,
-                  checkpoint: str = "checkpoint_final.pth") -> ModelRef:
-    """The model folder given by ``-m`` or by dataset, configuration, trainer, plans, label budget and augmentation.
-
-    Raises:
-        NnzooError: unknown dataset, trainer or augmentation, no such model folder, missing plans/dataset.json,
-            folds.
-    """
-    if model_dir is not None:
-        folder = Path(model_dir).resolve()
-        if not folder.is_dir():
-            raise NnzooError(f"-m {model_dir}: model folder not found")
-    else:
-        if dataset is None or configuration is None:
-            raise NnzooError("give a model folder (-m) or the dataset (-d) and configuration (-c)")
-        folder = named_model_folder(dataset, configuration, trainer=trainer, plans=plans, labeled=labeled,
-                                    augment=augment)
-    for f in ("plans.json", "dataset.json"):
-        if not (folder / f).is_file():
-            raise NnzooError(f"{folder / f}: not found; {folder} is not an nnU-Net model folder")
-    plans_dict = read_json(folder / "plans.json", hint="the model folder is damaged")
-    dataset_json = read_json(folder / "dataset.json", hint="the model folder is damaged")
-    use_folds = find_folds(folder, folds, checkpoint)
-    from .checkpoint import load_checkpoint_safely
-
-    first_file = folder / f"fold_{use_folds[0]}" / checkpoint
-    first = load_checkpoint_safely(first_file)
-    config = (first.get("init_args") or {}).get("configuration")
-    if configuration is not None and configuration != config:
-        raise NnzooError(f"-c {configuration}: the model in {folder} was trained for configuration {config!r}")
-    if config not in plans_dict.get("configurations", {}):
-        raise NnzooError(f"{first_file}: trained for configuration {config!r}, which {folder / 'plans.json'} does not "
-                         "have: a checkpoint of another model?")
-    if model_dir is None and first["trainer_name"] != trainer:
-        raise NnzooError(f"{first_file}: a checkpoint of {first['trainer_name']}, not of -tr {trainer}: a checkpoint "
-                         "of another model?")
-    return ModelRef(folder, use_folds, checkpoint, config, plans_dict, dataset_json)
 
 
 def _check_reader(model: ModelRef, ending: str):
@@ -201,38 +125,6 @@ def _check_reader(model: ModelRef, ending: str):
         raise NnzooError(f"input images are {ending} files, but this model reads images with {name} "
                          f"({', '.join(supported)}); convert the inputs")
     return reader
-
-
-def load_model(model: ModelRef):
-    """Network, managers and per-fold weights of a model.
-
-    Returns:
-        ``(network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name, mirror_axes)``,
-        the arguments of ``nnUNetPredictor.manual_initialization``.
-
-    Raises:
-        NnzooError: unreadable/unsafe checkpoints, or folds trained by different trainers.
-    """
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from .checkpoint import check_weights_fit, load_checkpoint_safely
-
-    plans_manager = PlansManager(model.plans)
-    ckpts = [load_checkpoint_safely(model.folder / f"fold_{f}" / model.checkpoint) for f in model.folds]
-    names = {c["trainer_name"] for c in ckpts}
-    if len(names) > 1:
-        raise NnzooError(f"{model.folder}: folds were trained by different trainers {sorted(names)}")
-    trainer_name = ckpts[0]["trainer_name"]
-    configuration_manager = plans_manager.get_configuration(model.configuration)
-    network = build_network(trainer_for(trainer_name), plans_manager, configuration_manager, model.dataset_json,
-                            deep_supervision=False)
-    parameters = [c["network_weights"] for c in ckpts]
-    for f, weights in zip(model.folds, parameters):
-        check_weights_fit(network, weights, model.folder / f"fold_{f}" / model.checkpoint,
-                          what=f"the {model.configuration} network of {trainer_name}")
-    network.load_state_dict(parameters[0])
-    return (network, plans_manager, configuration_manager, parameters, model.dataset_json, trainer_name,
-            ckpts[0].get("inference_allowed_mirroring_axes"))
 
 
 def complete_outputs(targets: dict[str, Path], reader_class, with_probabilities: bool) -> tuple[set[str], list[Path]]:
@@ -280,7 +172,7 @@ def in_process(options: PredictOptions, device) -> bool:
 
 def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path, *, options: PredictOptions,
                   device, num_processes: int, save_probabilities: bool,
-                  prev_stage_predictions: Path | None = None) -> None:
+                  prev_stage_predictions: Path | None = None) -> list[tuple[str | None, float]]:
     """Predict ``{case: channel files}`` with nnU-Net's predictor into ``output_dir`` (files ``<case><ending>``).
 
     Args:
@@ -292,12 +184,17 @@ def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path
         num_processes: preprocessing and export processes.
         save_probabilities: also write ``case.npz``/``case.pkl``.
         prev_stage_predictions: the previous stage's segmentations of a cascade.
+
+    Returns:
+        With ``--adapt``: ``(case, seconds spent adapting)`` per predicted case; else empty.
     """
+    from .adaptation import load_adaptation
     from .inference import make_predictor
 
-    predictor = make_predictor(exact=options.exact, device=device, step_size=options.step_size,
-                               use_mirroring=not options.disable_tta)
     loaded = load_model(model)
+    predictor = make_predictor(exact=options.exact, device=device, step_size=options.step_size,
+                               use_mirroring=not options.disable_tta,
+                               adaptation=load_adaptation(options, model, network=loaded[0]))
     if options.backend == "onnxruntime":
         from .onnx_backend import OnnxFoldsNetwork, onnx_files
 
@@ -324,6 +221,7 @@ def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path
         if in_process(options, device):
             for i, (c, files) in enumerate(zip(names, inputs), 1):
                 print(f"nnzoo: [{i}/{len(names)}] {c}", flush=True)
+                predictor.current_case = c
                 predictor.predict_from_files_sequential([files], [str(output_dir / c)],
                                                         save_probabilities=save_probabilities, overwrite=True,
                                                         folder_with_segs_from_prev_stage=prev)
@@ -333,6 +231,7 @@ def predict_cases(model: ModelRef, cases: dict[str, list[str]], output_dir: Path
                                          num_processes_preprocessing=num_processes,
                                          num_processes_segmentation_export=num_processes,
                                          folder_with_segs_from_prev_stage=prev)
+    return list(getattr(predictor, "adaptation_seconds", []))
 
 
 def _previous_stage(model: ModelRef) -> str | None:
@@ -365,6 +264,9 @@ def check_options(o: PredictOptions) -> None:
         raise NnzooError("--overwrite and --continue cannot be combined")
     if o.backend not in BACKENDS:
         raise NnzooError(f"--backend {o.backend}: one of {', '.join(BACKENDS)}")
+    from .adaptation import check_adapt_options
+
+    check_adapt_options(o)
     if o.backend == "onnxruntime":
         from .onnx_backend import require_onnxruntime
 
@@ -407,6 +309,9 @@ def predict(options: PredictOptions) -> list[Path]:
         from .onnx_backend import onnx_files
 
         onnx_files(model.folder, model.folds)  # a clear error naming the missing network.onnx before anything runs
+    from .adaptation import check_previous_record, load_adaptation, write_record
+
+    load_adaptation(o, model)  # a clear error naming `nnzoo source-stats` before anything runs
     cases, in_ending = scan_image_folder(input_dir, len(model.dataset_json["channel_names"]), "input")
     reader = _check_reader(model, in_ending)
     cases = {c: cases[c] for c in sorted(cases)[part_id::num_parts]}  # nnU-Net's sharding rule
@@ -419,6 +324,7 @@ def predict(options: PredictOptions) -> list[Path]:
         for f in broken:
             f.unlink()
         todo = {c: f for c, f in cases.items() if c not in done}
+        check_previous_record(output_dir, o, kept=len(done))
         print(f"nnzoo: --continue: {len(done)} complete prediction(s) kept" +
               (f", {len(broken)} half-written file(s) redone" if broken else ""))
     elif not o.overwrite:
@@ -438,6 +344,7 @@ def predict(options: PredictOptions) -> list[Path]:
     elif prev is not None:
         prev_model = resolve_model(model_dir=model.folder.parent / model.folder.name.replace(
             f"__{model.configuration}", f"__{prev}", 1), folds=[str(f) for f in model.folds], checkpoint=checkpoint)
+        load_adaptation(o, prev_model)
     dev = resolve_device(o.device)
     nproc = max(1, o.num_processes or min(4, os.cpu_count() or 1))
     part = f" (part {part_id + 1} of {num_parts})" if num_parts > 1 else ""
@@ -446,21 +353,29 @@ def predict(options: PredictOptions) -> list[Path]:
     precision = ("ONNX Runtime, float32" if o.backend == "onnxruntime" else "float32, --exact" if o.exact
                  else f"{str(fast_dtype(dev) or torch.float32)[6:]}, --exact: float32")
     print(f"nnzoo: predicting {len(todo)} case(s){part} with {model.folder.name} folds {model.folds} on {dev} "
-          f"({precision}){' (no TTA)' if o.disable_tta else ''} -> {output_dir}")
+          f"({precision}){' (no TTA)' if o.disable_tta else ''}"
+          f"{f' (--adapt {o.adapt}, ' + ('continual)' if o.adapt_continual else 'episodic)') if o.adapt else ''} "
+          f"-> {output_dir}")
+    seconds: list[tuple[str | None, float]] = []
     if todo:
         kwargs = dict(options=o, device=dev, num_processes=nproc)
         if prev is not None and prev_stage_predictions is None:
             with tempfile.TemporaryDirectory(prefix="nnzoo-prev-stage-") as tmp:
                 print(f"nnzoo: cascade: predicting the {prev} stage first ({prev_model.folder.name})")
-                predict_cases(prev_model, todo, Path(tmp), save_probabilities=False, **kwargs)
-                predict_cases(model, todo, output_dir, save_probabilities=save_probabilities,
+                seconds += predict_cases(prev_model, todo, Path(tmp), save_probabilities=False, **kwargs)
+                seconds += predict_cases(model, todo, output_dir, save_probabilities=save_probabilities,
                               prev_stage_predictions=Path(tmp), **kwargs)
         else:
-            predict_cases(model, todo, output_dir, save_probabilities=save_probabilities,
+            seconds += predict_cases(model, todo, output_dir, save_probabilities=save_probabilities,
                           prev_stage_predictions=Path(prev_stage_predictions) if prev_stage_predictions else None,
                           **kwargs)
     missing = [str(t) for t in targets.values() if not t.is_file()]
     if missing:
         raise NnzooError(f"prediction did not write {', '.join(missing[:5])}")
+    if todo:
+        per_case: dict = {}
+        for c, sec in seconds:  # a cascade adapts both stages
+            per_case[c] = per_case.get(c, 0.0) + sec
+        write_record(output_dir, o, list(per_case.items()), device=str(dev), folds=model.folds)
     print(f"nnzoo: {len(targets)} segmentation(s) in {output_dir}")
     return list(targets.values())

@@ -383,6 +383,15 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
         for f in merged.glob(f"*{dataset_json['file_ending']}"):
             shutil.copy(f, output_dir / f.name)
     written = sorted(output_dir.glob(f"*{dataset_json['file_ending']}"))
+    if options.adapt is not None:  # each member adapted on its own: their records, side by side
+        from .adaptation import record_file
+
+        records = [json.loads(f.read_text()) for f in (record_file(work / str(i), options)
+                                                        for i in range(len(model_dirs))) if f.is_file()]
+        record_file(output_dir, options).write_text(json.dumps(
+            {**{k: records[0][k] for k in ("method", "hyperparameters", "mode")},
+             "members": [{"model": str(m), **{k: r[k] for k in r if k not in ("method", "hyperparameters", "mode")}}
+                         for m, r in zip(model_dirs, records)]} if records else {}, indent=2))
     shutil.rmtree(work)
     print(f"nnzoo: {len(written)} segmentation(s) in {output_dir}")
     return written

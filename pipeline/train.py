@@ -402,6 +402,10 @@ def train(options: TrainOptions) -> Path:
     else:
         _start_record(run, out)
         run_process(run)
+    if not world or int(os.environ.get("RANK", "0")) == 0:
+        from .source_stats import record_after_training
+
+        record_after_training(out, o)
     return out
 
 

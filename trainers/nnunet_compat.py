@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["INTERNALS", "build_trainer", "run_nnunet_training", "checkpoint_saved_with", "checkpoint_loaded",
+__all__ = ["sliding_window_tiles", "INTERNALS", "build_trainer", "run_nnunet_training", "checkpoint_saved_with", "checkpoint_loaded",
            "deep_supervision_weights", "PREPROCESSED_FILE_ENDINGS", "preprocessed_case_files", "load_preprocessed_image", "foreground_locations",
            "unwrap_network",
            "build_augmenter", "shutdown_augmenter", "do_i_compile", "deep_supervision_scales",
@@ -58,6 +58,10 @@ INTERNALS: dict[str, str] = {
     "nnUNetTrainer.on_train_start writes into output_folder_base": "writes_of_this_rank",
     "nnUNetPredictor's sliding window calls self._internal_maybe_mirror_and_predict(patch) per patch":
         "MirroredForwardMixin",
+    "nnUNetPredictor.predict_sliding_window_return_logits pads with pad_nd_image and tiles with "
+    "_internal_get_sliding_window_slicers": "sliding_window_tiles",
+    "nnUNetPredictor.predict_logits_from_preprocessed_data loads each fold's parameters, then calls "
+    "predict_sliding_window_return_logits once per fold": "(pipeline.inference adapts per fold in that call)",
 }
 
 #: What ``nnUNetDatasetBlosc2.save_case`` writes per case, in this order (the ``.pkl`` last).
@@ -567,3 +571,18 @@ class MirroredForwardMixin:
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.mirrored_forward(x)
+
+
+def sliding_window_tiles(predictor, input_image: torch.Tensor) -> list[torch.Tensor]:
+    """The tiles nnU-Net's sliding window feeds the network for ``input_image`` (``(C, *spatial)``), each
+    ``(1, C, *patch)``, in nnU-Net's order (what a test-time adaptation adapts on before the same window predicts).
+
+    Why internal: the padding and the tile positions are computed inside
+    ``nnUNetPredictor.predict_sliding_window_return_logits`` (``pad_nd_image`` to the patch size, then the
+    private ``_internal_get_sliding_window_slicers``); there is no public query for them.
+    """
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    data, _ = pad_nd_image(input_image, predictor.configuration_manager.patch_size, "constant", {"value": 0}, True,
+                           None)
+    return [data[s][None] for s in predictor._internal_get_sliding_window_slicers(data.shape[1:])]

@@ -381,3 +381,49 @@ AUGMENT_ROWS: dict[str, dict] = {
                                         [f"{MODEL}_gin", "no trained model", "--augment gin"]),
     },
 }
+
+
+# ------------------------------------------------------------------------------- --adapt (issue 22)
+def _source_stats(c: Ctx, *extra: str) -> list[str]:
+    c.w  # noqa: B018 - activates the world's folders
+    return ["source-stats", "-d", str(WORLD_ID), "-c", "2d", "-device", "cpu", *extra]
+
+
+def _corrupt_source_stats(c: Ctx) -> list[str]:
+    (c.w.fold0 / "source_stats.json").write_text("{not json")
+    return c.predict("--adapt", "vptta", model=True)
+
+
+#: rows of the bad-input matrix for test-time adaptation (``predict --adapt``, ``source-stats``): ``{command:
+#: {row id: build}}``; the world's model has no ``source_stats.json``
+ADAPT_ROWS: dict[str, dict] = {
+    "predict": {
+        "adapt-unknown": lambda c: (c.predict("--adapt", "tnet"), ["--adapt tnet", "tent, vptta, grata"]),
+        "adapt-hparam-unknown": lambda c: (c.predict("--adapt", "tent", "--adapt-hparam", "NOPE=1"),
+                                           ["NOPE", "Tent", "LR"]),
+        "adapt-hparam-bad-value": lambda c: (c.predict("--adapt", "tent", "--adapt-hparam", "STEPS=x"),
+                                             ["--adapt-hparam", "STEPS='x'", "int"]),
+        "adapt-hparam-not-name-value": lambda c: (c.predict("--adapt", "grata", "--adapt-hparam", "LR"),
+                                                  ["--adapt-hparam", "'LR'", "NAME=VALUE"]),
+        "adapt-hparam-without-adapt": lambda c: (c.predict("--adapt-hparam", "LR=1"), ["--adapt-hparam", "--adapt"]),
+        "adapt-continual-without-adapt": lambda c: (c.predict("--adapt-continual"), ["--adapt-continual", "--adapt"]),
+        "adapt-grata-unsupported-loss": lambda c: (c.predict("--adapt", "grata", "--adapt-hparam", "AUX_LOSS=rotate"),
+                                                   ["--adapt-hparam", "AUX_LOSS='rotate'", "'ent'"]),
+        "adapt-vptta-without-source-stats": lambda c: (
+            c.predict("--adapt", "vptta"),
+            ["--adapt vptta", "source_stats.json", f"nnzoo source-stats -d {WORLD_ID} -c 2d -tr nnUNetTrainer -f 0"]),
+        "adapt-vptta-source-stats-corrupt": lambda c: (_corrupt_source_stats(c), [
+            "source_stats.json", "not readable", f"nnzoo source-stats -m {c.w.model} -f 0"]),
+        "adapt-with-exact": lambda c: (c.predict("--adapt", "tent", "--exact"), ["--adapt tent", "--exact"]),
+        "adapt-with-onnx": lambda c: (c.predict("--adapt", "tent", "--backend", "onnxruntime"),
+                                      ["--adapt tent", "--backend onnxruntime"]),
+    },
+    "source-stats": {
+        "unknown-fold": lambda c: (_source_stats(c, "-f", "3"), ["fold_3", "checkpoint_final.pth"]),
+        "m-and-d": lambda c: (["source-stats", "-m", str(c.w.model), "-d", str(WORLD_ID)], ["-m", "-d", "not both"]),
+        "not-preprocessed": lambda c: (
+            (shutil.rmtree(c.w.pre / "nnUNetPlans_2d"), _source_stats(c))[1],
+            ["nnUNetPlans_2d", "preprocessed training cases", "plan_and_preprocess"]),
+        "no-model": lambda c: (["source-stats", "-m", str(c.tmp / "nowhere")], ["-m", "nowhere", "not found"]),
+    },
+}

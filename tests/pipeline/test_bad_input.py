@@ -25,6 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bad_input_cases import (  # noqa: E402
+    ADAPT_ROWS,
     AUGMENT_ROWS,
     DOMAIN_ROWS,
     MODEL,
@@ -43,8 +44,8 @@ from bad_input_cases import (  # noqa: E402
 from nnzoo.pipeline.cli import main  # noqa: E402
 
 #: rows of :data:`BAD` per command (the README's reliability paragraph quotes these)
-ROWS_PER_COMMAND = {"dataset create": 58, "plan_and_preprocess": 27, "train": 46, "predict": 46, "evaluate": 45,
-                    "find-best": 16, "export-model": 14, "install-model": 11}
+ROWS_PER_COMMAND = {"dataset create": 58, "plan_and_preprocess": 27, "train": 46, "predict": 57, "evaluate": 45,
+                    "find-best": 16, "export-model": 14, "install-model": 11, "source-stats": 4}
 #: rows of :data:`VALID` per command
 VALID_ROWS_PER_COMMAND = {"dataset create": 4, "evaluate": 5, "predict": 1, "export-model": 1, "install-model": 1}
 
@@ -512,7 +513,8 @@ rows("install-model", {
     "zip-missing-arg": lambda c: (["install-model"], ["zip_file"]),
 })
 
-for _command, _table in (*DOMAIN_ROWS.items(), *AUGMENT_ROWS.items()):  # rows of --domains/--groups and --augment
+for _command, _table in (*DOMAIN_ROWS.items(), *AUGMENT_ROWS.items(), *ADAPT_ROWS.items()):
+    # rows of --domains/--groups, --augment and --adapt/source-stats
     rows(_command, _table)
 
 

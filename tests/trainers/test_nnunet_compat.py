@@ -225,7 +225,30 @@ def _check_mirror_step():
     assert "self._internal_maybe_mirror_and_predict(workon)" in src
 
 
+def _check_sliding_window_tiles():
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    src = " ".join(_src(nnUNetPredictor.predict_sliding_window_return_logits).split())
+    assert "pad_nd_image(input_image, self.configuration_manager.patch_size, 'constant', {'value': 0}, True, None)" \
+        in src
+    assert "slicers = self._internal_get_sliding_window_slicers(data.shape[1:])" in src
+    assert list(inspect.signature(nnUNetPredictor._internal_get_sliding_window_slicers).parameters) == \
+        ["self", "image_size"]
+
+
+def _check_fold_loop():
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    src = _src(nnUNetPredictor.predict_logits_from_preprocessed_data)
+    loop = src.index("for params in self.list_of_parameters")
+    assert loop < src.index("load_state_dict(params)") < src.index("self.predict_sliding_window_return_logits(data)")
+
+
 CHECKS = {
+    "nnUNetPredictor.predict_sliding_window_return_logits pads with pad_nd_image and tiles with "
+    "_internal_get_sliding_window_slicers": _check_sliding_window_tiles,
+    "nnUNetPredictor.predict_logits_from_preprocessed_data loads each fold's parameters, then calls "
+    "predict_sliding_window_return_logits once per fold": _check_fold_loop,
     "nnUNetPredictor's sliding window calls self._internal_maybe_mirror_and_predict(patch) per patch":
         _check_mirror_step,
     "nnUNetTrainer.__init__ pops plans['continue_training']": _check_continue_training_pop,
