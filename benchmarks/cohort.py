@@ -202,22 +202,43 @@ def train_predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, see
         CommandFailed: a command failed.
     """
     env = run_env(results, jobs)
-    logs = root / "logs"
     hp = [x for k, v in hparams.items() for x in ("--hparam", f"{k}={v}")]
     t_train = nnzoo("train", str(did), config, "all", "-tr", trainer, "--epochs", str(epochs), "--iters",
                     str(iters), "--seed", str(seed), "--no-val", "--overwrite", "-device", device, *hp, *extra,
-                    log=logs / f"train_{tag}.log", env=env)
+                    log=root / "logs" / f"train_{tag}.log", env=env)
+    r = predict_evaluate(root, src, did=did, trainer=trainer, config=config, device=device, jobs=jobs,
+                         results=results, tag=tag, extra=extra)
+    return {"trainer": trainer, "dataset": did, "seed": seed, "train_s": round(t_train, 1), **r,
+            "method_records": method_records(results, trainer=trainer, config=config, extra=extra)}
+
+
+def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: str, device: str, jobs: int,
+                     results: Path, tag: str, extra: Sequence[str] = (), predict_extra: Sequence[str] = ()) -> dict:
+    """Predict ``test_images/`` with a trained fold-``all`` model and score it against ``test_labels/`` (CLI).
+
+    Args:
+        results: the model's ``nnUNet_results``.
+        tag: names the logs, predictions and evaluation folders.
+        extra: arguments that name the model (e.g. ``--augment gin``).
+        predict_extra: arguments of ``predict`` only (e.g. ``--adapt tent``).
+
+    Returns:
+        ``dice`` (per class), ``mean_fg``, ``predict_s`` and ``per_case`` (``{test file name: {class: Dice}}``).
+
+    Raises:
+        CommandFailed: a command failed.
+    """
+    env = run_env(results, jobs)
+    logs = root / "logs"
     pred, ev = root / "predictions" / tag, root / "evaluations" / tag
     t_pred = nnzoo("predict", "-i", str(src / "test_images"), "-o", str(pred), "-d", str(did), "-c", config,
-                   "-tr", trainer, "-f", "all", "-device", device, "--overwrite", *extra,
+                   "-tr", trainer, "-f", "all", "-device", device, "--overwrite", *extra, *predict_extra,
                    log=logs / f"predict_{tag}.log", env=env)
     nnzoo("evaluate", "-ref", str(src / "test_labels"), "-pred", str(pred), "-d", str(did), "-o", str(ev),
           log=logs / f"evaluate_{tag}.log", env=env)
     summary = json.loads((ev / "summary.json").read_text())
     dice = {k: float(v["Dice"]) for k, v in summary["mean"].items() if k != "0"}
-    return {"trainer": trainer, "dataset": did, "seed": seed, "dice": dice, "mean_fg": sum(dice.values()) / len(dice),
-            "train_s": round(t_train, 1), "predict_s": round(t_pred, 1),
-            "method_records": method_records(results, trainer=trainer, config=config, extra=extra),
+    return {"dice": dice, "mean_fg": sum(dice.values()) / len(dice), "predict_s": round(t_pred, 1),
             "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
                          for c in summary["metric_per_case"]}}
 
@@ -257,13 +278,18 @@ _lock = threading.Lock()
 def load_state(path: Path, settings: dict) -> dict:
     """The benchmark's JSON (``{"runs": {}}`` when new) with ``settings`` recorded.
 
+    Runs are keyed by their seed, so a later call may add seeds: the recorded ``seeds`` become the union.
+
     Raises:
-        SystemExit: the file holds runs of other settings.
+        SystemExit: the file holds runs of other settings (seeds aside).
     """
     state = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    if state.get("settings") not in (None, settings):
+    old = state.get("settings")
+    if old is not None and {k: v for k, v in old.items() if k != "seeds"} != \
+            {k: v for k, v in settings.items() if k != "seeds"}:
         raise SystemExit(f"error: {path} holds runs of other settings ({state['settings']}); use another --out")
-    state["settings"] = settings
+    seeds = sorted({*(old or {}).get("seeds", []), *settings.get("seeds", [])})
+    state["settings"] = {**settings, **({"seeds": seeds} if "seeds" in settings else {})}
     return state
 
 

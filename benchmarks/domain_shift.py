@@ -25,7 +25,9 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    every registered trainer with ``domain_generalisation=True`` on the source labels (read from the
    registry, so new methods appear as they are registered); ``nnUNetTrainer`` and
    ``nnUNetTrainerBCP`` with ``--augment gin`` (BCP takes the unlabeled images of every target
-   domain). Every run: fold ``all``, the same ``--epochs x --iters`` iterations, seed ``s`` for each
+   domain); and each test-time adaptation method of ``nnzoo predict --adapt`` (TENT, VPTTA, GraTa)
+   applied to the source-only model of the same seed (no training; its prediction time beside the
+   source-only row's measures the cost). Every run: fold ``all``, the same ``--epochs x --iters`` iterations, seed ``s`` for each
    of ``--seeds`` (initialisation and sampling; the data do not depend on the seed). A row whose
    trainer is not registered is skipped with a note; a run that fails is reported as failed with its
    one-line reason and the table is still written (a later call retries it).
@@ -87,16 +89,31 @@ UNMEASURED_COST = 2.0
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the table: a trainer on a dataset (``source`` or ``all``), optionally with ``--augment``."""
+    """One row of the table: a trainer on a dataset (``source`` or ``all``), optionally with ``--augment``, or
+    (``adapt``) the model of row ``model_row`` predicted with test-time adaptation ``--adapt ADAPT`` (no training)."""
 
     key: str
     trainer: str
     data: str = "source"
     augment: str | None = None
+    adapt: str | None = None
+    model_row: str | None = None
 
     @property
     def extra(self) -> list[str]:
         return ["--augment", self.augment] if self.augment else []
+
+
+def _tag(key: str, seed: int) -> str:
+    """The name of a run's folders (model, predictions, logs)."""
+    return f"{key.replace(' ', '_').replace('+', '_')}_s{seed}"
+
+
+def adapt_methods() -> list[str]:
+    """The ``nnzoo predict --adapt`` methods (each a row on the source-only model)."""
+    from nnzoo.trainers.adapt import METHODS
+
+    return list(METHODS)
 
 
 def registered() -> dict:
@@ -115,10 +132,11 @@ def plan_rows(trainers: list[str] | None, config: str) -> tuple[list[Row], dict[
     info = registered()
     dg = [n for n, i in info.items() if i.domain_generalisation]
     wanted = [Row(SOURCE_ONLY, BASELINE), Row(ORACLE, BASELINE, "all"), *(Row(n, n) for n in dg),
-              *(Row(f"{t}+gin", t, augment="gin") for t in GIN_TRAINERS)]
+              *(Row(f"{t}+gin", t, augment="gin") for t in GIN_TRAINERS),
+              *(Row(f"{SOURCE_ONLY}+{m}", BASELINE, adapt=m, model_row=SOURCE_ONLY) for m in adapt_methods())]
     if trainers is not None:
         keep = set(trainers)
-        wanted = wanted[:2] + [r for r in wanted[2:] if r.trainer in keep or r.key in keep]
+        wanted = wanted[:2] + [r for r in wanted[2:] if (r.trainer in keep and not r.adapt) or r.key in keep]
         known = {r.key for r in wanted} | {r.trainer for r in wanted[2:]}
         wanted += [Row(t, t) for t in trainers if t not in known and t != BASELINE]
     rows, skipped = [], {}
@@ -219,10 +237,13 @@ def datasets(a: argparse.Namespace, root: Path, src: Path, domains: dict[str, st
 
 # --------------------------------------------------------------------------------------------- runs
 def plan_runs(rows: list[Row], seeds: list[int]) -> list[tuple[Row, int]]:
-    """``(row, seed)`` of every run in start order: per seed the compared rows (the costlier ones), then
-    source only and the oracle, so that with ``--jobs`` the short runs come last."""
+    """``(row, seed)`` of every training run in start order: per seed the compared rows (the costlier ones), then
+    source only and the oracle, so that with ``--jobs`` the short runs come last; then the test-time adaptation
+    rows (prediction only, on models trained above)."""
     refs = [r for r in rows if r.key in (SOURCE_ONLY, ORACLE)]
-    return [(r, s) for s in seeds for r in rows if r not in refs] + [(r, s) for s in seeds for r in refs]
+    trained = [r for r in rows if not r.adapt]
+    return ([(r, s) for s in seeds for r in trained if r not in refs] + [(r, s) for s in seeds for r in refs]
+            + [(r, s) for s in seeds for r in rows if r.adapt])
 
 
 def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) -> tuple[float, list[str]]:
@@ -235,6 +256,9 @@ def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) 
     per_iter = SECONDS_PER_ITER[a.config] * a.epochs * a.iters
     total, assumed = 0.0, set()
     for row, _ in runs:
+        if row.adapt:  # prediction only: a few times plain prediction
+            total += 3 * SECONDS_PER_RUN[a.config]
+            continue
         if base and done.get(row.key):
             factor = sum(done[row.key]) / len(done[row.key]) / base
         else:
@@ -247,15 +271,21 @@ def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) 
 
 def run_one(a: argparse.Namespace, root: Path, src: Path, ids: dict[str, int], row: Row, seed: int) -> dict:
     """Train, predict and score one run; its result, or ``{"failed": reason}``."""
-    tag = f"{row.key.replace(' ', '_').replace('+', '_')}_s{seed}"
+    tag = _tag(row.key, seed)
     hp = cohort.trainer_hparams(row.trainer, quick=a.quick, hparams=a.hparams)
     base = {"row": row.key, "trainer": row.trainer, "data": row.data, "augment": row.augment, "seed": seed,
-            "hparams": hp}
+            "hparams": hp, "adapt": row.adapt}
     try:
-        r = cohort.train_predict_evaluate(root, src, did=ids[row.data], trainer=row.trainer, seed=seed,
-                                          config=a.config, epochs=a.epochs, iters=a.iters, device=a.device,
-                                          jobs=a.jobs, results=root / "nnUNet_results" / tag, tag=tag, hparams=hp,
-                                          extra=row.extra)
+        if row.adapt:  # the model of row.model_row, same seed, predicted with --adapt
+            r = {"train_s": 0.0, **cohort.predict_evaluate(
+                root, src, did=ids[row.data], trainer=row.trainer, config=a.config, device=a.device, jobs=a.jobs,
+                results=root / "nnUNet_results" / _tag(row.model_row, seed), tag=tag, extra=row.extra,
+                predict_extra=["--adapt", row.adapt])}
+        else:
+            r = cohort.train_predict_evaluate(root, src, did=ids[row.data], trainer=row.trainer, seed=seed,
+                                              config=a.config, epochs=a.epochs, iters=a.iters, device=a.device,
+                                              jobs=a.jobs, results=root / "nnUNet_results" / tag, tag=tag,
+                                              hparams=hp, extra=row.extra)
     except cohort.CommandFailed as e:
         return {**base, "failed": e.reason, "log": str(e.log)}
     by_file = {p.name: c for c, p in cohort.cases(src / "test_labels").items()}
@@ -303,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"mean foreground Dice {r['mean_fg']:.4f} (train {r['train_s']:.0f} s, predict {r['predict_s']:.0f} s)"),
               flush=True)
 
-    cohort.run_parallel(todo, work, a.jobs)
+    # training runs first; test-time adaptation rows predict with models trained there
+    cohort.run_parallel([t for t in todo if not t[1][0].adapt], work, a.jobs)
+    cohort.run_parallel([t for t in todo if t[1][0].adapt], work, a.jobs)
     cohort.finish_state(state, t0, "domain_shift.py", argv)
     cohort.save_state(out_json, state)
     from benchmarks.domain_shift_report import write_report

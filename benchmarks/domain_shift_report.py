@@ -54,12 +54,14 @@ def summarise(state: dict) -> dict:
     rows: dict[str, dict] = {}
     for run in state["runs"].values():
         row = rows.setdefault(run["row"], {"key": run["row"], "trainer": run["trainer"], "augment": run.get("augment"),
-                                           "failed": {}, "train_s": [], "hparams": run.get("hparams") or {}})
+                                           "failed": {}, "train_s": [], "predict_s": [], "adapt": run.get("adapt"),
+                                           "hparams": run.get("hparams") or {}})
         if "failed" in run:
             row["failed"][run["seed"]] = run["failed"]
         else:
             ok.setdefault(run["row"], {})[run["seed"]] = case_scores(run)
             row["train_s"].append(run["train_s"])
+            row["predict_s"].append(run.get("predict_s", float("nan")))
 
     def matrix(key: str, seeds: list[int], cases: list[str]) -> np.ndarray:
         return np.array([[ok[key][s].get(c, np.nan) for c in cases] for s in seeds], dtype=np.float64)
@@ -83,6 +85,7 @@ def summarise(state: dict) -> dict:
                 row["dice"][g] = {"mean": float(np.mean(per_seed)), "per_seed": dict(zip(seeds, map(float, per_seed))),
                                   "sd": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else 0.0}
         row["train_s_mean"] = float(np.mean(row["train_s"])) if row["train_s"] else None
+        row["predict_s_mean"] = float(np.mean(row["predict_s"])) if row["predict_s"] else None
         paired = seeds_of(key, SOURCE_ONLY)
         if key == SOURCE_ONLY or not paired:
             continue
@@ -115,7 +118,9 @@ def _name(r: dict) -> str:
     return {SOURCE_ONLY: f"`{r['trainer']}`, source labels (source only)",
             ORACLE: f"`{r['trainer']}`, all labels (oracle)"}.get(r["key"], f"`{r['trainer']}`"
                                                                      + (f" + `--augment {r['augment']}`"
-                                                                        if r.get("augment") else ""))
+                                                                        if r.get("augment") else "")
+                                                                     + (f", source labels + `predict --adapt "
+                                                                        f"{r['adapt']}`" if r.get("adapt") else ""))
 
 
 def _status(r: dict) -> str:
@@ -156,9 +161,11 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
         return f"{d['mean']:.3f} ± {d['sd']:.3f}" if d else "–"
 
     t1 = markdown_table(
-        ["row", *groups, "source domains", "target domains", "train s/run", "status"],
+        ["row", *groups, "source domains", "target domains", "train s/run", "predict s/run", "status"],
         ([_name(r), *(dice(r, g) for g in [*groups, "source", "target"]),
-          f"{r['train_s_mean']:.0f}" if r["train_s_mean"] else "–", _status(r) or "ok"] for r in order))
+          f"{r['train_s_mean']:.0f}" if r["train_s_mean"] else "–",
+          f"{r['predict_s_mean']:.0f}" if r.get("predict_s_mean") == r.get("predict_s_mean") and r.get("predict_s_mean")
+          else "–", _status(r) or "ok"] for r in order))
     gap_line = ["gap (oracle − source only)", *(_ci(s["gap"][g]) if g in s["gap"] else "–" for g in targets), "–"]
     t2 = markdown_table(
         ["row", *(f"{g}: gap closed" for g in targets), "Δ source domains"],

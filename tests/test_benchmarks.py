@@ -295,6 +295,10 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
     assert {n for n, i in info.items() if i.domain_generalisation} <= set(keys) and not skipped
     assert [r.data for r in rows if r.key == "oracle"] == ["all"]
     assert all(r.augment == "gin" for r in rows if r.key.endswith("+gin"))
+    adapt = [r for r in rows if r.adapt]  # each --adapt method on the source-only model, run after all training
+    assert sorted(r.adapt for r in adapt) == sorted(ds.adapt_methods()) == ["grata", "tent", "vptta"]
+    assert all(r.model_row == "source only" and r.trainer == "nnUNetTrainer" and r.data == "source" for r in adapt)
+    assert [r for r, _ in ds.plan_runs(rows, [0, 1])[-2 * len(adapt):]] == adapt + adapt
     fake = dict(info, nnUNetTrainerNew=info["nnUNetTrainerDA5"].__class__(
         name="nnUNetTrainerNew", cls=object, description="x", domain_generalisation=True, dims=("3d",)))
     monkeypatch.setattr(ds, "registered", lambda: fake)
@@ -369,3 +373,15 @@ def test_domain_shift_smoke_runs_every_row(tmp_path):
         assert not names & set(test_cases), ds_dir.name
     md = (out / "domain_shift.md").read_text()
     assert "gap closed" in md and (out / "domain_shift.png").stat().st_size > 0
+
+
+def test_benchmark_state_adds_seeds_but_refuses_other_settings(tmp_path):
+    """A later call with more seeds resumes the same JSON (runs are keyed by seed); other settings are refused."""
+    from benchmarks import cohort
+
+    path = tmp_path / "s.json"
+    state = cohort.load_state(path, {"config": "2d", "seeds": [0], "epochs": 2})
+    cohort.save_state(path, state)
+    assert cohort.load_state(path, {"config": "2d", "seeds": [1, 2], "epochs": 2})["settings"]["seeds"] == [0, 1, 2]
+    with pytest.raises(SystemExit, match="other settings"):
+        cohort.load_state(path, {"config": "2d", "seeds": [0], "epochs": 3})
