@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from .dataset import resolve_dataset_name
 from .errors import NnzooError, read_json
 from .experiment import (
-    augmentation_hint,
-    build_network,
     check_augment,
     check_configuration,
     configuration_manager,
@@ -33,10 +30,21 @@ from .experiment import (
     load_plans,
     model_folder,
     parse_fold,
-    parse_model_folder_name,
     trainer_for,
     training_class,
 )
+from .train_checks import (
+    check_budget,
+    check_checkpoint_to_continue,
+    check_model_folder,
+    check_pretrained_weights,
+    check_schedule,
+    check_trainer_supports,
+    check_unlabeled_available,
+    check_world_size,
+    parse_hparams,
+)
+from .train_options import TrainOptions, TrainRun, parse_labeled
 
 __all__ = ["train", "TrainOptions", "TrainRun", "resolve_run", "parse_labeled", "training_class", "evaluate_validation",
            "RUN_FILE"]  # training_class: re-exported from .experiment
@@ -44,137 +52,10 @@ __all__ = ["train", "TrainOptions", "TrainRun", "resolve_run", "parse_labeled", 
 RUN_FILE = "nnzoo_run.json"
 
 
-def parse_labeled(value: str | int | float | None) -> int | float | None:
-    """``--labeled`` as a case count (``"4"``) or a fraction (``"0.1"``).
-
-    Raises:
-        NnzooError: not a positive integer or a fraction in (0, 1).
-    """
-    if value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise NnzooError(f"--labeled must be a number of cases or a fraction, got {value!r}") from None
-    if f >= 1 and f == int(f):
-        return int(f)
-    if 0 < f < 1:
-        return f
-    raise NnzooError(f"--labeled must be a positive integer or a fraction between 0 and 1, got {value!r}")
-
-
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainOptions:
-    """What ``nnzoo train`` is asked to do: one field per flag, built once (``from_namespace`` for the CLI).
-
-    :func:`resolve_run` checks it all, in one place, before anything is built or written.
-
-    Attributes:
-        dataset: dataset id or name.
-        configuration: e.g. ``3d_fullres`` or ``2d``.
-        fold: fold index or ``"all"``.
-        trainer: registered nnzoo trainer or any nnU-Net trainer name (``-tr``).
-        plans: plans name (``-p``; default: the trainer's planner's plans, else ``nnUNetPlans``).
-        device: ``auto``, ``cpu``, ``cuda`` (``-device``).
-        num_gpus: processes on this node (``-num_gpus``; one GPU each on CUDA, Gloo on the CPU).
-        resume: continue the fold from its latest checkpoint (``--continue``; schedule, seed and
-            hyperparameters from ``nnzoo_run.json``).
-        epochs: number of epochs (default: the trainer's, 1000 for nnU-Net).
-        iters: training iterations per epoch (default: the trainer's, 250).
-        val_iters: validation iterations per epoch (default: the trainer's, or iters/5 with ``iters``).
-        save_every: write ``checkpoint_latest.pth`` every this many epochs (default: the trainer's, 50).
-        labeled: keep only this many (or this fraction of) labeled training cases; the rest of the
-            fold's training cases count as unlabeled (their labels are never read).
-        augment: an input augmentation applied on top of the trainer's own (``--augment``, one of
-            :data:`nnzoo.trainers.augment.AUGMENTATIONS`, e.g. ``gin``); part of the model folder's name
-            (``..._gin``), so ``--continue``/``--val`` and ``predict`` are given it again.
-        seed: seed Python's, numpy's and torch's generators before the trainer is built
-            (initialisation, patch sampling and, with ``nnUNet_n_proc_DA=0``, augmentation) and the
-            choice of labeled cases.
-        overwrite: start a new training over a fold folder that already holds checkpoints.
-        validate: run nnU-Net's final validation (``--no-val`` turns it off).
-        npz: also save the validation softmax as ``.npz`` (nnU-Net's ``--npz``; needed by find-best).
-        validation_only: only run the final validation of a finished fold (nnU-Net's ``--val``).
-        val_best: validate with ``checkpoint_best.pth`` instead of the final one (``--val_best``).
-        pretrained_weights: nnU-Net checkpoint to initialise the network from (``-pretrained_weights``).
-        disable_checkpointing: write no checkpoints (``--disable_checkpointing``).
-        hparams: ``{NAME: VALUE}`` overrides of the trainer's UPPER_CASE hyperparameters (``--hparam``),
-            logged and recorded in ``nnzoo_run.json``.
-    """
-
-    dataset: str | int
-    configuration: str
-    fold: str | int
-    trainer: str = "nnUNetTrainer"
-    plans: str | None = None
-    device: str = "auto"
-    num_gpus: int = 1
-    resume: bool = False
-    epochs: int | None = None
-    iters: int | None = None
-    val_iters: int | None = None
-    save_every: int | None = None
-    labeled: str | int | float | None = None
-    augment: str | None = None
-    seed: int | None = None
-    overwrite: bool = False
-    validate: bool = True
-    npz: bool = False
-    validation_only: bool = False
-    val_best: bool = False
-    pretrained_weights: str | None = None
-    disable_checkpointing: bool = False
-    hparams: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_namespace(cls, args) -> TrainOptions:
-        """The options of an ``argparse`` namespace whose destinations are the field names."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
-
-
-@dataclass(frozen=True)
-class TrainRun:
-    """A checked run: its options resolved (dataset name, plans, fold, label budget, the schedule, seed and
-    hyperparameters of the run being continued) plus nnU-Net's folders; what every training process gets."""
-
-    options: TrainOptions
-    folders: dict
-
-    @property
-    def dataset_name(self) -> str:
-        return str(self.options.dataset)
-
-    @property
-    def fold_dir(self) -> Path:
-        o = self.options
-        return (model_folder(self.dataset_name, o.trainer, o.plans, o.configuration, o.labeled, augment=o.augment)
-                / f"fold_{o.fold}")
-
-    @property
-    def model_folder_name(self) -> str | None:
-        """The model folder's name where it is not nnU-Net's ``<trainer>__<plans>__<configuration>`` (a label
-        budget or an augmentation), else None."""
-        o = self.options
-        name = self.fold_dir.parent.name
-        return None if name == f"{o.trainer}__{o.plans}__{o.configuration}" else name
-
-    def record(self) -> dict:
-        """``nnzoo_run.json``: the resolved options (schedule under nnU-Net's attribute names)."""
-        o = self.options
-        return {"dataset_name": self.dataset_name, "configuration": o.configuration, "fold": o.fold,
-                "trainer": o.trainer, "plans": o.plans, "device": o.device, "resume": o.resume,
-                "num_epochs": o.epochs, "num_iterations_per_epoch": o.iters, "num_val_iterations_per_epoch": o.val_iters,
-                "save_every": o.save_every, "labeled": o.labeled, "augment": o.augment, "seed": o.seed,
-                "validate": o.validate,
-                "validation_only": o.validation_only, "npz": o.npz, "val_best": o.val_best,
-                "pretrained_weights": o.pretrained_weights, "disable_checkpointing": o.disable_checkpointing,
-                "hparams": dict(o.hparams) or None}
 
 
 def _plan_method_plans_on_the_spot(name: str, trainer: str, plans_name: str, configuration: str) -> None:
@@ -192,57 +73,6 @@ def _plan_method_plans_on_the_spot(name: str, trainer: str, plans_name: str, con
           f"{info.planner} (`nnzoo plan_and_preprocess -d {dataset_id_of(name)} -c {configuration} "
           f"-pl {info.planner}`), reusing nnUNetPlans' preprocessed data where it is the same")
     plan_and_preprocess(name, configurations=[configuration], planner=info.planner)
-
-
-def _check_budget(o: TrainOptions, num_training_cases: int) -> None:
-    from nnzoo.trainers.label_budget import resolve_labeled_budget
-
-    if o.labeled is None:
-        return
-    try:
-        resolve_labeled_budget(o.labeled, num_training_cases)
-    except ValueError as e:
-        raise NnzooError(f"--labeled {o.labeled}: {e}") from None
-
-
-def _check_unlabeled_available(o: TrainOptions, plans: dict, pre: Path) -> None:
-    """A semi-supervised trainer needs unlabeled images: imagesUnlabeled/ or a label budget."""
-    from nnzoo.trainers.registry import find_trainer_info
-    from nnzoo.trainers.unlabeled_data import unlabeled_folder, unlabeled_identifiers
-
-    info = find_trainer_info(o.trainer)
-    if info is None or not info.semi_supervised or o.labeled is not None:
-        return
-    folder = unlabeled_folder(pre, data_identifier(plans, o.configuration))
-    if not unlabeled_identifiers(folder):
-        raise NnzooError(f"{o.trainer} is semi-supervised and needs unlabeled images, but {folder} holds none: add "
-                         "them (`nnzoo dataset create --unlabeled DIR`, or imagesUnlabeled/ in the raw dataset) and "
-                         "re-run plan_and_preprocess, or train with --labeled N to treat the fold's other training "
-                         "cases as unlabeled")
-
-
-def _check_trainer_supports(trainer_cls: type, plans: dict, configuration: str, dataset_json: dict) -> None:
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnzoo.trainers.base import label_support_problem
-
-    pm = PlansManager(plans)
-    cascaded = pm.get_configuration(configuration).previous_stage_name is not None
-    problem = label_support_problem(trainer_cls, pm.get_label_manager(dataset_json), cascaded)
-    if problem:
-        raise NnzooError(f"{problem}; dataset {plans['dataset_name']} ({'configuration ' + configuration if cascaded else 'its labels'})")
-
-
-#: the flag of each TrainOptions field that must be a positive count
-_COUNT_FLAGS = {"epochs": "--epochs", "iters": "--iters", "val_iters": "--val-iters", "save_every": "--save-every",
-                "num_gpus": "-num_gpus"}
-
-
-def _check_schedule(o: TrainOptions) -> None:
-    for name, flag in _COUNT_FLAGS.items():
-        v = getattr(o, name)
-        if v is not None and int(v) < 1:
-            raise NnzooError(f"{flag} must be at least 1, got {v}")
 
 
 def resolve_run(options: TrainOptions) -> TrainRun:
@@ -274,7 +104,7 @@ def resolve_run(options: TrainOptions) -> TrainRun:
     fold = parse_fold(o.fold, pre)
     # the fold's training cases (a clear error when nnU-Net's 5-fold split has too few), before anything is written
     training_cases = fold_training_cases(pre, pre / data_identifier(plans_dict, o.configuration), fold)
-    _check_schedule(o)
+    check_schedule(o)
     if o.resume and o.validation_only:
         raise NnzooError("--continue and --val cannot be combined: --val only validates a finished fold")
     if o.val_best and o.disable_checkpointing:
@@ -282,10 +112,10 @@ def resolve_run(options: TrainOptions) -> TrainRun:
     if o.pretrained_weights is not None and (o.resume or o.validation_only):
         raise NnzooError("-pretrained_weights only applies to a new training (not with --continue or --val)")
     dataset_json = read_json(pre / "dataset.json", hint="re-run plan_and_preprocess")
-    _check_trainer_supports(trainer_cls, plans_dict, o.configuration, dataset_json)
+    check_trainer_supports(trainer_cls, plans_dict, o.configuration, dataset_json)
 
     budget = parse_labeled(o.labeled)
-    overrides = _parse_hparams(_augmented(trainer_cls, augment), dict(o.hparams or {}))
+    overrides = parse_hparams(_augmented(trainer_cls, augment), dict(o.hparams or {}))
     out = model_folder(name, trainer_cls.__name__, plans_name, o.configuration, budget, augment=augment) / f"fold_{fold}"
     run_file = out / RUN_FILE
     prev = _previous_record(run_file) if (o.resume or o.validation_only) else {}
@@ -304,14 +134,14 @@ def resolve_run(options: TrainOptions) -> TrainRun:
         pretrained_weights=str(Path(o.pretrained_weights).resolve()) if o.pretrained_weights else None,
         hparams=overrides or prev.get("hparams") or {})
     run = TrainRun(resolved, folders)
-    _check_budget(resolved, len(training_cases))
+    check_budget(resolved, len(training_cases))
     if not o.validation_only:
-        _check_unlabeled_available(resolved, plans_dict, pre)
-    _check_model_folder(run)
+        check_unlabeled_available(resolved, plans_dict, pre)
+    check_model_folder(run)
     if o.resume:
-        _check_checkpoint_to_continue(run, trainer_cls)
+        check_checkpoint_to_continue(run, trainer_cls)
     if o.pretrained_weights is not None:
-        _check_pretrained_weights(resolved, training_class(trainer_cls, augment=augment, hparams=resolved.hparams),
+        check_pretrained_weights(resolved, training_class(trainer_cls, augment=augment, hparams=resolved.hparams),
                                   plans_dict, dataset_json)
     return run
 
@@ -328,31 +158,6 @@ def _augmented(trainer_cls: type, augment: str | None) -> type:
         return training_class(trainer_cls, augment=augment)
     except ValueError as e:
         raise NnzooError(str(e)) from None
-
-
-def _check_pretrained_weights(o: TrainOptions, trainer_cls: type, plans: dict, dataset_json: dict) -> None:
-    """The file loads safely and its weights fit the network to be trained (nnU-Net's rule: every parameter
-    but the segmentation heads, same shapes), before anything is written."""
-    from .checkpoint import check_weights_fit, load_checkpoint_safely
-
-    ckpt = load_checkpoint_safely(o.pretrained_weights)  # a clear error for a missing, unreadable or unsafe file
-    check_weights_fit(_network_on_meta(trainer_cls, plans, o.configuration, dataset_json), ckpt["network_weights"],
-                      o.pretrained_weights, what=f"the {o.configuration} network of {trainer_cls.__name__}",
-                      skip=(".seg_layers.",))
-
-
-def _network_on_meta(trainer_cls: type, plans: dict, configuration: str, dataset_json: dict):
-    """The trainer's network (deep supervision on, as trained) on the meta device: shapes without memory."""
-    import torch
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    pm = PlansManager(plans)
-    args = (trainer_cls, pm, pm.get_configuration(configuration), dataset_json)
-    try:
-        with torch.device("meta"):
-            return build_network(*args, deep_supervision=True)
-    except Exception:  # noqa: BLE001 - a network that cannot be built without data: build it for real
-        return build_network(*args, deep_supervision=True)
 
 
 def _previous_record(run_file: Path) -> dict:
@@ -383,7 +188,7 @@ def train(options: TrainOptions) -> Path:
     _print_memory_note(plans_dict, o)
     world = distributed.launched_by_torchrun()
     dev = resolve_device(o.device, local_rank=int(os.environ.get("LOCAL_RANK", 0)) if world else None)
-    _check_world_size(configuration_manager(plans_dict, o.configuration).batch_size,
+    check_world_size(configuration_manager(plans_dict, o.configuration).batch_size,
                       int(os.environ["WORLD_SIZE"]) if world else o.num_gpus)
     if o.pretrained_weights is not None and dev.type != "cuda" and (world or o.num_gpus > 1):
         raise NnzooError("-pretrained_weights with several CPU processes is not supported (nnU-Net loads them onto "
@@ -421,68 +226,6 @@ def _print_memory_note(plans: dict, o: TrainOptions) -> None:
         print(f"nnzoo: plans {plans['plans_name']} ({plans.get('experiment_planner_used')}): patch {note['patch_size']}, "
               f"batch {note['batch_size']}; the method needs about {note['gpu_memory_target_gb']} GB of GPU memory "
               f"there ({note['method_vs_unet']}x the plain U-Net's)")
-
-
-def _parse_hparams(trainer_cls: type, hparams: dict[str, str] | None) -> dict:
-    from nnzoo.trainers.base import parse_hyperparameters
-
-    try:
-        return parse_hyperparameters(trainer_cls, hparams or {})
-    except KeyError as e:
-        raise NnzooError(f"--hparam {e.args[0]}{augmentation_hint(trainer_cls, hparams or {})}") from None
-    except ValueError as e:
-        raise NnzooError(f"--hparam {e}") from None
-
-
-def _check_world_size(batch_size: int, world_size: int) -> None:
-    if world_size > batch_size:
-        raise NnzooError(f"{world_size} training processes but the plans' batch size is {batch_size}: each process "
-                         f"needs at least one patch; use at most {batch_size} processes (nnU-Net splits the batch)")
-
-
-def _check_model_folder(run: TrainRun) -> None:
-    out, o = run.fold_dir, run.options
-    if o.validation_only:
-        ckpt = "checkpoint_best.pth" if o.val_best else "checkpoint_final.pth"
-        if not (out / ckpt).is_file():
-            raise NnzooError(f"{out / ckpt}: not found; --val validates a finished fold (train it first)")
-        return
-    existing = sorted(p.name for p in out.glob("checkpoint_*.pth"))
-    if existing and not o.resume and not o.overwrite:
-        raise NnzooError(f"{out} already holds {', '.join(existing)}; use --continue to resume it or --overwrite "
-                         "to start a new training over it")
-
-
-def _check_checkpoint_to_continue(run: TrainRun, trainer_cls: type) -> None:
-    """The checkpoint ``--continue`` resumes from (nnU-Net's order: final, latest, best) must load safely and be
-    of this trainer and configuration; without any, a run of the same fold under another label budget or
-    augmentation (a sibling folder of the same trainer, plans and configuration) is what was meant."""
-    from .checkpoint import load_checkpoint_safely
-
-    fold_dir, o = run.fold_dir, run.options
-    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
-        if (fold_dir / name).is_file():
-            ckpt = load_checkpoint_safely(fold_dir / name)  # a clear error for a damaged or unsafe file
-            config = (ckpt.get("init_args") or {}).get("configuration", o.configuration)
-            if ckpt["trainer_name"] != trainer_cls.__name__ or config != o.configuration:
-                raise NnzooError(f"{fold_dir / name}: a checkpoint of {ckpt['trainer_name']} ({config}), not of "
-                                 f"{trainer_cls.__name__} ({o.configuration}); --continue resumes the same run")
-            return
-    model = fold_dir.parent
-    here = parse_model_folder_name(model.name)
-    others = sorted(p.parent.name for p in model.parent.glob(f"*__*__*/{fold_dir.name}")
-                    if p.parent != model and any(p.glob("checkpoint_*.pth"))
-                    and _same_run_but_suffix(parse_model_folder_name(p.parent.name), here))
-    if others:
-        raise NnzooError(f"{fold_dir} holds no checkpoint to continue from, but {', '.join(others)} do: the label "
-                         "budget and the augmentation are part of the run (give the same --labeled and --augment)")
-    print(f"nnzoo: {fold_dir} holds no checkpoint to continue from; starting a new training")
-
-
-def _same_run_but_suffix(a: dict | None, b: dict | None) -> bool:
-    """Two model folders of the same trainer, plans and configuration (label budget or augmentation may differ)."""
-    keys = ("trainer", "plans", "configuration")
-    return a is not None and b is not None and all(a[k] == b[k] for k in keys)
 
 
 def _start_record(run: TrainRun, out: Path) -> None:

@@ -125,7 +125,8 @@ def test_continue_points_at_the_sibling_run_of_another_augmentation(tmp_path, ca
     augmentation or budget is named; other configurations (``3d_lowres`` for ``3d_fullres``) are not."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnzoo.pipeline.train import TrainOptions, TrainRun, _check_checkpoint_to_continue
+    from nnzoo.pipeline.train import TrainOptions, TrainRun
+    from nnzoo.pipeline.train_checks import check_checkpoint_to_continue
 
     root = tmp_path / "nnUNet_results" / "Dataset001_X"
     _fake_model(root, "nnUNetTrainer__nnUNetPlans__3d_fullres_gin")
@@ -137,14 +138,14 @@ def test_continue_points_at_the_sibling_run_of_another_augmentation(tmp_path, ca
                                      resume=True, **kw), {})
 
     with pytest.raises(NnzooError) as e:
-        _check_checkpoint_to_continue(run(), nnUNetTrainer)
+        check_checkpoint_to_continue(run(), nnUNetTrainer)
     assert "3d_fullres_gin" in str(e.value) and "--augment" in str(e.value) and "3d_fullresx" not in str(e.value)
     assert "3d_lowres" not in str(e.value)
     with pytest.raises(NnzooError, match="3d_fullres_gin"):  # the same for a budget of the same run
-        _check_checkpoint_to_continue(run(labeled=4), nnUNetTrainer)
+        check_checkpoint_to_continue(run(labeled=4), nnUNetTrainer)
     _fake_model(root, "nnUNetTrainer__nnUNetPlans__3d_lowres_gin", checkpoint=False)
     (root / "nnUNetTrainer__nnUNetPlans__3d_fullres_gin" / "fold_0" / "checkpoint_latest.pth").unlink()
-    _check_checkpoint_to_continue(run(augment="gin"), nnUNetTrainer)  # nothing anywhere: a new training
+    check_checkpoint_to_continue(run(augment="gin"), nnUNetTrainer)  # nothing anywhere: a new training
     assert "starting a new training" in capsys.readouterr().out
 
 
