@@ -173,6 +173,16 @@ def make_dataset(root: Path, src: Path, *, did: int, name: str, labeled: Sequenc
 
 
 # ---------------------------------------------------------------------------------------------- runs
+def work_folder(out: str | Path) -> Path:
+    """The benchmark's ``--out`` folder, resolved, with its ``logs/``; nnU-Net's raw and preprocessed folders
+    set inside it for this process and the commands it starts."""
+    root = Path(out).resolve()
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        os.environ[k] = str(root / k)
+    return root
+
+
 def run_env(results: Path, jobs: int) -> dict[str, str]:
     """Environment of one run: its ``nnUNet_results`` and, with ``jobs > 1``, ``cores / jobs`` torch threads and
     augmentation in the main process."""

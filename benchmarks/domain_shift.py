@@ -52,7 +52,6 @@ is estimated at about 110 minutes on 2 CPU cores (printed up front, from the mea
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -295,10 +294,7 @@ def run_one(a: argparse.Namespace, root: Path, src: Path, ids: dict[str, int], r
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    root = Path(a.out).resolve()
-    (root / "logs").mkdir(parents=True, exist_ok=True)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        os.environ[k] = str(root / k)
+    root = cohort.work_folder(a.out)
     t0 = time.time()
     rows, skipped = plan_rows(a.trainers, a.config)
     for key, why in skipped.items():

@@ -208,10 +208,7 @@ def plan_runs(a: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    root = Path(a.out).resolve()
-    (root / "logs").mkdir(parents=True, exist_ok=True)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        os.environ[k] = str(root / k)
+    root = cohort.work_folder(a.out)
     os.environ.setdefault("nnUNet_results", str(root / "nnUNet_results"))
     t0 = time.time()
     src, manifest = make_source(a, root)
