@@ -29,7 +29,7 @@ import numpy as np
 __all__ = ["CommandFailed", "nnzoo", "failure_reason", "cases", "generated_cohort", "check_source_folder",
            "make_dataset", "run_env", "train_predict_evaluate", "run_parallel", "load_state", "save_state",
            "add_run_args", "parse_hparams", "apply_defaults", "trainer_hparams", "machine", "finish_state",
-           "bootstrap_interval", "markdown_table", "save_figure"]
+           "bootstrap_interval", "run_case_scores", "score_matrix", "markdown_table", "save_figure"]
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -420,6 +420,23 @@ def bootstrap_interval(*arrays: np.ndarray, statistic: Callable[..., np.ndarray]
         return est, est, est
     lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
     return est, float(lo), float(hi)
+
+
+def run_case_scores(run: dict) -> dict[str, float]:
+    """``{test case file: mean foreground Dice}`` of a run's ``per_case`` scores (classes absent from reference and
+    prediction, NaN, left out; a case with none left is NaN)."""
+    out = {}
+    for case, dice in run.get("per_case", {}).items():
+        v = [float(x) for x in dice.values() if x is not None and not np.isnan(float(x))]
+        out[case] = float(np.mean(v)) if v else float("nan")
+    return out
+
+
+def score_matrix(scores: dict[int, dict[str, float]], seeds: Sequence[int], cases: Sequence[str]) -> np.ndarray:
+    """``(seeds, cases)`` array of per-case scores, ``scores[seed][case]`` (NaN where missing), the input of
+    :func:`bootstrap_interval`."""
+    return np.array([[scores[s].get(c, np.nan) for c in cases] for s in seeds], dtype=np.float64).reshape(
+        len(seeds), len(cases))
 
 
 # ------------------------------------------------------------------------------------------- writing

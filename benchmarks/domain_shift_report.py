@@ -11,24 +11,15 @@ import numpy as np
 if __package__ in (None, ""):  # loaded by path: the repository root makes `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cohort import bootstrap_interval, markdown_table, save_figure
+from benchmarks.cohort import bootstrap_interval, markdown_table, run_case_scores, save_figure, score_matrix
 
-__all__ = ["case_scores", "summarise", "to_markdown", "write_report", "MIN_GAP"]
+__all__ = ["summarise", "to_markdown", "write_report", "MIN_GAP"]
 
 SOURCE_ONLY, ORACLE = "source only", "oracle"
 #: a target domain's gap (oracle minus source only) below this is "no gap": no share of it is reported
 MIN_GAP = 0.02
 #: the goal of issue 21: share of every target gap closed, and the largest loss on the source domains
 GOAL_CLOSED, GOAL_SOURCE_LOSS = 0.5, 0.01
-
-
-def case_scores(run: dict) -> dict[str, float]:
-    """``{case: mean foreground Dice}`` of a run (classes absent from reference and prediction, NaN, left out)."""
-    out = {}
-    for case, dice in run.get("per_case", {}).items():
-        v = [float(x) for x in dice.values() if x is not None and not np.isnan(float(x))]
-        out[case] = float(np.mean(v)) if v else float("nan")
-    return out
 
 
 def _nanmean(x: np.ndarray, axis=None) -> np.ndarray:
@@ -59,12 +50,12 @@ def summarise(state: dict) -> dict:
         if "failed" in run:
             row["failed"][run["seed"]] = run["failed"]
         else:
-            ok.setdefault(run["row"], {})[run["seed"]] = case_scores(run)
+            ok.setdefault(run["row"], {})[run["seed"]] = run_case_scores(run)
             row["train_s"].append(run["train_s"])
             row["predict_s"].append(run.get("predict_s", float("nan")))
 
     def matrix(key: str, seeds: list[int], cases: list[str]) -> np.ndarray:
-        return np.array([[ok[key][s].get(c, np.nan) for c in cases] for s in seeds], dtype=np.float64)
+        return score_matrix(ok[key], seeds, cases)
 
     def seeds_of(*keys: str) -> list[int]:
         common = set.intersection(*(set(ok.get(k, {})) for k in keys))

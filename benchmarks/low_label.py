@@ -9,7 +9,9 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    test_labels/`` (one ``CASE.<ending>`` per case, one channel; an optional ``manifest.json`` with a
    ``labeled_pool`` list restricts which cases may be labeled).
 2. **Seeds**: seed ``s`` chooses the ``--labeled N`` labeled cases (balanced over the pool's
-   acquisitions when a manifest names them) and initialises every run of that seed; every trainer
+   acquisitions when a manifest names them; seeds ``0, 1, ...`` get disjoint sets while the pool
+   allows: the default 50 generated cases put 20 in the T1 pool, 5 seeds x 4) and initialises
+   every run of that seed; every trainer
    of seed ``s`` sees the same labeled cases. For each seed an nnU-Net dataset holds only those
    ``N`` cases in ``imagesTr`` and every other training image in ``imagesUnlabeled`` (their labels
    are not in the dataset at all, so nothing can peek at them); one more dataset holds every
@@ -60,7 +62,7 @@ def _semi_supervised_trainers() -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     cohort.add_run_args(
-        ap, out="low_label_work", seeds_help="default 0 1 2 (smoke: 0)",
+        ap, out="low_label_work", seeds_help="default 0 1 2 3 4 (3d_fullres: 0 1 2; smoke: 0)",
         trainers_help="trainers at the low label count (default: nnUNetTrainer + every semi-supervised one)",
         hparam_help="a trainer hyperparameter for this benchmark (repeatable; reported in the table); default: "
                     "none (the shape critic stops at CRITIC_MIN_AUC or its official budget)",
@@ -95,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 #: defaults per configuration (2D: the measured CPU budget; see the README's table)
 DEFAULTS = {
-    "2d": {"labeled": 4, "seeds": [0, 1, 2], "epochs": 20, "iters": 50, "num_train": 40, "num_test": 30},
+    "2d": {"labeled": 4, "seeds": [0, 1, 2, 3, 4], "epochs": 20, "iters": 50, "num_train": 50, "num_test": 30},
     "3d_fullres": {"labeled": 4, "seeds": [0, 1, 2], "epochs": 20, "iters": 50, "num_train": 40, "num_test": 20},
 }
 DEFAULT_HPARAMS: list[str] = []
@@ -118,7 +120,8 @@ def make_source(a: argparse.Namespace, root: Path) -> tuple[Path, dict]:
 def choose_labeled(manifest: dict, train_cases: list[str], n: int, seed: int) -> list[str]:
     """``n`` labeled cases for ``seed``: for a generated cohort its own balanced choice
     (:func:`nnzoo.pipeline.brain_phantoms.choose_labeled`), else uniformly from the manifest's
-    ``labeled_pool`` (default: every training case)."""
+    ``labeled_pool`` (default: every training case); either way seeds ``0, 1, ...`` get disjoint sets
+    while the pool allows (:func:`nnzoo.pipeline.brain_phantoms.disjoint_block`)."""
     import numpy as np
 
     if "labeled_acquisitions" in manifest:
@@ -128,10 +131,13 @@ def choose_labeled(manifest: dict, train_cases: list[str], n: int, seed: int) ->
             return balanced(manifest, n, seed)[0]
         except ValueError as e:
             raise SystemExit(f"error: --labeled {n}: {e}") from None
+    from nnzoo.pipeline.brain_phantoms import disjoint_block
+
     pool = [c for c in manifest.get("labeled_pool", train_cases) if c in train_cases]
     if not 1 <= n <= len(pool):
         raise SystemExit(f"error: --labeled {n}: the labeled pool has {len(pool)} cases")
-    return sorted(np.random.default_rng([seed, 7]).choice(pool, n, replace=False).tolist())
+    order, block = disjoint_block(len(pool), n, seed)
+    return sorted(np.random.default_rng([order, 7]).permutation(pool)[block * n:(block + 1) * n].tolist())
 
 
 def make_dataset(a: argparse.Namespace, src: Path, root: Path, did: int, name: str, labeled: list[str],

@@ -10,12 +10,12 @@ import numpy as np
 if __package__ in (None, ""):  # loaded by path: the repository root makes `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cohort import markdown_table, save_figure
+from benchmarks.cohort import bootstrap_interval, markdown_table, run_case_scores, save_figure, score_matrix
 
 BASELINE = "nnUNetTrainer"
 FULL = "all labels"
 
-__all__ = ["summarise", "by_group", "group_gaps", "to_markdown", "write_report"]
+__all__ = ["summarise", "by_group", "group_gaps", "verdicts", "to_markdown", "write_report"]
 
 #: a group's gap (all labels minus N labels, baseline) below this is reported as "no gap": a fraction
 #: of a gap within the seed-to-seed spread would say nothing
@@ -24,10 +24,14 @@ MIN_GROUP_GAP = 0.02
 
 def summarise(state: dict) -> dict:
     """Per (trainer, labels): Dice per seed, mean, min, max, paired difference to the baseline on the
-    same labels and seed, and the fraction of the gap closed.
+    same labels and seed, and the fraction of the gap closed, each with a 95 % interval.
 
     The gap is ``mean(baseline on all labels) - mean(baseline on N labels)`` over seeds; a trainer
-    closes ``mean_s(trainer_s - baseline_s) / gap`` of it.
+    closes ``mean_s(trainer_s - baseline_s) / gap`` of it. The intervals (``diff_ci``, ``closed_ci``:
+    ``(estimate, lower, upper)``) are :func:`benchmarks.cohort.bootstrap_interval`'s two-way bootstrap
+    over seeds and test cases of the per-case differences (trainer minus baseline, same seed, same
+    case); their estimates are means over cases of the per-case Dice, which equal the run means when
+    every class is present in every case.
     """
     runs = list(state["runs"].values())
     rows: dict[tuple[str, str], dict] = {}
@@ -55,7 +59,32 @@ def summarise(state: dict) -> dict:
                        wins=int((diffs > 0).sum()), paired=len(diffs))
             if gap is not None and gap > 0:  # no gap, nothing to close: the fraction would be meaningless
                 row["gap_closed"] = float(diffs.mean() / gap)
+            row.update(_intervals(runs, key, low))
     return {"rows": rows, "gap": gap, "low": low}
+
+
+def _intervals(runs: list[dict], key: tuple[str, str], low: tuple[str, str]) -> dict:
+    """``diff_ci`` (and ``closed_ci`` when the all-labels baseline ran on the same seeds) of row ``key`` against
+    the baseline ``low``, from the runs' per-case scores; empty when the runs hold none."""
+    scores: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for r in runs:
+        scores.setdefault((r["trainer"], r["labels"]), {})[r["seed"]] = run_case_scores(r)
+    seeds = sorted(set(scores.get(key, {})) & set(scores.get(low, {})))
+    cases = sorted({c for s in seeds for c in scores[key][s]} & {c for s in seeds for c in scores[low][s]})
+    if not seeds or not cases:
+        return {}
+    m, b = score_matrix(scores[key], seeds, cases), score_matrix(scores[low], seeds, cases)
+    out = {"diff_ci": bootstrap_interval(m - b), "ci_seeds": len(seeds), "ci_cases": len(cases)}
+    full = scores.get((BASELINE, FULL), {})
+    if all(s in full for s in seeds):
+        f = score_matrix(full, seeds, cases)
+
+        def closed(m_, b_, f_):
+            with np.errstate(all="ignore"):
+                return np.nanmean(m_ - b_, axis=(-2, -1)) / np.nanmean(f_ - b_, axis=(-2, -1))
+
+        out["closed_ci"] = bootstrap_interval(m, b, f, statistic=closed)
+    return out
 
 
 def by_group(state: dict) -> dict[tuple[str, str], dict[str, float]]:
@@ -147,6 +176,34 @@ def _group_table(state: dict, summary: dict) -> str:
             + "\n".join(lines) + "\n")
 
 
+def _ci_cell(r: dict) -> str:
+    """``[lower, upper]`` of the paired difference and whether it is above, below or around zero."""
+    if "diff_ci" not in r:
+        return "–"
+    _, lo, hi = r["diff_ci"]
+    verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
+    return f"[{lo:+.4f}, {hi:+.4f}] {verdict}"
+
+
+def verdicts(summary: dict) -> list[str]:
+    """One line per trainer on ``N`` labels: better than, worse than or not separable from the baseline (95 %
+    interval), and the best gap share, the issue's goal being every trainer above with the best closing half."""
+    rows = [r for r in summary["rows"].values() if "diff_ci" in r]
+    if not rows:
+        return []
+    above = [r["trainer"] for r in rows if r["diff_ci"][1] > 0]
+    below = [r["trainer"] for r in rows if r["diff_ci"][2] < 0]
+    tied = [r["trainer"] for r in rows if r["trainer"] not in above + below]
+    out = [f"above {BASELINE} (95 % interval above 0): " + (", ".join(f"`{t}`" for t in above) or "none"),
+           "not separable from it (interval includes 0): " + (", ".join(f"`{t}`" for t in tied) or "none"),
+           "below it (interval below 0): " + (", ".join(f"`{t}`" for t in below) or "none")]
+    best = max((r for r in rows if "gap_closed" in r), key=lambda r: r["gap_closed"], default=None)
+    if best is not None:
+        out.append(f"largest share of the gap closed: `{best['trainer']}` {round(100 * best['gap_closed']):d} %"
+                   + (" (goal: ≥ 50 %)" if best["gap_closed"] < 0.5 else " (≥ 50 %)"))
+    return out
+
+
 def to_markdown(state: dict, summary: dict | None = None) -> str:
     summary = summary or summarise(state)
     st = state["settings"]
@@ -154,15 +211,17 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
     classes = sorted({c for r in rows.values() for c in r["class_means"]}, key=int)
     names = state.get("label_names", {})
     head = ["trainer", "labeled", "mean fg Dice (min–max)", *[names.get(c, f"class {c}") for c in classes],
-            f"Δ vs {BASELINE} (paired; min–max; wins)", "gap closed", "train s/run"]
+            f"Δ vs {BASELINE} (paired; min–max; wins)", "Δ 95 % interval", "gap closed [95 %]", "train s/run"]
     order = sorted(rows.values(), key=lambda r: (r["labels"] != FULL, r["trainer"] != BASELINE, -r["mean"]))
     body = []
     for r in order:
         diff = (f"{r['diff_mean']:+.4f} ({r['diff_min']:+.4f} … {r['diff_max']:+.4f}; {r['wins']}/{r['paired']})"
                 if "diff_mean" in r else "–")
         closed = f"{round(100 * r['gap_closed']):d} %" if "gap_closed" in r else "–"
+        if "closed_ci" in r and "gap_closed" in r:
+            closed += f" [{round(100 * r['closed_ci'][1]):d}, {round(100 * r['closed_ci'][2]):d}]"
         body.append([f"`{r['trainer']}`", r["labels"], f"{r['mean']:.4f} ({r['min']:.4f}–{r['max']:.4f})",
-                     *(f"{r['class_means'].get(c, float('nan')):.3f}" for c in classes), diff, closed,
+                     *(f"{r['class_means'].get(c, float('nan')):.3f}" for c in classes), diff, _ci_cell(r), closed,
                      f"{r['train_s_mean']:.0f}"])
     lines = markdown_table(head, body)
     quick = {r["trainer"]: r["quick_hparams"] for r in state["runs"].values() if r.get("quick_hparams")}
@@ -191,6 +250,11 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
         notes.append("shape critic (`nnUNetTrainerShapePrior`), held-out AUC per seed: " + "; ".join(
             f"seed {s_}: {c.get('auc', float('nan')):.3f} after {c.get('critic_updates', '?')} updates "
             f"(stopped by {c.get('stopped_by', '?')}{', cached' if c.get('cache_hit') else ''})" for s_, c in critic))
+    ci_n = next((r for r in rows.values() if "ci_seeds" in r), None)
+    if ci_n:
+        notes.append(f"95 % intervals: percentile bootstrap over seeds and test cases drawn independently ({ci_n['ci_seeds']} "
+                     f"seeds x {ci_n['ci_cases']} cases, 4000 draws) of the per-case paired differences")
+    notes += verdicts(summary)
     notes.append(f"{state.get('date', '')}, {state.get('machine', '')}, wall time {state.get('wall_s', 0) / 60:.1f} min; "
                  f"`{state.get('command', '')}`")
     return ("\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -159,6 +159,41 @@ def test_low_label_choice_is_seeded_balanced_and_from_the_pool():
         low_label.choose_labeled(manifest, cases, 5, seed=0)
 
 
+def test_low_label_seeds_get_disjoint_labeled_sets_while_the_pool_allows():
+    """Seeds 0..k-1 share no labeled case when the pool holds k sets; seed k starts a new order."""
+    low_label, _ = _low_label()
+    pool = [f"c{i:02d}" for i in range(10)]
+    sets = [low_label.choose_labeled({"labeled_pool": pool}, pool + ["x"], 3, seed=s) for s in range(4)]
+    assert all(len(x) == 3 and set(x) <= set(pool) for x in sets)
+    assert len(set().union(*map(set, sets[:3]))) == 9  # 3 seeds x 3 cases, all different
+    assert sets[3] != sets[0]  # not a repeat of seed 0: a new order
+
+
+def test_low_label_paired_interval_and_verdicts():
+    """The 95 % interval of the paired per-case differences excludes 0 for a trainer better on every case,
+    includes it for one better on half the cases and worse on the others, and the verdicts say so."""
+    _, report = _low_label()
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.4, 0.6, (3, 12))
+    full = base + 0.2
+    shift = {"nnUNetTrainer": 0.0, "Up": 0.03 + 0.01 * np.sin(np.arange(12)), "Mixed": np.where(np.arange(12) % 2, 0.05, -0.05)}
+    runs = {}
+    for s in range(3):
+        for t, labels, v in [*((t, "4", base[s] + d) for t, d in shift.items()), ("nnUNetTrainer", "all labels", full[s])]:
+            runs[f"{t}|{labels}|{s}"] = {"trainer": t, "labels": labels, "seed": s, "mean_fg": float(v.mean()),
+                                         "dice": {"1": float(v.mean())}, "train_s": 1.0,
+                                         "per_case": {f"c{i}.nii.gz": {"1": float(x)} for i, x in enumerate(v)}}
+    rows = report.summarise({"runs": runs})["rows"]
+    est, lo, hi = rows[("Up", "4")]["diff_ci"]
+    assert est == pytest.approx(np.mean(shift["Up"])) and 0 < lo < est < hi
+    assert rows[("Up", "4")]["closed_ci"][0] == pytest.approx(np.mean(shift["Up"]) / 0.2)
+    est, lo, hi = rows[("Mixed", "4")]["diff_ci"]
+    assert lo < 0 < hi
+    lines = report.verdicts(report.summarise({"runs": runs}))
+    assert lines[0].endswith("`Up`") and "`Mixed`" in lines[1] and lines[2].endswith("none")
+    assert f"`Up` {round(100 * np.mean(shift['Up']) / 0.2)} %" in lines[3]
+
+
 @pytest.mark.slow
 def test_low_label_smoke_holds_test_cases_out_and_reports(tmp_path):
     """End to end (tiny): per-seed datasets hold only the chosen labeled cases, no test case is in any

@@ -259,7 +259,8 @@ class PlanNetworkMixin:
     """``build_network_architecture`` for method networks built around the plan's encoder.
 
     Subclasses set ``network_class``, a network taking ``(encoder, num_classes,
-    n_conv_per_stage_decoder, deep_supervision, nonlin_first, **extra_network_kwargs(ndim))``; it is
+    n_conv_per_stage_decoder, deep_supervision, nonlin_first, **extra_network_kwargs(ndim),
+    **plans_network_kwargs(plans))``; it is
     built by :func:`~nnzoo.trainers.networks.common.network_from_arch` from the configuration's
     ``PlainConvUNet`` or ``ResidualEncoderUNet`` architecture, with ``encoder_kwargs(ndim)``
     replacing plan entries of the encoder (nnU-Net's predictor calls the same class method, so
@@ -279,12 +280,18 @@ class PlanNetworkMixin:
         return {}
 
     @classmethod
+    def plans_network_kwargs(cls, plans: dict) -> dict:
+        """Keyword arguments for ``network_class`` read from the plans (e.g. entries a trainer wrote into the
+        model folder's ``plans.json``); default none."""
+        return {}
+
+    @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
         """The method's network from the configuration's architecture.
 
         Args:
-            plans_manager: nnU-Net plans manager (unused, part of nnU-Net's signature).
+            plans_manager: nnU-Net plans manager (its plans go to :meth:`plans_network_kwargs`).
             configuration_manager: the configuration whose architecture is used.
             num_input_channels: image channels.
             num_output_channels: segmentation heads (classes or regions).
@@ -304,4 +311,5 @@ class PlanNetworkMixin:
                                  kw_requires_import=configuration_manager.network_arch_init_kwargs_req_import,
                                  input_channels=num_input_channels, num_classes=num_output_channels,
                                  deep_supervision=enable_deep_supervision,
-                                 encoder_kwargs=cls.encoder_kwargs(ndim), **cls.extra_network_kwargs(ndim))
+                                 encoder_kwargs=cls.encoder_kwargs(ndim), **cls.extra_network_kwargs(ndim),
+                                 **cls.plans_network_kwargs(plans_manager.plans))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .base import NnzooTrainer, PlanNetworkMixin
 from .domains import DOMAINS_FILE, DomainsError, dataset_domains
@@ -159,19 +158,11 @@ class nnUNetTrainerDCAC(PlanNetworkMixin, NnzooTrainer):
     case_domains: dict[str, str] = {}
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        """DCAC's network for a configuration; the domain-code length from the plans' ``nnzoo_source_domains``
-        (written by the trainer into the model folder's ``plans.json``), :data:`FALLBACK_NUM_DOMAINS` without it."""
-        from .networks.common import network_from_arch
-
-        names = plans_source_domains(plans_manager.plans)
-        return network_from_arch(cls.network_class, configuration_manager.network_arch_class_name,
-                                 arch_kwargs=configuration_manager.network_arch_init_kwargs,
-                                 kw_requires_import=configuration_manager.network_arch_init_kwargs_req_import,
-                                 input_channels=num_input_channels, num_classes=num_output_channels,
-                                 deep_supervision=enable_deep_supervision,
-                                 num_domains=len(names) if names else FALLBACK_NUM_DOMAINS)
+    def plans_network_kwargs(cls, plans: dict) -> dict:
+        """The domain-code length from the plans' ``nnzoo_source_domains`` (written by the trainer into the model
+        folder's ``plans.json``), :data:`FALLBACK_NUM_DOMAINS` without it."""
+        names = plans_source_domains(plans)
+        return {"num_domains": len(names) if names else FALLBACK_NUM_DOMAINS}
 
     def initialize(self) -> None:
         if not self.was_initialized:

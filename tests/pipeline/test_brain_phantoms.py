@@ -78,3 +78,17 @@ def test_write_cohort_deterministic_disjoint_tests_and_labeled_choice(tmp_path):
         bp.choose_labeled(m1, 3, seed=0)  # the pool (t1 styles among 5 subjects) holds 2
     with pytest.raises(ValueError):
         bp.write_cohort(tmp_path / "c", labeled_acquisitions=("nope",), **kw)
+
+
+def test_choose_labeled_disjoint_across_seeds_and_balanced():
+    """A 20-case T1 pool gives 5 seeds of 4 labeled cases with no case shared, each 2 + 2 over the styles."""
+    acq = list(bp.ACQUISITIONS)
+    train = {f"s{i:02d}": {"acquisition": acq[i % len(acq)]} for i in range(50)}
+    manifest = {"train": train, "labeled_acquisitions": ["t1_3t", "t1_15t"],
+                "labeled_pool": [c for c, v in train.items() if v["acquisition"] in ("t1_3t", "t1_15t")]}
+    sets = [bp.choose_labeled(manifest, 4, seed=s)[0] for s in range(5)]
+    assert sorted(c for x in sets for c in x) == sorted(manifest["labeled_pool"])
+    assert all(sorted(train[c]["acquisition"] for c in x) == ["t1_15t", "t1_15t", "t1_3t", "t1_3t"] for x in sets)
+    assert bp.disjoint_block(20, 4, 5) == (1, 0) and bp.disjoint_block(20, 4, 3) == (0, 3)
+    with pytest.raises(ValueError, match="seed"):
+        bp.disjoint_block(20, 4, -1)
