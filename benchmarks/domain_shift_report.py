@@ -110,8 +110,10 @@ def _name(r: dict) -> str:
             ORACLE: f"`{r['trainer']}`, all labels (oracle)"}.get(r["key"], f"`{r['trainer']}`"
                                                                      + (f" + `--augment {r['augment']}`"
                                                                         if r.get("augment") else "")
-                                                                     + (f", source labels + `predict --adapt "
-                                                                        f"{r['adapt']}`" if r.get("adapt") else ""))
+                                                                     + (", source labels" if r["key"].startswith(
+                                                                         f"{SOURCE_ONLY}+") else "")
+                                                                     + (f" + `predict --adapt {r['adapt']}`"
+                                                                        if r.get("adapt") else ""))
 
 
 def _status(r: dict) -> str:

@@ -330,10 +330,15 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
     assert {n for n, i in info.items() if i.domain_generalisation} <= set(keys) and not skipped
     assert [r.data for r in rows if r.key == "oracle"] == ["all"]
     assert all(r.augment == "gin" for r in rows if r.key.endswith("+gin"))
-    adapt = [r for r in rows if r.adapt]  # each --adapt method on the source-only model, run after all training
-    assert sorted(r.adapt for r in adapt) == sorted(ds.adapt_methods()) == ["grata", "tent", "vptta"]
-    assert all(r.model_row == "source only" and r.trainer == "nnUNetTrainer" and r.data == "source" for r in adapt)
+    adapt = [r for r in rows if r.adapt]  # each --adapt method on the source-only and the DG model, after training
+    assert sorted(r.adapt for r in adapt if r.model_row == "source only") == sorted(ds.adapt_methods()) == \
+        ["grata", "tent", "vptta"]
+    assert sorted(r.adapt for r in adapt if r.model_row == ds.DG_TTA_MODEL) == ["grata", "tent", "vptta"]
+    assert all((r.model_row, r.trainer) in {("source only", "nnUNetTrainer"), (ds.DG_TTA_MODEL, ds.DG_TTA_MODEL)}
+               and r.data == "source" and r.model_row in keys for r in adapt) and len(adapt) == 6
     assert [r for r, _ in ds.plan_runs(rows, [0, 1])[-2 * len(adapt):]] == adapt + adapt
+    only = [r.key for r in ds.plan_rows(["source only+tent", "nnUNetTrainerGINIPA+tent"], "2d")[0]]
+    assert only == ["source only", "oracle", "source only+tent"]  # no TTA row without its model's row
     fake = dict(info, nnUNetTrainerNew=info["nnUNetTrainerDA5"].__class__(
         name="nnUNetTrainerNew", cls=object, description="x", domain_generalisation=True, dims=("3d",)))
     monkeypatch.setattr(ds, "registered", lambda: fake)

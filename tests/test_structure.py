@@ -153,3 +153,13 @@ def test_the_signature_check_can_fail():
 
     assert len(_signature_problems(wide)) == 2
     assert _signature_problems(lambda options: options) == []
+
+
+def test_every_package_folder_is_installed():
+    """pyproject's ``packages`` names every folder of pipeline/, plans/ and trainers/ that holds an ``__init__.py``
+    (a folder left out would be missing from a non-editable install)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {_module_name(p) for d in PACKAGES for p in (REPO / d).rglob("__init__.py")}
+    assert found == listed

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import PlanNetworkMixin, method_hyperparameters
+from .critic_cache import critic_cache_key, duration, load_critic_cache, save_critic_cache
 from .networks.shape_prior import (
     ShapeCritic,
     ShapeGenerator,
@@ -36,44 +37,6 @@ CRITIC_RECORD_KEY = "nnzoo_shape_critic_record"
 CRITIC_JSON = "shape_critic.json"
 #: hyperparameters that change only what is printed, not the critic (left out of the cache key)
 _LOG_ONLY = ("CRITIC_CACHE", "CRITIC_LOG_PERCENT", "CRITIC_LOG_SECONDS", "CRITIC_ESTIMATE_UPDATES")
-
-
-def critic_cache_key(fields: dict) -> str:
-    """Cache key of a pre-trained critic: the SHA-256 (first 24 hex digits) of ``fields`` as canonical JSON.
-
-    Args:
-        fields: everything the critic depends on (labeled cases, configuration, patch size, critic
-            hyperparameters...), JSON-serialisable.
-    """
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def save_critic_cache(path: str | Path, state: dict, record: dict) -> None:
-    """Write ``{"state_dict", "record"}`` to ``path`` atomically (temporary file in the same folder, renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save({"state_dict": {k: v.cpu() for k, v in state.items()}, "record": record}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_critic_cache(path: str | Path) -> tuple[dict, dict] | None:
-    """``(state_dict, record)`` of a cached critic, or None when absent or unreadable."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return data["state_dict"], data["record"]
-    except (OSError, KeyError, RuntimeError, EOFError, TypeError):
-        return None
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def foreground_probabilities(probs: torch.Tensor, *, regions: bool) -> torch.Tensor:
@@ -418,7 +381,7 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
             per = (now - t0) / done
             if done == min(self.CRITIC_ESTIMATE_UPDATES, budget):
                 self.print_to_log_file(f"Shape critic: {per:.3f} s per critic update (first {done}): at most "
-                                       f"{_duration(per * budget)} for the budget of {budget}")
+                                       f"{duration(per * budget)} for the budget of {budget}")
             stop = False
             if (self.CRITIC_MIN_AUC > 0 and n_held and done % self.CRITIC_AUC_EVERY == 0 and done < budget
                     and stats["generator_steps"] >= self.CRITIC_WARMUP_G_STEPS):  # never inside the warm-up
@@ -430,8 +393,8 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
                 state["last_log"] = now
                 self.print_to_log_file(
                     f"Shape critic: {100 * done / budget:.0f}% of the budget ({done}/{budget} updates, "
-                    f"{stats['generator_steps']} generator updates), {_duration(now - t0)}, at most "
-                    f"{_duration(per * (budget - done))} left; W {stats['wasserstein']:.4f}"
+                    f"{stats['generator_steps']} generator updates), {duration(now - t0)}, at most "
+                    f"{duration(per * (budget - done))} left; W {stats['wasserstein']:.4f}"
                     + (f"; held-out AUC {checks[-1][1]:.3f} at {checks[-1][0]}" if checks else ""))
             return stop
 

@@ -427,3 +427,12 @@ ADAPT_ROWS: dict[str, dict] = {
         "no-model": lambda c: (["source-stats", "-m", str(c.tmp / "nowhere")], ["-m", "nowhere", "not found"]),
     },
 }
+
+
+def assert_one_error_line(err: str, needles: list[str]) -> None:
+    """``err`` is exactly one line starting with ``error:`` that names every needle, and no traceback."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    missing = [n for n in needles if n not in lines[0]]
+    assert not missing, f"{missing} not named in: {lines[0]}"

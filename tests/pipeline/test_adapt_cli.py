@@ -16,27 +16,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bad_input_cases import ADAPT_ROWS, Ctx, build_world, snapshot  # noqa: E402
+from bad_input_cases import ADAPT_ROWS, assert_one_error_line, snapshot  # noqa: E402
 
 from nnzoo.pipeline.cli import main  # noqa: E402
 
 ROWS = [(cmd, rid, build) for cmd, rows in ADAPT_ROWS.items() for rid, build in rows.items()]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    made = {}
-
-    def get() -> Path:
-        if "base" not in made:
-            made["base"] = build_world(tmp_path_factory.mktemp("adapt_world"))
-        return made["base"]
-    return get
-
-
-@pytest.fixture
-def ctx(tmp_path, world, monkeypatch):
-    return Ctx(tmp_path, world, monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -57,9 +41,7 @@ def test_bad_adapt_input_is_one_clear_line(ctx, capsys, command, rid, build):
     rc = main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert rc == 2, f"exit {rc}: {err.strip()}"
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert not [n for n in needles if n not in lines[0]], lines[0]
+    assert_one_error_line(err, needles)
     assert snapshot(ctx.tmp) == before, "files were written, changed or removed"
 
 
