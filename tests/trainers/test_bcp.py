@@ -68,30 +68,33 @@ def test_mix_images_and_targets():
 
 
 # ----------------------------------------------------------------------------- losses
-def _dice_ce_reference(probs, onehot, region, logp, smooth=1e-5):
-    """Straightforward per-class loop (background included); region (N, *spatial)."""
-    dices = []
-    for c in range(probs.shape[1]):
-        inter = (probs[:, c] * onehot[:, c] * region).sum()
-        den = ((probs[:, c] + onehot[:, c]) * region).sum()
-        dices.append((2 * inter + smooth) / (den + smooth))
-    ce = -(logp * onehot).sum(1)
-    return 1 - sum(dices) / len(dices), (ce * region).sum() / region.sum()
+def _logits(*probs_class1: float) -> torch.Tensor:
+    """Two-class logits ``(1, 2, 1, n)`` whose softmax gives class 1 the probabilities ``probs_class1``."""
+    p = torch.tensor(probs_class1, dtype=torch.float64)
+    return torch.stack((torch.log(1 - p), torch.log(p)))[None, :, None].float()
 
 
 def test_masked_dice_ce_on_hand_made_tensors():
+    """Batch Dice (background included) and CE over the region only, against values computed by hand
+    (per-sample Dice would give 0.667, Dice without background 0.429, CE over every pixel another value)."""
+    # two samples of two pixels; class-1 probabilities 0.75, 0.25 | 0.5, ~1; labels 1, 1 | 0, 1; the
+    # last pixel lies outside the region
+    logits = torch.cat((_logits(0.75, 0.25), _logits(0.5, 1 - 1e-6)))
+    target = torch.tensor([[[[1, 1]]], [[[0, 1]]]])
+    region = torch.tensor([[[[1.0, 1.0]]], [[[1.0, 0.0]]]])
+    dice, ce = masked_dice_ce(logits, target, region)
+    # over the three region pixels of the whole batch: class 0 p = (0.25, 0.75, 0.5), one-hot (0, 0, 1):
+    # 2 * 0.5 / (1.5 + 1) = 0.4; class 1 p = (0.75, 0.25, 0.5), one-hot (1, 1, 0): 2 * 1 / (1.5 + 2) = 4 / 7
+    assert float(dice) == pytest.approx(1 - (0.4 + 4 / 7) / 2, abs=1e-5)  # 0.5143
+    # CE: -log of the true class's probability, mean over the region: (log 4/3 + log 4 + log 2) / 3
+    assert float(ce) == pytest.approx(math.log(32 / 3) / 3, abs=1e-5)  # 0.7890
+    # only the region counts
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 5)
     target = torch.randint(0, 3, (2, 1, 4, 5))
     region = torch.zeros(1, 1, 4, 5)
     region[..., 1:3, :] = 1
     dice, ce = masked_dice_ce(logits, target, region)
-    onehot = torch.nn.functional.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float()
-    ref_dice, ref_ce = _dice_ce_reference(logits.softmax(1), onehot, region[:, 0].expand(2, 4, 5),
-                                              logits.log_softmax(1))
-    torch.testing.assert_close(dice, ref_dice)
-    torch.testing.assert_close(ce, ref_ce)
-    # only the region counts
     logits2 = logits.clone()
     logits2[..., 0, :] = 100 * torch.randn(2, 3, 5)
     torch.testing.assert_close(masked_dice_ce(logits2, target, region), (dice, ce))
@@ -113,22 +116,22 @@ def test_background_is_part_of_the_region_dice():
 
 
 def test_alpha_weighted_region_loss():
-    torch.manual_seed(1)
-    logits = torch.randn(2, 3, 6, 6)
-    target = torch.randint(0, 3, (2, 1, 6, 6))
-    m = torch.ones(1, 1, 6, 6)
-    m[..., 1:5, 2:6] = 0
-    d1, c1 = masked_dice_ce(logits, target, m)
-    d0, c0 = masked_dice_ce(logits, target, 1 - m)
-    torch.testing.assert_close(bcp_region_loss(logits, target, m, weight_ones=0.5, weight_zeros=1.0), (0.5 * (d1 + c1) + (d0 + c0)) / 2)
-    torch.testing.assert_close(bcp_region_loss(logits, target, m, weight_ones=1.0, weight_zeros=0.5), ((d1 + c1) + 0.5 * (d0 + c0)) / 2)
-    # a perfect prediction inside the pseudo-labelled region: only the other region's loss remains
-    perfect = logits.clone()
-    onehot = torch.nn.functional.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).float()
-    perfect = torch.where(m.bool(), 50 * onehot, perfect)
-    loss = bcp_region_loss(perfect, target, m, weight_ones=0.5, weight_zeros=1.0)
-    d0, c0 = masked_dice_ce(perfect, target, 1 - m)
-    torch.testing.assert_close(loss, (d0 + c0) / 2, atol=1e-4, rtol=1e-4)
+    """``(w1 (Dice+CE)[M=1] + w0 (Dice+CE)[M=0]) / 2`` on a hand-made case: a perfect prediction where
+    M = 1 and uniform probabilities where M = 0, whose region loss is Dice 0.5 + CE log 2. Fails if the
+    weights are swapped, the regions are exchanged or the halving is dropped."""
+    m = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 1, 4)
+    target = torch.tensor([0, 1, 0, 1]).view(1, 1, 1, 4)
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1] = 30.0  # M = 1: right with certainty; M = 0: 0.5 / 0.5
+    uniform = (0.5 + math.log(2)) / 2  # Dice of each class 2 * 0.5 / (1 + 1) = 0.5; CE log 2; halved
+
+    def loss(mask, w1, w0):
+        return float(bcp_region_loss(logits, target, mask, weight_ones=w1, weight_zeros=w0))
+
+    assert loss(m, 0.5, 1.0) == pytest.approx(uniform, abs=1e-4)
+    assert loss(m, 1.0, 0.5) == pytest.approx(0.5 * uniform, abs=1e-4)
+    assert loss(m, 7.0, 0.0) < 1e-4  # only the perfect region weighted
+    assert loss(1 - m, 0.5, 1.0) == pytest.approx(0.5 * uniform, abs=1e-4)  # uniform pixels now where M = 1
 
 
 # ----------------------------------------------------------------------------- pseudo-labels

@@ -44,13 +44,23 @@ def test_sharpen_on_hand_made_values():
 
 
 def test_mutual_consistency_on_hand_made_tensors():
-    p1 = torch.tensor([[0.9, 0.1], [0.4, 0.6]])[None]  # (1, 2, 2): 2 classes, 2 voxels
-    p2 = torch.tensor([[0.6, 0.4], [0.5, 0.5]])[None]
-    p3 = torch.tensor([[0.2, 0.8], [0.7, 0.3]])[None]
-    probs = [p1, p2, p3]
-    s = [sharpen(p) for p in probs]
-    expected = sum(((probs[i] - s[j]) ** 2).mean() for i in range(3) for j in range(3) if i != j)
-    torch.testing.assert_close(mutual_consistency_loss(probs, 0.1), expected)
+    """sum_{i != j} MSE(p_i, s(p_j)) against values computed by hand: with T = 0.5,
+    s(p) = p^2 / (p^2 + (1 - p)^2), so s(0.25) = 0.1, s(0.75) = 0.9 and 0, 0.5, 1 stay."""
+    p1, p2, p3 = torch.tensor([0.25, 1.0]), torch.tensor([0.75, 0.5]), torch.tensor([0.5, 0.0])
+    # s(p1) = (0.1, 1), s(p2) = (0.9, 0.5), s(p3) = p3; the six ordered pairs, each a mean over 2 elements:
+    # p1-s2 (-0.65, 0.5), p1-s3 (-0.25, 1), p2-s1 (0.65, -0.5), p2-s3 (0.25, 0.5), p3-s1 (0.4, -1),
+    # p3-s2 (-0.4, -0.5)
+    hand = (0.6725 + 1.0625 + 0.6725 + 0.3125 + 1.16 + 0.41) / 2  # 2.145 (without sharpening: 1.875)
+    assert float(mutual_consistency_loss([p1, p2, p3], 0.5)) == pytest.approx(hand)
+    assert float(mutual_consistency_loss([p1, p2, p3], 0.1)) != pytest.approx(hand, abs=0.1)  # T is used
+    # renormalised over 3 classes (channel axis 1), T = 0.5: s(0.5, 0.25, 0.25) = (0.25, 0.0625, 0.0625)
+    # / 0.375 = (2/3, 1/6, 1/6), s(1/3, 1/3, 1/3) = itself;
+    # MSE(pA, sB) + MSE(pB, sA) = (1/36 + 2/144) / 3 + (1/9 + 2/36) / 3 = 5/72
+    pa, pb = torch.tensor([0.5, 0.25, 0.25]).view(1, 3, 1), torch.full((1, 3, 1), 1 / 3)
+    assert float(mutual_consistency_loss([pa, pb], 0.5, over_classes=True)) == pytest.approx(5 / 72)
+    # per channel instead: s(pA) = (0.5, 0.1, 0.1), s(pB) = (0.2, 0.2, 0.2)
+    per_channel = (0.3 ** 2 + 2 * 0.05 ** 2 + (1 / 6) ** 2 + 2 * (7 / 30) ** 2) / 3
+    assert float(mutual_consistency_loss([pa, pb], 0.5)) == pytest.approx(per_channel)  # 0.0772
     # two decoders by hand: MSE(p1, s(p2)) + MSE(p2, s(p1)) with s(0.5) = 0.5
     a = torch.tensor([0.5, 1.0])
     b = torch.tensor([0.0, 0.5])
@@ -195,7 +205,8 @@ def test_loss_composition_and_every_parameter_gets_a_gradient(tmp_path, configur
                                            over_classes=True)
     torch.testing.assert_close(sup.detach(), ref_sup)
     torch.testing.assert_close(cons.detach(), ref_cons)
-    torch.testing.assert_close(total.detach(), t.supervised_weight * ref_sup + 0.7 * ref_cons)
+    lam = {"3d_fullres": 0.5, "2d": 1.0}[configuration]  # the official lambda (mcnet3d_v2 / mcnet2d_v2)
+    torch.testing.assert_close(total.detach(), lam * ref_sup + 0.7 * ref_cons)
     # the unlabeled images enter the consistency term only (eval mode: no dropout, same masks)
     t.network.eval()
     with torch.no_grad():

@@ -93,6 +93,31 @@ def test_stage2_step_is_the_labeled_batch_plus_as_many_pseudo_labeled(tmp_path):
     assert float(out["labeled_loss"]) == pytest.approx(float(lab), rel=1e-5)
     assert float(out["pseudo_loss"]) == pytest.approx(float(pse), rel=1e-5)
     assert float(out["loss"]) == pytest.approx(float(lab) + float(pse), rel=1e-5)
+    t.PSEUDO_WEIGHT = 0.25  # the step weights the pseudo-label term with the trainer's PSEUDO_WEIGHT
+    with torch.no_grad():
+        lab, pse = t.loss(real(data), targets), t.loss(real(p_data), p_targets)
+    out = t.train_step({"data": data, "target": targets})
+    assert float(out["loss"]) == pytest.approx(float(lab) + 0.25 * float(pse), rel=1e-5)
+
+
+def test_self_training_loss_on_hand_made_outputs():
+    """Labeled rows first, each term averaged over its own rows, the pseudo term times ``pseudo_weight``."""
+    def mse(out, target):
+        if isinstance(out, list):  # a deep-supervision list: one term per output
+            return sum(((o - t) ** 2).mean() for o, t in zip(out, target))
+        return ((out - target) ** 2).mean()
+
+    out = torch.tensor([[1.0], [2.0], [4.0]])  # 1 labeled row, then 2 pseudo-labeled rows
+    total, parts = self_training_loss(out, torch.zeros(1, 1), torch.zeros(2, 1), n_labeled=1, loss=mse,
+                                      pseudo_weight=0.5)
+    assert float(parts["labeled_loss"]) == 1.0  # 1^2
+    assert float(parts["pseudo_loss"]) == 10.0  # (2^2 + 4^2) / 2
+    assert float(total) == 1.0 + 0.5 * 10.0
+    # deep supervision: every output split the same way
+    total, parts = self_training_loss([out, 10 * out], [torch.zeros(1, 1)] * 2, [torch.zeros(2, 1)] * 2,
+                                      n_labeled=1, loss=mse)
+    assert float(parts["labeled_loss"]) == 1.0 + 100.0 and float(parts["pseudo_loss"]) == 10.0 + 1000.0
+    assert float(total) == 101.0 + 1010.0
 
 
 @pytest.mark.slow

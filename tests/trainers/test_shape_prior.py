@@ -18,7 +18,12 @@ from nnzoo.trainers.networks.shape_prior import (
     resize_to_critic,
 )
 from nnzoo.trainers.nnunet_compat import deep_supervision_scales
-from nnzoo.trainers.shape_prior import CRITIC_KEY, foreground_probabilities, nnUNetTrainerShapePrior
+from nnzoo.trainers.shape_prior import (
+    CRITIC_KEY,
+    foreground_probabilities,
+    nnUNetTrainerShapePrior,
+    shape_prior_loss,
+)
 
 PATCH = {"3d_fullres": (16, 16, 16), "2d": (32, 32)}
 
@@ -138,6 +143,72 @@ def test_pseudo_labels_and_masks(tmp_path):
     lr = torch.tensor([[[[3.0, -3.0]]], [[[-1.0, 2.0]]]]).permute(1, 0, 2, 3)  # (1, 2, 1, 2)
     assert tr_r.pseudo_labels(lr)[0].tolist() == [[[1.0, 0.0]], [[0.0, 1.0]]]
     assert tr_r._critic_args()[1] == 2
+
+
+def _hand_made_outputs():
+    """A training pass's outputs ``(D_l on x_l, D_l logits on x_u, D_p on x_u)``, two scales, 3 classes;
+    D_l's argmax on the unlabeled patch is ``classes``; and the labeled targets."""
+    classes = torch.tensor([[0, 1, 1, 2], [0, 1, 1, 2], [2, 2, 0, 0], [2, 2, 0, 0]])
+    lab = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 2, 2)]
+    pseudo_logits = 5 * torch.nn.functional.one_hot(classes, 3).movedim(-1, 0)[None].float()
+    dp = [torch.ones(1, 3, 4, 4), torch.ones(1, 3, 2, 2)]
+    targets_l = [torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 2, 2)]
+    return (lab, pseudo_logits, dp), targets_l, classes
+
+
+def _stand_ins(lab, seen: dict):
+    """Stand-in losses that record what they get: labeled term 3, pseudo-label term 5, shape score 7."""
+    def supervised_loss(out, targets):
+        key = "sup" if out is lab or out is lab[0] else "pseudo"
+        seen[key] = (out, targets)
+        return torch.tensor(3.0 if key == "sup" else 5.0)
+
+    def shape_score(outputs):
+        seen["shape"] = outputs
+        return torch.tensor(7.0)
+
+    return supervised_loss, shape_score
+
+
+def test_shape_prior_loss_composition_on_hand_made_parts():
+    """``w_sup * L(D_l(x_l), y) + L(D_p(x_u), argmax D_l(x_u)) + w_shape * critic``, the pseudo-labels
+    nearest-downsampled to D_p's coarser output: fails if the weights are swapped or dropped, or D_p is
+    trained on anything but D_l's hard pseudo-labels."""
+    outputs, targets_l, classes = _hand_made_outputs()
+    lab, _, dp = outputs
+
+    def run(supervised_weight, shape_weight, deep_supervision=True):
+        seen = {}
+        sup, shape = _stand_ins(lab, seen)
+        total, parts = shape_prior_loss(outputs, targets_l, supervised_loss=sup, shape_score=shape,
+                                        regions=False, deep_supervision=deep_supervision,
+                                        supervised_weight=supervised_weight, shape_weight=shape_weight)
+        return float(total), {k: float(v) for k, v in parts.items()}, seen
+
+    total, parts, seen = run(2.0, 0.1)
+    assert parts == {"sup": 3.0, "pseudo": 5.0, "shape": 7.0}
+    assert total == pytest.approx(2 * 3 + 5 + 0.1 * 7)  # 11.7
+    assert seen["sup"][0] is lab and seen["sup"][1] is targets_l
+    assert seen["pseudo"][0] is dp and seen["shape"] is dp
+    pseudo_targets = seen["pseudo"][1]
+    assert pseudo_targets[0].tolist() == [[classes.float().tolist()]]
+    assert pseudo_targets[1].tolist() == [[[[1.0, 2.0], [2.0, 0.0]]]]  # nearest-exact: rows/columns 1 and 3
+    assert run(0.5, 4.0)[0] == pytest.approx(0.5 * 3 + 5 + 4 * 7)  # 34.5
+    # without deep supervision: the full-resolution outputs and targets only
+    _, _, seen = run(2.0, 0.1, deep_supervision=False)
+    assert seen["sup"][0] is lab[0] and seen["sup"][1] is targets_l[0]
+    assert seen["pseudo"][0] is dp[0] and seen["pseudo"][1].tolist() == [[classes.float().tolist()]]
+
+
+def test_compute_loss_uses_the_trainer_weights(tmp_path):
+    """The trainer passes its ``SUPERVISED_WEIGHT`` and ``SHAPE_WEIGHT`` (set here to other values)."""
+    cls = type("Weighted", (_TinyShapePrior,), {"SUPERVISED_WEIGHT": 3.0, "SHAPE_WEIGHT": 0.5})
+    tr = make_trainer(cls, tmp_path, "2d", plans=tiny_plans("2d", PATCH["2d"]))
+    outputs, targets_l, _ = _hand_made_outputs()
+    tr.loss, tr.shape_score = _stand_ins(outputs[0], {})
+    total, parts = tr.compute_loss(outputs, targets_l)
+    assert parts == {"sup": 3.0, "pseudo": 5.0, "shape": 7.0}
+    assert float(total) == pytest.approx(3 * 3 + 5 + 0.5 * 7)  # 17.5
 
 
 def test_ignore_label_is_rejected(tmp_path):
