@@ -98,7 +98,8 @@ def check_source_folder(src: Path, flag: str = "--source") -> None:
 
 def generated_cohort(root: Path, *, dim: int, num_train: int, num_test: int, seed: int, smoke: bool,
                      labeled_acquisitions: Sequence[str] | None = None) -> tuple[Path, dict]:
-    """The brain-phantom cohort of :mod:`nnzoo.pipeline.brain_phantoms` in ``root/cohort`` (made once).
+    """The brain-phantom cohort of :mod:`nnzoo.pipeline.brain_phantoms` in ``root/cohort`` (made once, one case per
+    CPU core at a time).
 
     Args:
         root: the benchmark's working folder.
@@ -122,7 +123,7 @@ def generated_cohort(root: Path, *, dim: int, num_train: int, num_test: int, see
         kw: dict = ({"shape": (24, 24)} if dim == 2 else {"shape": (24, 24), "num_slices": 12}) if smoke else {}
         if labeled_acquisitions is not None:
             kw["labeled_acquisitions"] = tuple(labeled_acquisitions)
-        bp.write_cohort(src, num_train=num_train, num_test=num_test, seed=seed, dim=dim, **kw)
+        bp.write_cohort(src, num_train=num_train, num_test=num_test, seed=seed, dim=dim, jobs=os.cpu_count() or 1, **kw)
         print(f"cohort: {num_train} training + {num_test} test cases ({dim}D) in {time.time() - t:.0f} s -> {src}",
               flush=True)
     manifest = json.loads((src / "manifest.json").read_text())

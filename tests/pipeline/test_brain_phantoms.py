@@ -51,7 +51,7 @@ def test_2d_case_is_the_middle_slice_of_the_3d_case():
 def test_write_cohort_deterministic_disjoint_tests_and_labeled_choice(tmp_path):
     kw = {"num_train": 5, "num_test": 2, "seed": 2, **SMALL}
     m1 = bp.write_cohort(tmp_path / "a", **kw)
-    bp.write_cohort(tmp_path / "b", **kw)
+    assert bp.write_cohort(tmp_path / "b", jobs=2, **kw) == m1  # two worker processes: the same cohort, same files
     assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == json.loads(json.dumps(m1))
     names = {k: sorted(p.name for p in (tmp_path / "a" / k).iterdir())
              for k in ("images", "labels", "test_images", "test_labels")}
