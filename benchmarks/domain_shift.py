@@ -42,11 +42,13 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    test cases (:func:`benchmarks.cohort.bootstrap_interval`).
 
 ``--smoke`` runs every row on a tiny cohort (24x24 images, 1 seed, 2 iterations) for the tests.
-The full default table (2D, 9 rows x 3 seeds, 20 x 50 iterations, 40 training and 50 test cases)::
+The full default table (2D, 15 rows x 3 seeds: 9 trained, 6 prediction-only; 20 x 50 iterations, 40 training
+and 50 test cases)::
 
     python benchmarks/domain_shift.py --jobs 2 --out domain_shift_work
 
-is estimated at about 110 minutes on 2 CPU cores (printed up front, from the measured cost of an
+took 66.9 min for its first 2 seeds (24 runs, 2026-12-06) on 2 CPU cores, about 100 minutes for 3 (the estimate
+is printed up front, from the measured cost of an
 ``nnUNetTrainer`` run and each trainer's train-step ratio; see :data:`COST`).
 """
 
