@@ -286,21 +286,32 @@ def run_parallel(items: Iterable, work: Callable[[object], None], jobs: int) -> 
 _lock = threading.Lock()
 
 
-def load_state(path: Path, settings: dict) -> dict:
+def load_state(path: Path, settings: dict, grows: Sequence[str] = ("seeds",)) -> dict:
     """The benchmark's JSON (``{"runs": {}}`` when new) with ``settings`` recorded.
 
-    Runs are keyed by their seed, so a later call may add seeds: the recorded ``seeds`` become the union.
+    Runs are keyed by their seed (and row), so a later call may add seeds or rows: the recorded values of
+    the ``grows`` settings become the union of the recorded and the new ones (lists: sorted union; dicts:
+    merged, a key recorded with another value is refused).
 
     Raises:
-        SystemExit: the file holds runs of other settings (seeds aside).
+        SystemExit: the file holds runs of other settings (``grows`` aside), or a ``grows`` dict entry changed.
     """
     state = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     old = state.get("settings")
-    if old is not None and {k: v for k, v in old.items() if k != "seeds"} != \
-            {k: v for k, v in settings.items() if k != "seeds"}:
+    if old is not None and {k: v for k, v in old.items() if k not in grows} != \
+            {k: v for k, v in settings.items() if k not in grows}:
         raise SystemExit(f"error: {path} holds runs of other settings ({state['settings']}); use another --out")
-    seeds = sorted({*(old or {}).get("seeds", []), *settings.get("seeds", [])})
-    state["settings"] = {**settings, **({"seeds": seeds} if "seeds" in settings else {})}
+    merged = dict(settings)
+    for k in grows:
+        before, now = (old or {}).get(k), settings.get(k)
+        if isinstance(now, dict) or isinstance(before, dict):
+            changed = [n for n, v in (now or {}).items() if n in (before or {}) and before[n] != v]
+            if changed:
+                raise SystemExit(f"error: {path} records {k} {changed} with other values; use other names or --out")
+            merged[k] = {**(before or {}), **(now or {})}
+        elif k in settings or before is not None:
+            merged[k] = sorted({*(before or []), *(now or [])})
+    state["settings"] = merged
     return state
 
 

@@ -72,7 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="generated cohort: the acquisition styles labeled cases are drawn from (default: the "
                          "generator's two T1 styles; 'all': every style, the control without a domain shift "
                          "between labeled and test cases)")
+    ap.add_argument("--variant", action="append", default=None, metavar="NAME=TRAINER:HPARAM=VALUE[,HPARAM=VALUE]",
+                    help="an extra row NAME: TRAINER with these hyperparameters on the same labeled cases and seeds "
+                         "(e.g. the official setting of an nnzoo choice); repeatable; a later call may add rows")
     a = ap.parse_args(argv)
+    a.variants = parse_variants(ap, a.variant or [])
     cohort.apply_defaults(a, SMOKE if a.smoke else DEFAULTS[a.config])
     if a.trainers is None:
         a.trainers = [BASELINE, *_semi_supervised_trainers()]
@@ -93,6 +97,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.hparam = [] if a.smoke else list(DEFAULT_HPARAMS)
     a.hparams = cohort.parse_hparams(ap, a.hparam)
     return a
+
+
+def parse_variants(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, dict]:
+    """``NAME=TRAINER:HPARAM=VALUE[,HPARAM=VALUE]`` items as ``{name: {"trainer", "hparams"}}`` (flag errors for a
+    malformed item, an unknown trainer, or a name that is a trainer's)."""
+    import re
+
+    from nnzoo.trainers import list_trainers
+    from nnzoo.trainers.base import parse_hyperparameters
+
+    known = {i.name: i for i in list_trainers()}
+    out: dict[str, dict] = {}
+    for item in items:
+        name, _, spec = item.partition("=")
+        trainer, _, kvs = spec.partition(":")
+        # a comma starts the next pair only before an UPPER_CASE name (tuple values are comma-separated too)
+        pairs = [kv.split("=", 1) for kv in re.split(r",(?=[A-Z][A-Z0-9_]*=)", kvs) if kv]
+        if not name or not trainer or not pairs or any(len(kv) != 2 or not kv[0] for kv in pairs) or "|" in name:
+            ap.error(f"--variant {item!r}: expected NAME=TRAINER:HPARAM=VALUE[,HPARAM=VALUE]")
+        if trainer not in known:
+            ap.error(f"--variant {item!r}: {trainer} is not a registered trainer")
+        if name in known or name in out:
+            ap.error(f"--variant {item!r}: the name {name} is taken (a trainer's or another variant's)")
+        try:
+            parse_hyperparameters(known[trainer].cls, dict(pairs))
+        except (KeyError, ValueError) as e:
+            ap.error(f"--variant {item!r}: {str(e).strip(chr(39))}")
+        out[name] = {"trainer": trainer, "hparams": dict(pairs)}
+    return out
 
 
 #: defaults per configuration (2D: the measured CPU budget; see the README's table)
@@ -148,17 +181,24 @@ def make_dataset(a: argparse.Namespace, src: Path, root: Path, did: int, name: s
 
 
 # --------------------------------------------------------------------------------------------- runs
-def run_one(a: argparse.Namespace, root: Path, src: Path, did: int, trainer: str, seed: int) -> dict:
+def run_one(a: argparse.Namespace, root: Path, src: Path, did: int, trainer: str, seed: int,
+            variant: dict | None = None) -> dict:
     """Train ``trainer`` on dataset ``did`` with ``seed``, predict and score the test cases.
 
-    The model folder is ``nnUNet_results/seed<seed>`` (the all-labels baseline keeps one per seed).
+    The model folder is in ``nnUNet_results/seed<seed>`` (the all-labels baseline keeps one per seed); a
+    ``variant`` (``{"trainer", "hparams"}``, the row named ``trainer``) trains its trainer with its
+    hyperparameters into ``nnUNet_results/seed<seed>_<name>``.
     """
-    quick = cohort.trainer_hparams(trainer, quick=a.quick, hparams=a.hparams)
-    r = cohort.train_predict_evaluate(root, src, did=did, trainer=trainer, seed=seed, config=a.config,
+    base = variant["trainer"] if variant else trainer
+    quick = {**cohort.trainer_hparams(base, quick=a.quick, hparams=a.hparams), **(variant or {}).get("hparams", {})}
+    folder = f"seed{seed}" + (f"_{trainer}" if variant else "")
+    r = cohort.train_predict_evaluate(root, src, did=did, trainer=base, seed=seed, config=a.config,
                                       epochs=a.epochs, iters=a.iters, device=a.device, jobs=a.jobs,
-                                      results=root / "nnUNet_results" / f"seed{seed}", tag=f"{trainer}_d{did}_s{seed}",
+                                      results=root / "nnUNet_results" / folder, tag=f"{trainer}_d{did}_s{seed}",
                                       hparams=quick)
     r["quick_hparams"] = quick
+    if variant:
+        r.update(trainer=trainer, base_trainer=base)
     return r
 
 
@@ -187,7 +227,8 @@ def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> 
         if r["labels"] == FULL:
             continue
         ds_dir = next(pre.glob(f"Dataset{r['dataset']:03d}_*"))
-        folder = pseudo_label_dir(ds_dir, model_folder(ds_dir.name, r["trainer"], "nnUNetPlans", a.config).name, "all")
+        trainer = r.get("base_trainer", r["trainer"])
+        folder = pseudo_label_dir(ds_dir, model_folder(ds_dir.name, trainer, "nnUNetPlans", a.config).name, "all")
         scores = {}
         for f in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
             pseudo, ref = np.load(f)[0], np.asarray(load_preprocessed_segmentation(ref_dir, f.stem)[:])[0]
@@ -199,6 +240,11 @@ def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> 
         if scores:
             out[key] = scores
     return out
+
+
+def plan_variant_runs(a: argparse.Namespace, variants: dict[str, dict]) -> list[tuple[str, str, int]]:
+    """``(variant name, labels, seed)`` of every ``--variant`` run (after the other runs)."""
+    return [(name, f"{a.labeled}", s) for s in a.seeds for name in variants]
 
 
 def plan_runs(a: argparse.Namespace) -> list[tuple[str, str, int]]:
@@ -229,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                                            "num_test", "data_seed", "device", "quick", "source", "hparams")}
     if a.labeled_acquisitions is not None:  # (absent by default: earlier runs' settings stay comparable)
         settings["labeled_acquisitions"] = a.labeled_acquisitions
-    state = cohort.load_state(out_json, settings)
+    if a.variants:
+        settings["variants"] = a.variants
+    state = cohort.load_state(out_json, settings, grows=("seeds", "variants"))
+    variants = state["settings"].get("variants", {})  # this call's and earlier calls' rows
     state["jobs"] = a.jobs
     state["label_names"] = state_names
     state["test_groups"] = {c: v["acquisition"] for c, v in manifest.get("test", {}).items() if "acquisition" in v}
@@ -244,21 +293,35 @@ def main(argv: list[str] | None = None) -> int:
         did = a.dataset_id + 1 + i
         datasets[(a.labeled, s)] = (did, f"LowLabel{a.labeled}s{s}")
         make_dataset(a, src, root, did, f"LowLabel{a.labeled}s{s}", labeled, [c for c in train_cases if c not in labeled])
-    runs = plan_runs(a)
+    runs = plan_runs(a) + plan_variant_runs(a, variants)
     todo = [(n, r) for n, r in enumerate(runs, 1) if "|".join(map(str, r)) not in state["runs"]]
 
     def work(item: tuple[int, tuple[str, str, int]]) -> None:
         n, (trainer, labels, seed) = item
         did = datasets[FULL][0] if labels == FULL else datasets[(a.labeled, seed)][0]
         print(f"[{n}/{len(runs)}] {trainer}, {labels} labeled, seed {seed} ...", flush=True)
-        r = run_one(a, root, src, did, trainer, seed)
+        r = run_one(a, root, src, did, trainer, seed, variants.get(trainer))
         r["labels"] = labels
-        cohort.save_state(out_json, state, f"{trainer}|{labels}|{seed}", r)
+        key = f"{trainer}|{labels}|{seed}"
+        # pseudo-labels are scored at once: a variant of the same trainer and dataset writes the same folder later
+        r["pseudo_labels"] = pseudo_label_quality(a, {"runs": {key: r}, "label_names": state_names}, datasets).get(key)
+        cohort.save_state(out_json, state, key, r)
         print(f"[{n}/{len(runs)}] {trainer}, {labels} labeled, seed {seed}: mean foreground Dice {r['mean_fg']:.4f} "
               f"(train {r['train_s']:.0f} s, predict {r['predict_s']:.0f} s)", flush=True)
 
-    cohort.run_parallel(todo, work, a.jobs)
-    state["pseudo_labels"] = pseudo_label_quality(a, state, datasets)
+    def work_group(group: list[tuple[int, tuple[str, str, int]]]) -> None:
+        for item in group:
+            work(item)
+
+    cohort.run_parallel([t for t in todo if t[1][0] not in variants], work, a.jobs)
+    # variants after the other rows; two runs of one trainer on one dataset (they share its pseudo-label folder)
+    # never at the same time
+    groups: dict[tuple[str, int], list] = {}
+    for t in (t for t in todo if t[1][0] in variants):
+        groups.setdefault((variants[t[1][0]]["trainer"], t[1][2]), []).append(t)
+    cohort.run_parallel(list(groups.values()), work_group, a.jobs)
+    state["pseudo_labels"] = {**state.get("pseudo_labels", {}),
+                              **{k: r["pseudo_labels"] for k, r in state["runs"].items() if r.get("pseudo_labels")}}
     cohort.finish_state(state, t0, "low_label.py", argv)
     cohort.save_state(out_json, state)
     from benchmarks.low_label_report import write_report

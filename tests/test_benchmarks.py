@@ -159,6 +159,38 @@ def test_low_label_choice_is_seeded_balanced_and_from_the_pool():
         low_label.choose_labeled(manifest, cases, 5, seed=0)
 
 
+def test_low_label_variant_flags(capsys):
+    """--variant NAME=TRAINER:HPARAM=VALUE[,...] parsed; malformed items, unknown trainers and taken names are
+    flag errors; variant runs come after the others, one per seed."""
+    low_label, _ = _low_label()
+    a = low_label.parse_args(["--variant", "BCP-lcc0=nnUNetTrainerBCP:LCC_MIN_SINGLE_FRACTION=0,PRETRAIN_FRACTION=0.25",
+                              "--seeds", "0", "1"])
+    assert a.variants == {"BCP-lcc0": {"trainer": "nnUNetTrainerBCP",
+                                       "hparams": {"LCC_MIN_SINGLE_FRACTION": "0", "PRETRAIN_FRACTION": "0.25"}}}
+    assert low_label.plan_variant_runs(a, a.variants) == [("BCP-lcc0", "4", 0), ("BCP-lcc0", "4", 1)]
+    for bad, needle in [("x=nnUNetTrainerBCP", "expected"), ("=nnUNetTrainerBCP:A=1", "expected"),
+                        ("x=NoSuchTrainer:A=1", "not a registered trainer"),
+                        ("nnUNetTrainer=nnUNetTrainerBCP:A=1", "is taken"),
+                        ("x=nnUNetTrainerBCP:NO_SUCH=1", "not a hyperparameter")]:
+        with pytest.raises(SystemExit):
+            low_label.parse_args(["--variant", bad])
+        assert needle in capsys.readouterr().err, bad
+
+
+def test_benchmark_state_grows_dict_settings_and_refuses_changed_entries(tmp_path):
+    from benchmarks import cohort
+
+    path = tmp_path / "s.json"
+    grows = ("seeds", "variants")
+    state = cohort.load_state(path, {"seeds": [0], "epochs": 2, "variants": {"a": {"trainer": "T"}}}, grows)
+    cohort.save_state(path, state)
+    merged = cohort.load_state(path, {"seeds": [1], "epochs": 2, "variants": {"b": {"trainer": "U"}}}, grows)
+    assert merged["settings"]["variants"] == {"a": {"trainer": "T"}, "b": {"trainer": "U"}}
+    assert cohort.load_state(path, {"seeds": [0], "epochs": 2}, grows)["settings"]["variants"] == {"a": {"trainer": "T"}}
+    with pytest.raises(SystemExit, match="other values"):
+        cohort.load_state(path, {"seeds": [0], "epochs": 2, "variants": {"a": {"trainer": "V"}}}, grows)
+
+
 def test_low_label_seeds_get_disjoint_labeled_sets_while_the_pool_allows():
     """Seeds 0..k-1 share no labeled case when the pool holds k sets; seed k starts a new order."""
     low_label, _ = _low_label()
@@ -217,6 +249,18 @@ def test_low_label_smoke_holds_test_cases_out_and_reports(tmp_path):
             assert sorted(p.name.split(".")[0] for p in (ds / "labelsTr").iterdir()) == labeled
     for run in state["runs"].values():
         assert sorted(run["per_case"]) == sorted(test_cases)
+    # a later call adds a --variant row (same labeled cases and seed, its own model folder); nothing else reruns
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "low_label.py"), "--smoke", "--out", str(out),
+                        "--trainers", "nnUNetTrainer", "nnUNetTrainerMeanTeacher", "--variant",
+                        "MT-no-noise=nnUNetTrainerMeanTeacher:NOISE_STD=0"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    after = json.loads((out / "low_label.json").read_text())
+    assert sorted(after["runs"]) == sorted([*state["runs"], "MT-no-noise|2|0"])
+    assert all(after["runs"][k]["train_s"] == v["train_s"] for k, v in state["runs"].items())
+    variant = after["runs"]["MT-no-noise|2|0"]
+    assert variant["base_trainer"] == "nnUNetTrainerMeanTeacher" and variant["quick_hparams"]["NOISE_STD"] == "0"
+    assert (out / "nnUNet_results" / "seed0_MT-no-noise").is_dir() and "`MT-no-noise`" in (out / "low_label.md").read_text()
 
 
 @pytest.mark.slow
