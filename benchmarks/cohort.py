@@ -316,11 +316,14 @@ def load_state(path: Path, settings: dict, grows: Sequence[str] = ("seeds",)) ->
 
 
 def save_state(path: Path, state: dict, key: str | None = None, run: dict | None = None) -> None:
-    """Write ``state`` (after adding ``run`` under ``key``), safely from several threads."""
+    """Write ``state`` (after adding ``run`` under ``key``), safely from several threads and atomically (a
+    temporary file renamed over the old one: a benchmark stopped while writing keeps its earlier runs)."""
     with _lock:
         if key is not None:
             state["runs"][key] = run
-        path.write_text(json.dumps(state, indent=1))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, path)
 
 
 def machine() -> str:
