@@ -44,6 +44,9 @@ def summarise(state: dict) -> dict:
             row["classes"].setdefault(c, []).append(d)
     low = next((k for k in rows if k[0] == BASELINE and k[1] != FULL), None)
     full = rows.get((BASELINE, FULL))
+    scores: dict[tuple[str, str], dict[int, dict[str, float]]] = {}  # per row and seed: per-case Dice
+    for r in runs:
+        scores.setdefault((r["trainer"], r["labels"]), {})[r["seed"]] = run_case_scores(r)
     gap = None
     if low and full:
         gap = float(np.mean(list(full["seeds"].values())) - np.mean(list(rows[low]["seeds"].values())))
@@ -59,16 +62,14 @@ def summarise(state: dict) -> dict:
                        wins=int((diffs > 0).sum()), paired=len(diffs))
             if gap is not None and gap > 0:  # no gap, nothing to close: the fraction would be meaningless
                 row["gap_closed"] = float(diffs.mean() / gap)
-            row.update(_intervals(runs, key, low))
+            row.update(_intervals(scores, key, low))
     return {"rows": rows, "gap": gap, "low": low}
 
 
-def _intervals(runs: list[dict], key: tuple[str, str], low: tuple[str, str]) -> dict:
+def _intervals(scores: dict[tuple[str, str], dict[int, dict[str, float]]], key: tuple[str, str],
+               low: tuple[str, str]) -> dict:
     """``diff_ci`` (and ``closed_ci`` when the all-labels baseline ran on the same seeds) of row ``key`` against
-    the baseline ``low``, from the runs' per-case scores; empty when the runs hold none."""
-    scores: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
-    for r in runs:
-        scores.setdefault((r["trainer"], r["labels"]), {})[r["seed"]] = run_case_scores(r)
+    the baseline ``low``, from ``scores`` (``{row: {seed: {case: Dice}}}``); empty when the runs hold none."""
     seeds = sorted(set(scores.get(key, {})) & set(scores.get(low, {})))
     cases = sorted({c for s in seeds for c in scores[key][s]} & {c for s in seeds for c in scores[low][s]})
     if not seeds or not cases:
