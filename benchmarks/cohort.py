@@ -321,9 +321,9 @@ def save_state(path: Path, state: dict, key: str | None = None, run: dict | None
     with _lock:
         if key is not None:
             state["runs"][key] = run
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, path)
+        from nnzoo.trainers.files import write_json_atomic
+
+        write_json_atomic(path, state)
 
 
 def machine() -> str:

@@ -12,7 +12,6 @@ folder of its own (:func:`~nnzoo.pipeline.experiment.model_folder`); without the
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -50,12 +49,6 @@ __all__ = ["train", "TrainOptions", "TrainRun", "resolve_run", "parse_labeled", 
            "RUN_FILE"]  # training_class: re-exported from .experiment
 
 RUN_FILE = "nnzoo_run.json"
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _plan_method_plans_on_the_spot(name: str, trainer: str, plans_name: str, configuration: str) -> None:
@@ -230,13 +223,14 @@ def _print_memory_note(plans: dict, o: TrainOptions) -> None:
 
 def _start_record(run: TrainRun, out: Path) -> None:
     """Write ``nnzoo_run.json`` and forget a previous run's labeled split (rank 0 / the launcher only)."""
+    from nnzoo.trainers.files import write_json_atomic
     from nnzoo.trainers.label_budget import LABELED_SPLIT_FILE
 
     o = run.options
     out.mkdir(parents=True, exist_ok=True)
     if not o.resume and not o.validation_only:  # a new run chooses its labeled cases anew
         (out / LABELED_SPLIT_FILE).unlink(missing_ok=True)
-    _write_json_atomic(out / RUN_FILE, run.record())
+    write_json_atomic(out / RUN_FILE, run.record(), indent=2)
     what = "validating" if o.validation_only else "training"
     print(f"nnzoo: {what} {o.trainer} on {run.dataset_name} {o.configuration} fold {o.fold} ({o.device})"
           + (f", {o.labeled} labeled cases" if o.labeled is not None else "")

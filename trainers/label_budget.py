@@ -16,6 +16,8 @@ import zlib
 
 import numpy as np
 
+from .files import write_json_atomic
+
 __all__ = ["LabelBudgetMixin", "LABELED_SPLIT_FILE", "resolve_labeled_budget", "choose_labeled_cases"]
 
 LABELED_SPLIT_FILE = "labeled_split.json"
@@ -117,10 +119,7 @@ class LabelBudgetMixin:
             if path is not None and getattr(self, "local_rank", 0) == 0:
                 record = {"labeled": labeled, "unlabeled": unlabeled, "budget": self.labeled_budget,
                           "num_labeled": n, "seed": seed, "fold": self.fold}
-                tmp = f"{path}.tmp-{os.getpid()}"
-                with open(tmp, "w") as f:
-                    json.dump(record, f, indent=1)
-                os.replace(tmp, path)
+                write_json_atomic(path, record)
         self.unlabeled_train_keys = unlabeled
         self.print_to_log_file(f"Label budget: {len(labeled)} labeled and {len(unlabeled)} unlabeled training "
                                f"cases of {len(tr_keys)}; validation on all {len(val_keys)} validation cases")

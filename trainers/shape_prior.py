@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 
 from .base import PlanNetworkMixin, method_hyperparameters
 from .critic_cache import critic_cache_key, duration, load_critic_cache, save_critic_cache
+from .files import write_json_atomic
 from .networks.shape_prior import (
     ShapeCritic,
     ShapeGenerator,
@@ -428,9 +427,7 @@ class nnUNetTrainerShapePrior(PlanNetworkMixin, SemiSupervisedTrainer):
             return
         path = Path(self.output_folder) / CRITIC_JSON
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{CRITIC_JSON}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.critic_record, indent=1, default=float))
-        os.replace(tmp, path)
+        write_json_atomic(path, self.critic_record, default=float)
 
     def shape_score(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         """Mean critic score of D_p's outputs (every scale, every sample); differentiable w.r.t. them."""
