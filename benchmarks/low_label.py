@@ -204,7 +204,7 @@ def run_one(a: argparse.Namespace, root: Path, src: Path, did: int, trainer: str
 
 def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> dict[str, dict[str, float]]:
     """Score the pseudo-labels written by a run (e.g. ``nnUNetTrainerSelfTraining``'s, in
-    ``nnUNet_preprocessed/<dataset>/pseudo_labels/<model folder>/fold_all``) against the labels of
+    ``nnUNet_preprocessed/<dataset>/pseudo_labels/<model folder>-<key>/fold_all``) against the labels of
     those unlabeled training cases, taken from the all-labels dataset (preprocessed the same way).
     Those labels exist only in the all-labels dataset: no run on ``N`` labels ever reads them.
 
@@ -228,7 +228,7 @@ def pseudo_label_quality(a: argparse.Namespace, state: dict, datasets: dict) -> 
             continue
         ds_dir = next(pre.glob(f"Dataset{r['dataset']:03d}_*"))
         trainer = r.get("base_trainer", r["trainer"])
-        folder = pseudo_label_dir(ds_dir, model_folder(ds_dir.name, trainer, "nnUNetPlans", a.config).name, "all")
+        folder = pseudo_label_dir(ds_dir, model_folder(ds_dir.name, trainer, "nnUNetPlans", a.config), "all")
         scores = {}
         for f in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
             pseudo, ref = np.load(f)[0], np.asarray(load_preprocessed_segmentation(ref_dir, f.stem)[:])[0]

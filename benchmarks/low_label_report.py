@@ -63,7 +63,49 @@ def summarise(state: dict) -> dict:
             if gap is not None and gap > 0:  # no gap, nothing to close: the fraction would be meaningless
                 row["gap_closed"] = float(diffs.mean() / gap)
             row.update(_intervals(scores, key, low))
-    return {"rows": rows, "gap": gap, "low": low}
+    return {"rows": rows, "gap": gap, "low": low, "scores": scores}
+
+
+def variant_effects(state: dict, summary: dict) -> list[dict]:
+    """What each ``--variant`` row changes against its trainer's row (nnzoo's defaults), paired by seed and case.
+
+    Returns one dict per variant row whose trainer ran on the same labels: ``variant``, ``trainer``,
+    ``hparams``, ``diff_mean``/``diff_min``/``diff_max``/``wins``/``paired`` over the seeds both ran, and
+    ``diff_ci`` (``(estimate, lower, upper)``, the two-way bootstrap of the per-case differences) when the
+    runs hold per-case scores.
+    """
+    variants = (state.get("settings") or {}).get("variants") or {}
+    rows, scores, out = summary["rows"], summary.get("scores", {}), []
+    for key, row in rows.items():
+        spec = variants.get(key[0])
+        base = rows.get((spec["trainer"], key[1])) if spec else None
+        seeds = [s for s in row["seeds"] if base and s in base["seeds"]]
+        if not seeds:
+            continue
+        diffs = np.array([row["seeds"][s] - base["seeds"][s] for s in seeds])
+        effect = {"variant": key[0], "trainer": spec["trainer"], "labels": key[1], "hparams": spec.get("hparams", {}),
+                  "diff_mean": float(diffs.mean()), "diff_min": float(diffs.min()), "diff_max": float(diffs.max()),
+                  "wins": int((diffs > 0).sum()), "paired": len(diffs)}
+        a, b = scores.get(key, {}), scores.get((spec["trainer"], key[1]), {})
+        seeds = sorted(set(a) & set(b))
+        cases = sorted({c for s in seeds for c in a[s]} & {c for s in seeds for c in b[s]})
+        if cases:
+            effect["diff_ci"] = bootstrap_interval(score_matrix(a, seeds, cases) - score_matrix(b, seeds, cases))
+        out.append(effect)
+    return out
+
+
+def _variant_table(state: dict, summary: dict) -> str:
+    effects = variant_effects(state, summary)
+    if not effects:
+        return ""
+    body = [[f"`{e['variant']}`", f"`{e['trainer']}`", ", ".join(f"`{k}={v}`" for k, v in e["hparams"].items()),
+             e["labels"], f"{e['diff_mean']:+.4f} ({e['diff_min']:+.4f} … {e['diff_max']:+.4f}; {e['wins']}/{e['paired']})",
+             _ci_cell(e)] for e in effects]
+    head = ["variant", "against", "hyperparameters", "labeled", "Δ vs the trainer's defaults (paired; min–max; wins)",
+            "Δ 95 % interval"]
+    return ("\nEach `--variant` row against its trainer with nnzoo's defaults (same labeled cases, seeds and test "
+            "cases; the same paired bootstrap):\n\n" + "\n".join(markdown_table(head, body)) + "\n")
 
 
 def _intervals(scores: dict[tuple[str, str], dict[int, dict[str, float]]], key: tuple[str, str],
@@ -259,7 +301,8 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
     notes.append(f"{state.get('date', '')}, {state.get('machine', '')}, wall time {state.get('wall_s', 0) / 60:.1f} min; "
                  f"`{state.get('command', '')}`")
     return ("\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-            + _group_table(state, summary) + _gap_table(state, summary) + _pseudo_label_table(state))
+            + _variant_table(state, summary) + _group_table(state, summary) + _gap_table(state, summary)
+            + _pseudo_label_table(state))
 
 
 def plot(state: dict, summary: dict, png: Path) -> None:

@@ -108,7 +108,11 @@ def test_low_label_scores_pseudo_labels_against_the_held_back_labels(tmp_path, m
     ref[0, 0, :2] = 1  # class 1: 8 voxels; class 2 in neither
     nnUNetDatasetBlosc2.save_case(np.zeros((1, 1, 4, 4), np.float32), ref, {}, str(full / "nnUNetPlans_2d" / "u1"),
                                   chunks=(1, 1, 4, 4), blocks=(1, 1, 4, 4))
-    pl = tmp_path / "Dataset951_Low" / "pseudo_labels" / "T__nnUNetPlans__2d" / "fold_all"
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    from nnzoo.trainers.self_training import pseudo_label_dir
+
+    pl = pseudo_label_dir(tmp_path / "Dataset951_Low", tmp_path / "results" / "Dataset951_Low" / "T__nnUNetPlans__2d",
+                          "all")  # where the run of T on that dataset wrote them
     pl.mkdir(parents=True)
     pseudo = np.zeros((1, 1, 4, 4), np.int8)
     pseudo[0, 0, :1] = 1  # 4 of the 8 voxels: Dice 2*4/(4+8)
@@ -224,6 +228,34 @@ def test_low_label_paired_interval_and_verdicts():
     lines = report.verdicts(report.summarise({"runs": runs}))
     assert lines[0].endswith("`Up`") and "`Mixed`" in lines[1] and lines[2].endswith("none")
     assert f"`Up` {round(100 * np.mean(shift['Up']) / 0.2)} %" in lines[3]
+
+
+def test_low_label_variant_rows_are_paired_with_their_trainer_not_the_baseline():
+    """A ``--variant`` row's effect is its difference to its own trainer's row (same seeds and cases), with the
+    per-seed figures, wins and interval; rows that are not variants, or whose trainer did not run, get none."""
+    _, report = _low_label()
+    cases = [f"c{i}.nii.gz" for i in range(6)]
+    base = {0: np.linspace(0.4, 0.6, 6), 1: np.linspace(0.5, 0.7, 6)}
+    rows = {("nnUNetTrainer", 0.0), ("T", 0.10), ("T-v", 0.12), ("Lonely-v", 0.3)}
+    runs = {}
+    for t, shift in rows:
+        for s, v in base.items():
+            v = v + shift + (0.01 if (t, s) == ("T-v", 1) else 0.0)
+            runs[f"{t}|4|{s}"] = {"trainer": t, "labels": "4", "seed": s, "mean_fg": float(v.mean()),
+                                  "dice": {"1": float(v.mean())}, "train_s": 1.0,
+                                  "per_case": {c: {"1": float(x)} for c, x in zip(cases, v)}}
+    state = {"runs": runs, "settings": {"variants": {"T-v": {"trainer": "T", "hparams": {"X": "1"}},
+                                                     "Lonely-v": {"trainer": "Absent", "hparams": {}}}}}
+    effects = report.variant_effects(state, report.summarise(state))
+    assert [e["variant"] for e in effects] == ["T-v"]
+    e = effects[0]
+    assert (e["trainer"], e["hparams"], e["wins"], e["paired"]) == ("T", {"X": "1"}, 2, 2)
+    assert (e["diff_mean"], e["diff_min"], e["diff_max"]) == pytest.approx((0.025, 0.02, 0.03))
+    est, lo, hi = e["diff_ci"]
+    assert est == pytest.approx(0.025) and 0.02 - 1e-9 <= lo <= est <= hi <= 0.03 + 1e-9
+    table = report._variant_table(state, report.summarise(state))
+    assert "| `T-v` | `T` | `X=1` | 4 | +0.0250 (+0.0200 … +0.0300; 2/2) |" in table and "above 0" in table
+    assert "Lonely-v" not in table and report._variant_table({"runs": runs}, report.summarise({"runs": runs})) == ""
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from collections.abc import Callable
@@ -22,17 +23,31 @@ PSEUDO_DONE = "pseudo_labels.json"
 
 
 def pseudo_label_folder(trainer) -> Path:
-    """Where a run's pseudo-labels go: ``nnUNet_preprocessed/<dataset>/pseudo_labels/<model folder>/fold_<f>``.
+    """Where a run's pseudo-labels go: ``nnUNet_preprocessed/<dataset>/pseudo_labels/<model folder>-<key>/fold_<f>``.
 
     They are derived training data (like the preprocessed arrays) of one model and fold, not part
-    of the model folder, which rank 0 alone writes.
+    of the model folder, which rank 0 alone writes. ``<key>`` comes from the model folder's full
+    path (:func:`pseudo_label_dir`), so runs of the same trainer and dataset under two
+    ``nnUNet_results`` never share (or resume from) each other's pseudo-labels.
     """
-    return pseudo_label_dir(trainer.preprocessed_dataset_folder_base, Path(trainer.output_folder_base).name, trainer.fold)
+    return pseudo_label_dir(trainer.preprocessed_dataset_folder_base, trainer.output_folder_base, trainer.fold)
 
 
-def pseudo_label_dir(preprocessed_dataset_folder: str | Path, model_folder_name: str, fold: int | str) -> Path:
-    """``<preprocessed dataset folder>/pseudo_labels/<model folder name>/fold_<fold>`` (for readers without a trainer)."""
-    return Path(preprocessed_dataset_folder) / "pseudo_labels" / model_folder_name / f"fold_{fold}"
+def pseudo_label_dir(preprocessed_dataset_folder: str | Path, model_folder: str | Path, fold: int | str) -> Path:
+    """The pseudo-label folder of the model in ``model_folder`` (its full path), for readers without a trainer.
+
+    Args:
+        preprocessed_dataset_folder: ``nnUNet_preprocessed/<dataset>``.
+        model_folder: the model folder (``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>``).
+        fold: the fold.
+
+    Returns:
+        ``<preprocessed dataset folder>/pseudo_labels/<model folder name>-<8 hex digits of the SHA-1 of its
+        absolute path>/fold_<fold>``.
+    """
+    model_folder = Path(model_folder).resolve()
+    key = hashlib.sha1(str(model_folder).encode()).hexdigest()[:8]
+    return Path(preprocessed_dataset_folder) / "pseudo_labels" / f"{model_folder.name}-{key}" / f"fold_{fold}"
 
 
 def self_training_loss(outputs, target, pseudo_target, *, n_labeled: int, loss: Callable,

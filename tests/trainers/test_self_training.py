@@ -120,6 +120,21 @@ def test_self_training_loss_on_hand_made_outputs():
     assert float(total) == 101.0 + 1010.0
 
 
+def test_pseudo_label_folder_is_per_model_folder_path_not_per_name(tmp_path):
+    """Two runs of one trainer, dataset and fold under two ``nnUNet_results`` get two pseudo-label folders (one
+    never resumes from the other's labels); the same model folder, however spelled, always gets the same one."""
+    from nnzoo.trainers.self_training import pseudo_label_dir
+
+    pre = tmp_path / "pre" / "Dataset001_X"
+    name = "nnUNetTrainerSelfTraining__nnUNetPlans__2d"
+    a = pseudo_label_dir(pre, tmp_path / "results_a" / "Dataset001_X" / name, 0)
+    b = pseudo_label_dir(pre, tmp_path / "results_b" / "Dataset001_X" / name, 0)
+    assert a != b and a.parent.parent == b.parent.parent == pre / "pseudo_labels"
+    assert a.name == b.name == "fold_0" and a.parent.name.startswith(name + "-") and len(a.parent.name) == len(name) + 9
+    assert pseudo_label_dir(pre, tmp_path / "results_a" / "x" / ".." / "Dataset001_X" / name, 0) == a
+    assert pseudo_label_dir(pre, tmp_path / "results_a" / "Dataset001_X" / name, "all") == a.parent / "fold_all"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("in_prepared", ["prepared_2d"], indirect=True)
 def test_pseudo_labels_come_from_the_sliding_window_of_the_current_model(in_prepared, monkeypatch):
