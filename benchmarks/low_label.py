@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         settings["variants"] = a.variants
     state = cohort.load_state(out_json, settings, grows=("seeds", "variants"))
     variants = state["settings"].get("variants", {})  # this call's and earlier calls' rows
+    for k, scores in state.pop("pseudo_labels", {}).items():  # records before 2026-12-06 kept them beside the runs
+        if k in state["runs"] and not state["runs"][k].get("pseudo_labels"):
+            state["runs"][k]["pseudo_labels"] = scores
     state["jobs"] = a.jobs
     state["label_names"] = state_names
     state["test_groups"] = {c: v["acquisition"] for c, v in manifest.get("test", {}).items() if "acquisition" in v}
@@ -320,8 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     for t in (t for t in todo if t[1][0] in variants):
         groups.setdefault((variants[t[1][0]]["trainer"], t[1][2]), []).append(t)
     cohort.run_parallel(list(groups.values()), work_group, a.jobs)
-    state["pseudo_labels"] = {**state.get("pseudo_labels", {}),
-                              **{k: r["pseudo_labels"] for k, r in state["runs"].items() if r.get("pseudo_labels")}}
     cohort.finish_state(state, t0, "low_label.py", argv)
     cohort.save_state(out_json, state)
     from benchmarks.low_label_report import write_report

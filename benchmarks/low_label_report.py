@@ -188,15 +188,15 @@ def _gap_table(state: dict, summary: dict) -> str:
 
 
 def _pseudo_label_table(state: dict) -> str:
-    pl = state.get("pseudo_labels") or {}
+    """Each run's ``pseudo_labels`` (``{case: Dice}``, scored when the run finished), per trainer and group."""
     groups_of = state.get("train_groups") or {}
-    if not pl:
-        return ""
     per: dict[str, dict[str, list[float]]] = {}
-    for key, cases in pl.items():
-        trainer = key.split("|")[0]
-        for case, d in cases.items():
+    for r in state["runs"].values():
+        for case, d in (r.get("pseudo_labels") or {}).items():
+            trainer = r["trainer"]
             per.setdefault(trainer, {}).setdefault(groups_of.get(case, "all"), []).append(d)
+    if not per:
+        return ""
     groups = list(dict.fromkeys(g for row in per.values() for g in row))
     lines = markdown_table(["trainer", *groups],
                            ([f"`{t}`", *(f"{np.mean(row[g]):.3f} (n={len(row[g])})" if g in row else "–" for g in groups)]

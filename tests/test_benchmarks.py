@@ -123,7 +123,7 @@ def test_low_label_scores_pseudo_labels_against_the_held_back_labels(tmp_path, m
     a = low_label.parse_args(["--out", str(tmp_path / "out"), "--trainers", "nnUNetTrainer"])
     scores = low_label.pseudo_label_quality(a, state, {low_label.FULL: (950, "All")})
     assert scores == {"T|4|0": {"u1": pytest.approx(8 / 12)}}  # class 2 in neither: left out of the mean
-    state["pseudo_labels"] = scores
+    state["runs"]["T|4|0"]["pseudo_labels"] = scores["T|4|0"]
     assert "| `T` | 0.667 (n=1) |" in report._pseudo_label_table(state)
 
 
