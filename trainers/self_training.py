@@ -119,6 +119,9 @@ class nnUNetTrainerSelfTraining(SemiSupervisedTrainer):
           (``PSEUDO_WEIGHT = 1``, no threshold, no uncertainty weighting);
         - stage-2 weighting as above (labeled term at full weight, pseudo-label term added).
 
+        What the pseudo-labelling point changes, measured on the low-label benchmark (5 seeds, 2026-12-06, README "nnzoo choices"):
+        ``PSEUDO_LABEL_AT = 0.8`` -0.1 points mean foreground Dice [-0.7, +0.5], not separable.
+
     Not supported (error): the ignore label (pseudo-labels have no unannotated voxels).
     """
 
