@@ -56,12 +56,9 @@ def summarise(state: dict) -> dict:
                    class_means={c: float(np.mean(d)) for c, d in row["classes"].items()},
                    train_s_mean=float(np.mean(row["train_s"])))
         if low and key[1] == rows[low]["labels"] and key != low:
-            base = rows[low]["seeds"]
-            diffs = np.array([row["seeds"][s] - base[s] for s in row["seeds"] if s in base])
-            row.update(diff_mean=float(diffs.mean()), diff_min=float(diffs.min()), diff_max=float(diffs.max()),
-                       wins=int((diffs > 0).sum()), paired=len(diffs))
+            row.update(_seed_differences(row, rows[low]))
             if gap is not None and gap > 0:  # no gap, nothing to close: the fraction would be meaningless
-                row["gap_closed"] = float(diffs.mean() / gap)
+                row["gap_closed"] = float(row["diff_mean"] / gap)
             row.update(_intervals(scores, key, low))
     return {"rows": rows, "gap": gap, "low": low, "scores": scores}
 
@@ -78,21 +75,34 @@ def variant_effects(state: dict, summary: dict) -> list[dict]:
     rows, scores, out = summary["rows"], summary.get("scores", {}), []
     for key, row in rows.items():
         spec = variants.get(key[0])
-        base = rows.get((spec["trainer"], key[1])) if spec else None
-        seeds = [s for s in row["seeds"] if base and s in base["seeds"]]
-        if not seeds:
+        base_key = (spec["trainer"], key[1]) if spec else None
+        per_seed = _seed_differences(row, rows[base_key]) if base_key in rows else {}
+        if not per_seed:
             continue
-        diffs = np.array([row["seeds"][s] - base["seeds"][s] for s in seeds])
+        seeds, cases = _paired_cases(scores, key, base_key)
         effect = {"variant": key[0], "trainer": spec["trainer"], "labels": key[1], "hparams": spec.get("hparams", {}),
-                  "diff_mean": float(diffs.mean()), "diff_min": float(diffs.min()), "diff_max": float(diffs.max()),
-                  "wins": int((diffs > 0).sum()), "paired": len(diffs)}
-        a, b = scores.get(key, {}), scores.get((spec["trainer"], key[1]), {})
-        seeds = sorted(set(a) & set(b))
-        cases = sorted({c for s in seeds for c in a[s]} & {c for s in seeds for c in b[s]})
+                  **per_seed}
         if cases:
-            effect["diff_ci"] = bootstrap_interval(score_matrix(a, seeds, cases) - score_matrix(b, seeds, cases))
+            effect["diff_ci"] = bootstrap_interval(score_matrix(scores[key], seeds, cases)
+                                                   - score_matrix(scores[base_key], seeds, cases))
         out.append(effect)
     return out
+
+
+def _seed_differences(row: dict, base: dict) -> dict:
+    """Per-seed paired differences of two rows' mean Dice (the seeds both ran): mean, min, max, wins, count."""
+    diffs = np.array([row["seeds"][s] - base["seeds"][s] for s in row["seeds"] if s in base["seeds"]])
+    if not len(diffs):
+        return {}
+    return {"diff_mean": float(diffs.mean()), "diff_min": float(diffs.min()), "diff_max": float(diffs.max()),
+            "wins": int((diffs > 0).sum()), "paired": len(diffs)}
+
+
+def _paired_cases(scores: dict, key: tuple[str, str], base: tuple[str, str]) -> tuple[list[int], list[str]]:
+    """The seeds both rows ran and the test cases both scored in them."""
+    seeds = sorted(set(scores.get(key, {})) & set(scores.get(base, {})))
+    return seeds, sorted({c for s in seeds for c in scores[key][s]} & {c for s in seeds for c in scores[base][s]})
+
 
 
 def _variant_table(state: dict, summary: dict) -> str:
@@ -112,8 +122,7 @@ def _intervals(scores: dict[tuple[str, str], dict[int, dict[str, float]]], key: 
                low: tuple[str, str]) -> dict:
     """``diff_ci`` (and ``closed_ci`` when the all-labels baseline ran on the same seeds) of row ``key`` against
     the baseline ``low``, from ``scores`` (``{row: {seed: {case: Dice}}}``); empty when the runs hold none."""
-    seeds = sorted(set(scores.get(key, {})) & set(scores.get(low, {})))
-    cases = sorted({c for s in seeds for c in scores[key][s]} & {c for s in seeds for c in scores[low][s]})
+    seeds, cases = _paired_cases(scores, key, low)
     if not seeds or not cases:
         return {}
     m, b = score_matrix(scores[key], seeds, cases), score_matrix(scores[low], seeds, cases)
