@@ -224,7 +224,8 @@ def train_predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, see
 
 
 def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: str, device: str, jobs: int,
-                     results: Path, tag: str, extra: Sequence[str] = (), predict_extra: Sequence[str] = ()) -> dict:
+                     results: Path, tag: str, extra: Sequence[str] = (), predict_extra: Sequence[str] = (),
+                     streams: dict[str, list[str]] | None = None) -> dict:
     """Predict ``test_images/`` with a trained fold-``all`` model and score it against ``test_labels/`` (CLI).
 
     Args:
@@ -232,9 +233,14 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
         tag: names the logs, predictions and evaluation folders.
         extra: arguments that name the model (e.g. ``--augment gin``).
         predict_extra: arguments of ``predict`` only (e.g. ``--adapt tent``).
+        streams: ``{name: [test case, ...]}``: one ``predict`` per stream, on a folder of its cases only (each
+            stream starts from the model as trained: with ``--adapt-continual``, the papers' protocol of one
+            continual run per target domain); None: one ``predict`` on every test case.
 
     Returns:
-        ``dice`` (per class), ``mean_fg``, ``predict_s`` and ``per_case`` (``{test file name: {class: Dice}}``).
+        ``dice`` (per class), ``mean_fg``, ``predict_s`` (all streams), ``per_case`` (``{test file name: {class:
+        Dice}}``) and, with ``--adapt``, ``adapt_s`` and ``adapt_change`` (``{case: seconds spent adapting}``,
+        ``{case: relative change}`` from ``adaptation.json``).
 
     Raises:
         CommandFailed: a command failed.
@@ -242,16 +248,43 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
     env = run_env(results, jobs)
     logs = root / "logs"
     pred, ev = root / "predictions" / tag, root / "evaluations" / tag
-    t_pred = nnzoo("predict", "-i", str(src / "test_images"), "-o", str(pred), "-d", str(did), "-c", config,
-                   "-tr", trainer, "-f", "all", "-device", device, "--overwrite", *extra, *predict_extra,
-                   log=logs / f"predict_{tag}.log", env=env)
+    test = cases(src / "test_images")
+    outputs = []
+    if streams is None:
+        jobs_ = [(src / "test_images", pred, logs / f"predict_{tag}.log")]
+    else:
+        jobs_ = []
+        for name, members in streams.items():
+            inp = root / "streams" / tag / name
+            shutil.rmtree(inp, ignore_errors=True)
+            inp.mkdir(parents=True)
+            for c in members:
+                (inp / test[c].name).symlink_to(test[c].resolve())
+            jobs_.append((inp, root / "predictions" / f"{tag}__streams" / name, logs / f"predict_{tag}_{name}.log"))
+    t_pred = 0.0
+    for inp, out, log in jobs_:
+        t_pred += nnzoo("predict", "-i", str(inp), "-o", str(out), "-d", str(did), "-c", config, "-tr", trainer,
+                        "-f", "all", "-device", device, "--overwrite", *extra, *predict_extra, log=log, env=env)
+        outputs.append(out)
+    if streams is not None:  # the streams' predictions in one folder, as evaluate reads them
+        shutil.rmtree(pred, ignore_errors=True)
+        pred.mkdir(parents=True)
+        for out in outputs:
+            for f in out.iterdir():
+                if f.is_file() and f.suffix != ".json":
+                    shutil.copy(f, pred / f.name)
     nnzoo("evaluate", "-ref", str(src / "test_labels"), "-pred", str(pred), "-d", str(did), "-o", str(ev),
           log=logs / f"evaluate_{tag}.log", env=env)
     summary = json.loads((ev / "summary.json").read_text())
     dice = {k: float(v["Dice"]) for k, v in summary["mean"].items() if k != "0"}
-    return {"dice": dice, "mean_fg": sum(dice.values()) / len(dice), "predict_s": round(t_pred, 1),
-            "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
-                         for c in summary["metric_per_case"]}}
+    out = {"dice": dice, "mean_fg": sum(dice.values()) / len(dice), "predict_s": round(t_pred, 1),
+           "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
+                        for c in summary["metric_per_case"]}}
+    records = [json.loads((o / "adaptation.json").read_text()) for o in outputs if (o / "adaptation.json").is_file()]
+    if records:
+        out["adapt_s"] = {c: v for r in records for c, v in r.get("seconds_per_case", {}).items()}
+        out["adapt_change"] = {c: v for r in records for c, v in r.get("relative_change_per_case", {}).items()}
+    return out
 
 
 #: what a trainer writes beside its checkpoints about its own auxiliary steps (e.g. the shape critic's held-out AUC)

@@ -23,12 +23,14 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    trainers read these images); *all*: every training case labeled (the oracle).
 3. **Rows**: ``nnUNetTrainer`` on the source labels (*source only*) and on all labels (*oracle*);
    every registered trainer with ``domain_generalisation=True`` on the source labels (read from the
-   registry, so new methods appear as they are registered); ``nnUNetTrainer`` and
-   ``nnUNetTrainerBCP`` with ``--augment gin`` (BCP takes the unlabeled images of every target
-   domain); and each test-time adaptation method of ``nnzoo predict --adapt`` (TENT, VPTTA, GraTa)
+   registry, so new methods appear as they are registered); ``nnUNetTrainer``,
+   ``nnUNetTrainerBCP`` and ``nnUNetTrainerC2SDG`` with ``--augment gin`` (:data:`GIN_TRAINERS`; BCP
+   takes the unlabeled images of every target domain); and each test-time adaptation method of ``nnzoo predict --adapt`` (TENT, VPTTA, GraTa)
    applied to the source-only model of the same seed (no training; its prediction time beside the
    source-only row's measures the cost) and to the :data:`DG_TTA_MODEL` model of the same seed
-   (DG + TTA). Every run: fold ``all``, the same ``--epochs x --iters`` iterations, seed ``s`` for each
+   (DG + TTA), each once episodic (``predict``'s default: every case from the trained model) and once
+   continual per domain (``--adapt-continual`` on one stream per test domain, in case order, each stream
+   from the trained model: the papers' continual protocol). Every run: fold ``all``, the same ``--epochs x --iters`` iterations, seed ``s`` for each
    of ``--seeds`` (initialisation and sampling; the data do not depend on the seed). A row whose
    trainer is not registered is skipped with a note; a run that fails is reported as failed with its
    one-line reason and the table is still written (a later call retries it).
@@ -42,14 +44,13 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    test cases (:func:`benchmarks.cohort.bootstrap_interval`).
 
 ``--smoke`` runs every row on a tiny cohort (24x24 images, 1 seed, 2 iterations) for the tests.
-The full default table (2D, 15 rows x 3 seeds: 9 trained, 6 prediction-only; 20 x 50 iterations, 40 training
+The full default table (2D, 22 rows x 3 seeds: 10 trained, 12 prediction-only; 20 x 50 iterations, 40 training
 and 50 test cases)::
 
     python benchmarks/domain_shift.py --jobs 2 --out domain_shift_work
 
-took 66.9 min for its first 2 seeds (24 runs, 2026-12-06) on 2 CPU cores, about 100 minutes for 3 (the estimate
-is printed up front, from the measured cost of an
-``nnUNetTrainer`` run and each trainer's train-step ratio; see :data:`COST`).
+took 112.7 min on 2 CPU cores (2026-12-06, in five calls as rows were added; the estimate is printed up front, from
+the measured cost of an ``nnUNetTrainer`` run and each trainer's train-step ratio; see :data:`COST`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ from benchmarks import cohort
 
 BASELINE = "nnUNetTrainer"
 SOURCE_ONLY, ORACLE = "source only", "oracle"
-#: trainers run with ``--augment gin`` (each its own row)
-GIN_TRAINERS = (BASELINE, "nnUNetTrainerBCP")
+#: trainers run with ``--augment gin`` (each its own row): the baseline, BCP (unlabeled images of every style too)
+#: and C²SDG (the DG trainer that gains on the source styles, with contrast randomisation its own augmentation
+#: does not reach)
+GIN_TRAINERS = (BASELINE, "nnUNetTrainerBCP", "nnUNetTrainerC2SDG")
 #: the training-time method whose models also get each ``--adapt`` method (DG + TTA rows): GIN-IPA, the
 #: random-convolution training that DG-TTA (multimodallearning/DG-TTA) pairs with test-time adaptation, and the
 #: row closing the largest share of both target gaps in the first measured table (2 seeds, 2026-12-06)
@@ -104,6 +107,8 @@ class Row:
     augment: str | None = None
     adapt: str | None = None
     model_row: str | None = None
+    #: ``--adapt-continual``, one continual stream per test domain (the papers' protocol), instead of episodic
+    continual: bool = False
 
     @property
     def extra(self) -> list[str]:
@@ -133,21 +138,27 @@ def plan_rows(trainers: list[str] | None, config: str) -> tuple[list[Row], dict[
 
     Source only and the oracle are always rows (every figure refers to them). ``trainers`` (None:
     all) keeps the other rows whose trainer or key it names; a registered trainer it names that is in
-    no default row becomes a row of its own on the source labels.
+    no default row becomes a row of its own on the source labels, ``TRAINER+AUGMENT`` (e.g.
+    ``nnUNetTrainerC2SDG+gin``) one with ``--augment AUGMENT``.
     """
     info = registered()
     dg = [n for n, i in info.items() if i.domain_generalisation]
     wanted = [Row(SOURCE_ONLY, BASELINE), Row(ORACLE, BASELINE, "all"), *(Row(n, n) for n in dg),
               *(Row(f"{t}+gin", t, augment="gin") for t in GIN_TRAINERS),
-              *(Row(f"{SOURCE_ONLY}+{m}", BASELINE, adapt=m, model_row=SOURCE_ONLY) for m in adapt_methods()),
-              *(Row(f"{DG_TTA_MODEL}+{m}", DG_TTA_MODEL, adapt=m, model_row=DG_TTA_MODEL) for m in adapt_methods())]
+              *(Row(f"{model}+{m}{' continual' if c else ''}", trainer, adapt=m, model_row=model, continual=c)
+                for c in (False, True) for model, trainer in ((SOURCE_ONLY, BASELINE), (DG_TTA_MODEL, DG_TTA_MODEL))
+                for m in adapt_methods())]
     if trainers is not None:
+        from nnzoo.trainers.augment import AUGMENTATIONS
+
+        defaults = {r.key for r in wanted}
         keep = set(trainers)
         wanted = wanted[:2] + [r for r in wanted[2:] if (r.trainer in keep and not r.adapt) or r.key in keep]
         kept = {r.key for r in wanted}
         wanted = [r for r in wanted if not r.adapt or r.model_row in kept]  # TTA needs its model's row
         known = {r.key for r in wanted} | {r.trainer for r in wanted[2:]}
-        wanted += [Row(t, t) for t in trainers if t not in known and t != BASELINE]
+        wanted += [Row(t, t.split("+")[0], augment=t.split("+", 1)[1]) if t.partition("+")[2] in AUGMENTATIONS
+                   else Row(t, t) for t in trainers if t not in known | defaults and t != BASELINE]
     rows, skipped = [], {}
     for r in wanted:
         if r.trainer not in info:
@@ -265,8 +276,8 @@ def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) 
     per_iter = SECONDS_PER_ITER[a.config] * a.epochs * a.iters
     total, assumed = 0.0, set()
     for row, _ in runs:
-        if row.adapt:  # prediction only: a few times plain prediction
-            total += 3 * SECONDS_PER_RUN[a.config]
+        if row.adapt:  # prediction only (measured: episodic about one plain prediction, continual per domain two)
+            total += (2 if row.continual else 1) * SECONDS_PER_RUN[a.config]
             continue
         if base and done.get(row.key):
             factor = sum(done[row.key]) / len(done[row.key]) / base
@@ -278,18 +289,32 @@ def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) 
     return total / max(1, min(a.jobs, len(runs))), sorted(assumed)
 
 
-def run_one(a: argparse.Namespace, root: Path, src: Path, ids: dict[str, int], row: Row, seed: int) -> dict:
-    """Train, predict and score one run; its result, or ``{"failed": reason}``."""
+def streams_of(groups: dict[str, str]) -> dict[str, list[str]]:
+    """``{domain: [test case, ...]}`` in case order: the continual rows' streams, one per domain."""
+    out: dict[str, list[str]] = {}
+    for c in sorted(groups):
+        out.setdefault(groups[c], []).append(c)
+    return out
+
+
+def run_one(a: argparse.Namespace, root: Path, src: Path, ids: dict[str, int], row: Row, seed: int,
+            groups: dict[str, str] | None = None) -> dict:
+    """Train, predict and score one run; its result, or ``{"failed": reason}``.
+
+    Args:
+        groups: ``{test case: domain}``, the streams of a continual adaptation row.
+    """
     tag = _tag(row.key, seed)
     hp = cohort.trainer_hparams(row.trainer, quick=a.quick, hparams=a.hparams)
     base = {"row": row.key, "trainer": row.trainer, "data": row.data, "augment": row.augment, "seed": seed,
-            "hparams": hp, "adapt": row.adapt}
+            "hparams": hp, "adapt": row.adapt, "continual": row.continual}
     try:
         if row.adapt:  # the model of row.model_row, same seed, predicted with --adapt
             r = {"train_s": 0.0, **cohort.predict_evaluate(
                 root, src, did=ids[row.data], trainer=row.trainer, config=a.config, device=a.device, jobs=a.jobs,
                 results=root / "nnUNet_results" / _tag(row.model_row, seed), tag=tag, extra=row.extra,
-                predict_extra=["--adapt", row.adapt])}
+                predict_extra=["--adapt", row.adapt, *(["--adapt-continual"] if row.continual else [])],
+                streams=streams_of(groups or {}) if row.continual else None)}
         else:
             r = cohort.train_predict_evaluate(root, src, did=ids[row.data], trainer=row.trainer, seed=seed,
                                               config=a.config, epochs=a.epochs, iters=a.iters, device=a.device,
@@ -332,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     def work(item: tuple[int, tuple[Row, int]]) -> None:
         n, (row, seed) = item
         print(f"[{n}/{len(runs)}] {row.key}, seed {seed} ...", flush=True)
-        r = run_one(a, root, src, ids, row, seed)
+        r = run_one(a, root, src, ids, row, seed, groups=state["test_groups"])
         cohort.save_state(out_json, state, f"{row.key}|{seed}", r)
         print(f"[{n}/{len(runs)}] {row.key}, seed {seed}: "
               + (f"FAILED: {r['failed']}" if "failed" in r else

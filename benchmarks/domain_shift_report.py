@@ -46,13 +46,17 @@ def summarise(state: dict) -> dict:
     for run in state["runs"].values():
         row = rows.setdefault(run["row"], {"key": run["row"], "trainer": run["trainer"], "augment": run.get("augment"),
                                            "failed": {}, "train_s": [], "predict_s": [], "adapt": run.get("adapt"),
-                                           "hparams": run.get("hparams") or {}})
+                                           "hparams": run.get("hparams") or {}, "continual": run.get("continual"),
+                                           "adapt_change": [], "adapt_s": []})
         if "failed" in run:
             row["failed"][run["seed"]] = run["failed"]
         else:
             ok.setdefault(run["row"], {})[run["seed"]] = run_case_scores(run)
             row["train_s"].append(run["train_s"])
             row["predict_s"].append(run.get("predict_s", float("nan")))
+            if run.get("adapt_change") is not None:
+                row["adapt_change"].append(run["adapt_change"])
+                row["adapt_s"].append(run.get("adapt_s") or {})
 
     def matrix(key: str, seeds: list[int], cases: list[str]) -> np.ndarray:
         return score_matrix(ok[key], seeds, cases)
@@ -77,6 +81,12 @@ def summarise(state: dict) -> dict:
                                   "sd": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else 0.0}
         row["train_s_mean"] = float(np.mean(row["train_s"])) if row["train_s"] else None
         row["predict_s_mean"] = float(np.mean(row["predict_s"])) if row["predict_s"] else None
+        if row["adapt_change"]:  # mean over the runs' cases of each pool (cases are named as in test_groups)
+            row["change"] = {g: float(np.mean([v for r in row["adapt_change"] for c, v in r.items() if c in cases]))
+                             for g, cases in (("source", set(pools["source"])), ("target", set(pools["target"])))
+                             if any(c in cases for r in row["adapt_change"] for c in r)}
+            secs = [v for r in row["adapt_s"] for v in r.values()]
+            row["adapt_s_mean"] = float(np.mean(secs)) if secs else None
         paired = seeds_of(key, SOURCE_ONLY)
         if key == SOURCE_ONLY or not paired:
             continue
@@ -112,7 +122,9 @@ def _name(r: dict) -> str:
                                                                         if r.get("augment") else "")
                                                                      + (", source labels" if r["key"].startswith(
                                                                          f"{SOURCE_ONLY}+") else "")
-                                                                     + (f" + `predict --adapt {r['adapt']}`"
+                                                                     + (f" + `predict --adapt {r['adapt']}"
+                                                                        + (" --adapt-continual` (per domain)"
+                                                                           if r.get("continual") else "`")
                                                                         if r.get("adapt") else ""))
 
 
@@ -174,6 +186,12 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
         ["row", *(f"Δ {g}" for g in groups), "Δ target domains, per seed", "Δ source domains, per seed"],
         ([_name(r), *(_ci(r["diff"][g]) for g in groups), per_seed(r, "target"), per_seed(r, "source")]
          for r in order if "diff" in r))
+    adapted = [r for r in order if r.get("change")]
+    t4 = markdown_table(
+        ["row", "relative change, source-domain cases", "relative change, target-domain cases",
+         "s adapting per case"],
+        ([_name(r), *(f"{r['change'][g]:.2e}" if g in r["change"] else "–" for g in ("source", "target")),
+          f"{r['adapt_s_mean']:.2f}" if r.get("adapt_s_mean") is not None else "–"] for r in adapted))
     winners = goal_rows(s)
     hp = {r["key"]: r["hparams"] for r in s["rows"].values() if r["hparams"]}
     notes = [
@@ -202,10 +220,24 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
     return ("Mean foreground Dice per test domain:\n\n" + "\n".join(t1)
             + "\n\nShare of each target domain's gap closed, and the change on the source domains:\n\n" + "\n".join(t2)
             + "\n\nPaired differences to source only per domain:\n\n" + "\n".join(t3) + "\n\n"
+            + ("How far test-time adaptation moved the model (`adaptation.json`: norm-layer affine parameters, "
+               "||θ − θ_trained|| / ||θ_trained||, for TENT and GraTa; VPTTA: root mean square of prompt − 1; "
+               "mean over the seeds' test cases; continual: accumulated along the domain's stream):\n\n"
+               + "\n".join(t4) + "\n\n" if adapted else "")
             + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
+def _short(key: str) -> str:
+    """A row's label in the figure (``nnUNetTrainerX`` -> ``X``, ``nnUNetTrainer+gin`` -> ``nnU-Net+gin``)."""
+    if key in (SOURCE_ONLY, ORACLE) or not key.startswith("nnUNetTrainer"):
+        return key
+    rest = key[len("nnUNetTrainer"):]
+    return "nnU-Net" + rest if not rest or rest.startswith("+") else rest
+
+
 def plot(state: dict, summary: dict, png: Path) -> None:
+    """One line per row, readable with many rows: Dice per test domain (annotated heat map), the share of each
+    target gap closed and the change on the source domains (95 % intervals; dotted: the goal's bounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,37 +245,47 @@ def plot(state: dict, summary: dict, png: Path) -> None:
 
     rows = [r for r in _order(summary) if r["seeds"]]
     groups, targets = summary["groups"], summary["targets"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.4), gridspec_kw={"width_ratios": [3, 2]})
-    width = 0.8 / max(1, len(rows))
-    colors = plt.cm.tab10(np.arange(len(rows)) % 10)
-    for i, r in enumerate(rows):
-        label = r["key"]
-        if r["key"] not in (SOURCE_ONLY, ORACLE) and label.startswith("nnUNetTrainer"):
-            label = label[len("nnUNetTrainer"):]
-            label = "nnU-Net" + label if not label or label.startswith("+") else label
-        for j, g in enumerate(groups):
-            d = r["dice"][g]
-            x = j - 0.4 + width * (i + 0.5)
-            ax.bar(x, d["mean"], width, color=colors[i], edgecolor="k", lw=0.4, label=label if j == 0 else None)
-            ax.scatter([x] * len(d["per_seed"]), list(d["per_seed"].values()), color="k", s=5, zorder=3)
-        for j, g in enumerate(targets):
-            if g in r.get("closed", {}):
-                est, lo, hi = r["closed"][g]
-                x = j - 0.4 + width * (i + 0.5)
-                bx.bar(x, 100 * est, width, color=colors[i], edgecolor="k", lw=0.4)
-                bx.errorbar(x, 100 * est, yerr=[[100 * (est - lo)], [100 * (hi - est)]], color="k", capsize=2, lw=0.8)
+    n = len(rows)
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 1.6 + 0.34 * n), sharey=True,
+                                     gridspec_kw={"width_ratios": [len(groups) + 1, 3, 2]})
+    dice = np.array([[r["dice"][g]["mean"] for g in groups] for r in rows])
+    ax.imshow(dice, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(n):
+        for j in range(len(groups)):
+            ax.text(j, i, f"{dice[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="k" if dice[i, j] > 0.6 else "w")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{g}\n(source)" if g in summary["source"] else g for g in groups], fontsize=9)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("mean foreground Dice (test cases)", fontsize=9)
-    ax.set_title("Dice per test domain (bars: mean over seeds, dots: seeds)", fontsize=10)
-    ax.legend(fontsize=8, ncol=min(5, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    bx.axhline(0, color="k", lw=0.8)
-    bx.axhline(100 * GOAL_CLOSED, color="#888", ls=":", lw=1)
-    bx.set_xticks(range(len(targets)))
-    bx.set_xticklabels(targets, fontsize=9)
-    bx.set_ylabel("% of the gap (oracle − source only) closed", fontsize=9)
-    bx.set_title("Gap closed per target domain (95 % bootstrap interval)", fontsize=10)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([_short(r["key"]) for r in rows], fontsize=9)
+    ax.set_title("mean foreground Dice per test domain\n(mean over seeds)", fontsize=10)
+    h = 0.8 / max(1, len(targets))
+    colors = plt.cm.tab10(np.arange(len(targets)) % 10)
+    for i, r in enumerate(rows):
+        for k, g in enumerate(targets):
+            if g in r.get("closed", {}):
+                est, lo, hi = r["closed"][g]
+                y = i - 0.4 + h * (k + 0.5)
+                bx.barh(y, 100 * est, h, color=colors[k], label=g)
+                bx.errorbar(100 * est, y, xerr=[[100 * (est - lo)], [100 * (hi - est)]], color="k", capsize=2, lw=0.8)
+        if "diff" in r:
+            est, lo, hi = r["diff"]["source"]
+            cx.errorbar(100 * est, i, xerr=[[100 * (est - lo)], [100 * (hi - est)]], fmt="o", color="k", ms=4,
+                        capsize=2, lw=0.8)
+    handles, labels = bx.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    bx.legend(seen.values(), seen.keys(), fontsize=8, loc="lower right")
+    bx.axvline(0, color="k", lw=0.8)
+    bx.axvline(100 * GOAL_CLOSED, color="#888", ls=":", lw=1)
+    bx.set_xlabel("% of the gap (oracle − source only) closed", fontsize=9)
+    bx.set_title("gap closed per target domain\n(95 % bootstrap interval; dotted: goal)", fontsize=10)
+    cx.axvline(0, color="k", lw=0.8)
+    cx.axvline(-100 * GOAL_SOURCE_LOSS, color="#888", ls=":", lw=1)
+    cx.set_xlabel("Δ Dice points on the source domains", fontsize=9)
+    cx.set_title("change on the source domains\n(95 % interval; dotted: goal)", fontsize=10)
+    for a in (bx, cx):
+        a.grid(axis="x", color="#ddd", lw=0.5)
+    ax.set_ylim(n - 0.5, -0.5)
     st = state["settings"]
     fig.suptitle(f"Domain-shift benchmark ({st['config']}, {len(st['seeds'])} seeds, "
                  f"{st['epochs']} × {st['iters']} iterations)", fontsize=11)

@@ -139,23 +139,39 @@ def check_previous_record(output_dir: Path, o, kept: int) -> None:
                          "same flags, another folder, or --overwrite")
 
 
-def write_record(output_dir: Path, o, seconds: list[tuple[str | None, float]], *, device: str,
+def write_record(output_dir: Path, o, seconds: list[tuple[str | None, float, float | None]], *, device: str,
                  folds: list) -> Path | None:
-    """Write (or, with ``--continue``, extend) ``adaptation.json`` with the seconds spent adapting per case."""
+    """Write (or, with ``--continue``, extend) ``adaptation.json``: per case the seconds spent adapting and how far
+    the adaptation moved what the method adapts (``relative_change``, see ``TestTimeAdapter.relative_change``).
+
+    Args:
+        seconds: ``(case, seconds, relative change or None)`` per predicted case.
+    """
     now = adaptation_settings(o)
     f = record_file(output_dir, o)
     if now is None:
         if o.overwrite:  # the replaced predictions' record goes with them
             f.unlink(missing_ok=True)
         return None
-    per_case = {}
+    per_case, changes = {}, {}
     if f.is_file() and o.continue_prediction:
-        per_case = dict(json.loads(f.read_text()).get("seconds_per_case", {}))
-    per_case.update({c or f"case_{i}": round(s, 4) for i, (c, s) in enumerate(seconds)})
+        old = json.loads(f.read_text())
+        per_case = dict(old.get("seconds_per_case", {}))
+        changes = dict(old.get("relative_change_per_case", {}))
+    for i, (c, s, ch) in enumerate(seconds):
+        name = c or f"case_{i}"
+        per_case[name] = round(s, 4)
+        if ch is not None:
+            changes[name] = float(f"{ch:.4g}")
     record = {**now, "folds": [str(x) for x in folds], "device": device,
               "seconds_per_case": dict(sorted(per_case.items())),
               "mean_seconds_per_case": round(sum(per_case.values()) / len(per_case), 4) if per_case else None,
-              "note": "seconds spent adapting (all folds), not counting the prediction itself"}
+              "relative_change_per_case": dict(sorted(changes.items())),
+              "mean_relative_change": float(f"{sum(changes.values()) / len(changes):.4g}") if changes else None,
+              "note": "seconds spent adapting (all folds), not counting the prediction itself; relative change: how "
+                      "far adaptation moved what the method adapts at the end of the case, mean over folds (TENT, "
+                      "GraTa: ||θ - θ_trained|| / ||θ_trained|| of the norm layers' affine parameters, accumulated "
+                      "since the trained state when continual; VPTTA: root mean square of prompt - 1)"}
     tmp = f.with_name(f.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(f)

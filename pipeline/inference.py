@@ -177,7 +177,8 @@ class AdaptingPredictorMixin:
         self.adaptation = adaptation
         self._adapters: dict[int, object] = {}
         self._adapter = None
-        self.adaptation_seconds: list[tuple[str | None, float]] = []
+        #: ``(case, seconds spent adapting, relative change or None)`` per case, all folds (change: their mean)
+        self.adaptation_seconds: list[tuple[str | None, float, float | None]] = []
         self.current_case: str | None = None
 
     def _fold_adapter(self, index: int):
@@ -208,8 +209,10 @@ class AdaptingPredictorMixin:
         self._seed = case_seed(data)
         self._fold = -1
         self._case_seconds = 0.0
+        self._case_changes: list[float] = []
         out = super().predict_logits_from_preprocessed_data(data)
-        self.adaptation_seconds.append((self.current_case, self._case_seconds))
+        change = sum(self._case_changes) / len(self._case_changes) if self._case_changes else None
+        self.adaptation_seconds.append((self.current_case, self._case_seconds, change))
         return out
 
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
@@ -235,6 +238,8 @@ class AdaptingPredictorMixin:
             self._adapter = None
             with torch.inference_mode(False):
                 adapter.end_case(continual=continual)
+            if adapter.last_change is not None:
+                self._case_changes.append(adapter.last_change)
 
     def mirrored_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._adapter is not None:

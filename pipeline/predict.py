@@ -356,7 +356,7 @@ def predict(options: PredictOptions) -> list[Path]:
           f"({precision}){' (no TTA)' if o.disable_tta else ''}"
           f"{f' (--adapt {o.adapt}, ' + ('continual)' if o.adapt_continual else 'episodic)') if o.adapt else ''} "
           f"-> {output_dir}")
-    seconds: list[tuple[str | None, float]] = []
+    seconds: list[tuple[str | None, float, float | None]] = []
     if todo:
         kwargs = dict(options=o, device=dev, num_processes=nproc)
         if prev is not None and prev_stage_predictions is None:
@@ -374,8 +374,10 @@ def predict(options: PredictOptions) -> list[Path]:
         raise NnzooError(f"prediction did not write {', '.join(missing[:5])}")
     if todo:
         per_case: dict = {}
-        for c, sec in seconds:  # a cascade adapts both stages
-            per_case[c] = per_case.get(c, 0.0) + sec
-        write_record(output_dir, o, list(per_case.items()), device=str(dev), folds=model.folds)
+        for c, sec, change in seconds:  # a cascade adapts both stages: seconds add up, changes average
+            t, ch = per_case.get(c, (0.0, []))
+            per_case[c] = (t + sec, ch + ([change] if change is not None else []))
+        write_record(output_dir, o, [(c, t, sum(ch) / len(ch) if ch else None) for c, (t, ch) in per_case.items()],
+                     device=str(dev), folds=model.folds)
     print(f"nnzoo: {len(targets)} segmentation(s) in {output_dir}")
     return list(targets.values())

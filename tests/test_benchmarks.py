@@ -407,17 +407,24 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
     assert [r.data for r in rows if r.key == "oracle"] == ["all"]
     assert all(r.augment == "gin" for r in rows if r.key.endswith("+gin"))
     adapt = [r for r in rows if r.adapt]  # each --adapt method on the source-only and the DG model, after training
-    assert sorted(r.adapt for r in adapt if r.model_row == "source only") == sorted(ds.adapt_methods()) == \
-        ["grata", "tent", "vptta"]
-    assert sorted(r.adapt for r in adapt if r.model_row == ds.DG_TTA_MODEL) == ["grata", "tent", "vptta"]
+    for continual in (False, True):  # episodic, and continual per domain (the papers' protocol)
+        mine = [r for r in adapt if r.continual == continual]
+        assert sorted(r.adapt for r in mine if r.model_row == "source only") == sorted(ds.adapt_methods()) == \
+            ["grata", "tent", "vptta"]
+        assert sorted(r.adapt for r in mine if r.model_row == ds.DG_TTA_MODEL) == ["grata", "tent", "vptta"]
+        assert all(r.key.endswith(" continual") == continual for r in mine)
     assert all((r.model_row, r.trainer) in {("source only", "nnUNetTrainer"), (ds.DG_TTA_MODEL, ds.DG_TTA_MODEL)}
-               and r.data == "source" and r.model_row in keys for r in adapt) and len(adapt) == 6
+               and r.data == "source" and r.model_row in keys for r in adapt) and len(adapt) == 12
+    assert ds.streams_of({"b": "t2", "a": "t1", "c": "t2"}) == {"t1": ["a"], "t2": ["b", "c"]}
     assert [r for r, _ in ds.plan_runs(rows, [0, 1])[-2 * len(adapt):]] == adapt + adapt
     only = [r.key for r in ds.plan_rows(["source only+tent", "nnUNetTrainerGINIPA+tent"], "2d")[0]]
     assert only == ["source only", "oracle", "source only+tent"]  # no TTA row without its model's row
     fake = dict(info, nnUNetTrainerNew=info["nnUNetTrainerDA5"].__class__(
         name="nnUNetTrainerNew", cls=object, description="x", domain_generalisation=True, dims=("3d",)))
     monkeypatch.setattr(ds, "registered", lambda: fake)
+    extra = ds.plan_rows(["nnUNetTrainerC2SDG+gin"], "2d")[0]  # a trainer + --augment that is no default row
+    assert [(r.key, r.trainer, r.augment) for r in extra[2:]] == [("nnUNetTrainerC2SDG+gin", "nnUNetTrainerC2SDG",
+                                                                   "gin")]
     rows, skipped = ds.plan_rows(["nnUNetTrainerNew", "nnUNetTrainer+gin", "nnUNetTrainerFoo"], "2d")
     assert [r.key for r in rows] == ["source only", "oracle", "nnUNetTrainer+gin"]
     assert skipped == {"nnUNetTrainerNew": "nnUNetTrainerNew has no 2d configuration",
@@ -489,6 +496,15 @@ def test_domain_shift_smoke_runs_every_row(tmp_path):
         assert not names & set(test_cases), ds_dir.name
     md = (out / "domain_shift.md").read_text()
     assert "gap closed" in md and (out / "domain_shift.png").stat().st_size > 0
+    # adaptation rows: every case's seconds and relative change recorded; continual rows ran one stream per domain
+    for key, run in state["runs"].items():
+        if run["adapt"]:
+            assert sorted(run["adapt_change"]) == sorted(run["adapt_s"]) == test_cases, key
+    cont = [k for k, v in state["runs"].items() if v.get("continual")]
+    assert len(cont) == 6
+    streams = out / "streams" / ds._tag(state["runs"][cont[0]]["row"], 0)
+    assert {p.name for p in streams.iterdir()} == set(state["test_groups"].values())
+    assert "How far test-time adaptation moved the model" in md and "--adapt-continual` (per domain)" in md
 
 
 def test_benchmark_state_adds_seeds_but_refuses_other_settings(tmp_path):

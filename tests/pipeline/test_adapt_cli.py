@@ -77,6 +77,8 @@ def test_adapt_2d_stock_model_through_the_cli(ctx, tmp_path):
     record = json.loads((tent / "adaptation.json").read_text())
     assert record["method"] == "tent" and record["mode"] == "episodic" and record["hyperparameters"]["LR"] == 1e-3
     assert set(record["seconds_per_case"]) == set(p0) and record["mean_seconds_per_case"] > 0
+    assert set(record["relative_change_per_case"]) == set(p0) and record["mean_relative_change"] > 0
+    assert json.loads((zero / "adaptation.json").read_text())["mean_relative_change"] == 0
 
     # vptta needs the source statistics of the stock model: recorded by source-stats (-m), then -m and -d work
     assert main(ctx.predict("--adapt", "vptta", out=tmp_path / "v0")) == 2

@@ -156,6 +156,36 @@ def test_zero_steps_reproduce_plain_prediction_exactly(name, zero, dim):
     assert torch.equal(out, plain)
 
 
+@pytest.mark.parametrize("name,zero", [("tent", "STEPS"), ("grata", "STEPS"), ("vptta", "ITERS")])
+def test_relative_change_says_how_far_adaptation_moved(name, zero):
+    tiles = smooth_images(3, PATCH["2d"], seed=4)
+    still = make(name, tiny_network(), **{zero: 0})
+    run_case(still, tiles, seed=4)
+    assert still.last_change == 0.0  # nothing adapted: no change
+    adapter = make(name, tiny_network())
+    adapter.begin_case(continual=False)
+    adapter.adapt(tiles, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = _expected_change(adapter, name)
+    adapter.end_case(continual=False)
+    assert expected > 0 and adapter.last_change == pytest.approx(float(expected), rel=1e-5)
+    if name != "vptta":  # continual: the change accumulates from the trained state over the cases
+        first = make(name, tiny_network())
+        run_case(first, tiles, seed=4, continual=True)
+        one = first.last_change
+        run_case(first, smooth_images(3, PATCH["2d"], seed=6), seed=6, continual=True)
+        assert first.last_change > one
+
+
+def _expected_change(adapter, name: str) -> torch.Tensor:
+    if name == "vptta":  # root mean square of prompt - 1 over the tiles' prompts
+        expected = torch.stack([(p - 1).pow(2).mean() for p in adapter.tile_prompts]).mean().sqrt()
+    else:  # ||θ - θ_trained|| / ||θ_trained|| over the norm affine parameters, read before they are restored
+        expected = (sum((p - adapter._trained[k]).pow(2).sum() for k, p in adapter.params.items())
+                    / sum(t.pow(2).sum() for t in adapter._trained.values())).sqrt()
+    return expected
+
+
 @pytest.mark.parametrize("name", ["tent", "grata"])
 def test_norm_affine_methods_change_only_norm_affine_parameters(name):
     net = tiny_network("3d")

@@ -151,6 +151,9 @@ class TestTimeAdapter:
         self.source_stats = source_stats
         self.autocast_dtype = autocast_dtype
         self.seconds: list[float] = []
+        #: how far the last case's adaptation moved what the method adapts (:meth:`relative_change`), set by
+        #: :meth:`end_case`; None before the first case
+        self.last_change: float | None = None
 
     @classmethod
     def parse(cls, items: dict[str, str]) -> dict:
@@ -226,6 +229,11 @@ class TestTimeAdapter:
     def end_case(self, *, continual: bool) -> None:
         """Called after the case's prediction: the trained values go back into the network."""
 
+    def relative_change(self) -> float | None:
+        """How far adaptation moved what the method adapts, relative to its trained (identity) value, for the case
+        being predicted (continual: accumulated since the trained state); None where the method cannot say."""
+        return None
+
 
 class NormAffineAdapter(TestTimeAdapter):
     """A method that updates the normalisation layers' affine parameters (TENT, GraTa) with an optimiser.
@@ -275,7 +283,17 @@ class NormAffineAdapter(TestTimeAdapter):
     def adapt_tile(self, x: torch.Tensor, generator: torch.Generator) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def relative_change(self) -> float | None:
+        """``||θ - θ_trained|| / ||θ_trained||`` over every adapted affine parameter (L2 norms of all of them)."""
+        if not self._trained:
+            return None
+        with torch.no_grad():
+            num = sum(float((p.detach().float() - self._trained[k].float()).pow(2).sum()) for k, p in self.params.items())
+            den = sum(float(t.float().pow(2).sum()) for t in self._trained.values())
+        return (num / den) ** 0.5 if den > 0 else None
+
     def end_case(self, *, continual: bool) -> None:
+        self.last_change = self.relative_change()
         if continual:
             self._carried = {k: p.detach().clone() for k, p in self.params.items()}
         with torch.no_grad():

@@ -155,6 +155,9 @@ class GraTa(NormAffineAdapter):
         - Measured (2026-12-06, a tiny untrained plan-built 2D network, 8 shifted tiles): the cosine between the
           auxiliary and pseudo gradients was -0.80 (learning-rate factor 0.01), so the entropy moved by < 1e-4;
           the step itself is checked exactly against a hand computation (``tests/trainers/test_adapt_grata.py``).
+        - Measured on the domain-shift benchmark's 2D models (64 x 64 phantoms, 3 seeds; ``adaptation.json``'s
+          relative change): the affine parameters move by 0.0005-0.0024 % per case (continual, a 10-case
+          stream per domain: 0.002-0.008 %); Dice within 0.001 of plain prediction on every style.
         - Only ``ent``/``consis`` (the official defaults): the other official losses need extra heads.
     """
 

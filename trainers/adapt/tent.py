@@ -44,6 +44,9 @@ class Tent(NormAffineAdapter):
         - Measured (2026-12-06, a tiny plan-built 2D network, 8 tiles ``2.5 x + 1`` of smooth images): the mean
           prediction entropy went from 0.894 to 0.886 with one step per tile, to 0.849 with ``STEPS=5``
           (``tests/trainers/test_adapt_methods.py``).
+        - Measured on the domain-shift benchmark's 2D models (64 x 64 phantoms: one tile per case, 3 seeds;
+          ``adaptation.json``'s relative change): the affine parameters move by 0.14 % per case, 0.4-0.6 %
+          after a 10-case continual stream per domain; Dice within 0.002 of plain prediction on every style.
         - Episodic by default (the official default ``MODEL.EPISODIC`` is False: continual, ``--adapt-continual``).
     """
 

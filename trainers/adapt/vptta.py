@@ -171,6 +171,9 @@ class VPTTA(TestTimeAdapter):
           targets): official defaults (a 1x1 prompt, 1 step) 0.221 after; 10 steps 0.188; a 4x4 prompt
           (alpha 0.125) with 10 steps 0.167 (``tests/trainers/test_adapt_vptta.py``). The statistics move
           towards the source's; with alpha 0.01 a small patch's prompt is its zero-frequency amplitude only.
+        - Measured on the domain-shift benchmark's 2D models (64 x 64 phantoms, 3 seeds; ``adaptation.json``'s
+          relative change): the 1x1 prompt stays within 0.14-0.35 % of 1 (root mean square of prompt - 1),
+          episodic or continual per domain; Dice within 0.001 of plain prediction on every style.
         - The prompt block is centred on the zero frequency (``fftshift`` puts it at index ``size // 2``); the
           official offset ``(size - prompt) // 2`` is one bin off for even sizes and odd prompts (512, 5:
           bins 253-257 around the zero frequency at 256) and would miss it altogether for a prompt of 1.
@@ -298,7 +301,14 @@ class VPTTA(TestTimeAdapter):
         self._next += 1
         return apply_prompt(tile, prompt.to(tile.device))[0].to(tile.dtype)
 
+    def relative_change(self) -> float | None:
+        """Root mean square of ``prompt - 1`` over the case's tile prompts (0: every amplitude left as it was)."""
+        if not self.tile_prompts:
+            return 0.0 if self.ITERS == 0 else None
+        return float(torch.stack([(p.float() - 1).pow(2).mean() for p in self.tile_prompts]).mean().sqrt())
+
     def end_case(self, *, continual: bool) -> None:
+        self.last_change = self.relative_change()
         self.tile_prompts = []
         if not continual:
             self.optimizer = None
