@@ -21,18 +21,18 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    *source*: every source-domain training case labeled (``imagesTr``), every target-domain training
    image unlabeled (``imagesUnlabeled``, their labels are not in the dataset: only semi-supervised
    trainers read these images); *all*: every training case labeled (the oracle).
-3. **Rows**: ``nnUNetTrainer`` on the source labels (*source only*) and on all labels (*oracle*);
-   every registered trainer with ``domain_generalisation=True`` on the source labels (read from the
-   registry, so new methods appear as they are registered); ``nnUNetTrainer``,
-   ``nnUNetTrainerBCP`` and ``nnUNetTrainerC2SDG`` with ``--augment gin`` (:data:`GIN_TRAINERS`; BCP
-   takes the unlabeled images of every target domain); and each test-time adaptation method of ``nnzoo predict --adapt`` (TENT, VPTTA, GraTa)
-   applied to the source-only model of the same seed (no training; its prediction time beside the
-   source-only row's measures the cost) and to the :data:`DG_TTA_MODEL` model of the same seed
-   (DG + TTA), each once episodic (``predict``'s default: every case from the trained model) and once
-   continual per domain (``--adapt-continual`` on one stream per test domain, in case order, each stream
-   from the trained model: the papers' continual protocol). Every run: fold ``all``, the same ``--epochs x --iters`` iterations, seed ``s`` for each
-   of ``--seeds`` (initialisation and sampling; the data do not depend on the seed). A row whose
-   trainer is not registered is skipped with a note; a run that fails is reported as failed with its
+3. **Rows**: ``nnUNetTrainer`` on the source labels (*source only*) and on all labels (*oracle*); every
+   registered trainer with ``domain_generalisation=True`` on the source labels (read from the registry, so new
+   methods appear as they are registered); ``nnUNetTrainer``, ``nnUNetTrainerBCP`` and ``nnUNetTrainerC2SDG``
+   with ``--augment gin`` (:data:`GIN_TRAINERS`; BCP takes the unlabeled images of every target domain); and
+   each test-time adaptation method of ``nnzoo predict --adapt`` (TENT, VPTTA, GraTa) applied to the
+   source-only model of the same seed (no training; its prediction time beside the source-only row's measures
+   the cost) and to the :data:`DG_TTA_MODEL` model of the same seed (DG + TTA), each once episodic
+   (``predict``'s default: every case from the trained model) and once continual per domain
+   (``--adapt-continual`` on one stream per test domain, in case order, each stream from the trained model:
+   the papers' continual protocol). Every run: fold ``all``, the same ``--epochs x --iters`` iterations, seed
+   ``s`` for each of ``--seeds`` (initialisation and sampling; the data do not depend on the seed). A row
+   whose trainer is not registered is skipped with a note; a run that fails is reported as failed with its
    one-line reason and the table is still written (a later call retries it).
 4. **Scoring**: ``nnzoo predict`` on ``test_images/`` and ``nnzoo evaluate`` against
    ``test_labels/``; a case's score is its mean foreground Dice, a domain's score the mean over its
