@@ -158,6 +158,8 @@ class GraTa(NormAffineAdapter):
         - Measured on the domain-shift benchmark's 2D models (64 x 64 phantoms, 3 seeds; ``adaptation.json``'s
           relative change): the affine parameters move by 0.0005-0.0024 % per case (continual, a 10-case
           stream per domain: 0.002-0.008 %); Dice within 0.001 of plain prediction on every style.
+          Beyond the official settings (``benchmarks/adapt_sweep.py``, validation cases, seed 0): lr 1e-2 with
+          10 steps moves the parameters by < 1.3 % and FLAIR by at most +1.7 points.
         - Only ``ent``/``consis`` (the official defaults): the other official losses need extra heads.
     """
 
