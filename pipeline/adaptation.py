@@ -2,8 +2,8 @@
 
 The methods are :mod:`nnzoo.trainers.adapt` (TENT, VPTTA, GraTa); the predictor that runs them is
 :class:`nnzoo.pipeline.inference.AdaptingPredictor`. ``adaptation.json`` beside the predictions records the
-method, every hyperparameter used, episodic or continual, and the seconds spent adapting per case (all folds);
-with ``-num_parts`` each part writes ``adaptation_part<ID>.json``. ``--continue`` refuses to complete a folder
+method, every hyperparameter used, episodic or continual, the seconds spent adapting per case (all folds) and
+how far adaptation moved the model per case (``relative_change_per_case``, mean over folds); with ``-num_parts`` each part writes ``adaptation_part<ID>.json``. ``--continue`` refuses to complete a folder
 predicted with another adaptation. Nothing of the model on disk changes.
 """
 
