@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -85,13 +84,9 @@ def validation_folder(root: Path, state: dict) -> Path:
     """``root/validation`` with ``images/``, ``labels/`` (links to the cohort's training cases) and ``domains.json``."""
     src = Path(state["settings"]["source"]) if state["settings"].get("source") else root / "cohort"
     val = root / "validation"
-    shutil.rmtree(val, ignore_errors=True)
     groups = state["train_groups"]
-    for sub, origin in (("images", "images"), ("labels", "labels")):
-        (val / sub).mkdir(parents=True)
-        for c, f in cohort.cases(src / origin).items():
-            if c in groups:
-                (val / sub / f.name).symlink_to(f.resolve())
+    for sub in ("images", "labels"):
+        cohort.link_cases(val / sub, (f for c, f in cohort.cases(src / sub).items() if c in groups))
     (val / "domains.json").write_text(json.dumps(groups))
     return val
 

@@ -82,6 +82,15 @@ def cases(folder: Path) -> dict[str, Path]:
     return find_cases(folder)
 
 
+def link_cases(folder: Path, files: Iterable[Path]) -> Path:
+    """A fresh ``folder`` of symbolic links to ``files`` (same names): a subset of a cohort for ``nnzoo`` commands."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for f in files:
+        (folder / f.name).symlink_to(Path(f).resolve())
+    return folder
+
+
 def check_source_folder(src: Path, flag: str = "--source") -> None:
     """A user's cohort must hold ``images/ labels/ test_images/ test_labels/``; no case in both sets.
 
@@ -251,18 +260,13 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
     test = cases(src / "test_images")
     outputs = []
     if streams is None:
-        jobs_ = [(src / "test_images", pred, logs / f"predict_{tag}.log")]
+        calls = [(src / "test_images", pred, logs / f"predict_{tag}.log")]
     else:
-        jobs_ = []
-        for name, members in streams.items():
-            inp = root / "streams" / tag / name
-            shutil.rmtree(inp, ignore_errors=True)
-            inp.mkdir(parents=True)
-            for c in members:
-                (inp / test[c].name).symlink_to(test[c].resolve())
-            jobs_.append((inp, root / "predictions" / f"{tag}__streams" / name, logs / f"predict_{tag}_{name}.log"))
+        calls = [(link_cases(root / "streams" / tag / name, (test[c] for c in members)),
+                  root / "predictions" / f"{tag}__streams" / name, logs / f"predict_{tag}_{name}.log")
+                 for name, members in streams.items()]
     t_pred = 0.0
-    for inp, out, log in jobs_:
+    for inp, out, log in calls:
         t_pred += nnzoo("predict", "-i", str(inp), "-o", str(out), "-d", str(did), "-c", config, "-tr", trainer,
                         "-f", "all", "-device", device, "--overwrite", *extra, *predict_extra, log=log, env=env)
         outputs.append(out)

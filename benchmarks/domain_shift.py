@@ -157,8 +157,11 @@ def plan_rows(trainers: list[str] | None, config: str) -> tuple[list[Row], dict[
         kept = {r.key for r in wanted}
         wanted = [r for r in wanted if not r.adapt or r.model_row in kept]  # TTA needs its model's row
         known = {r.key for r in wanted} | {r.trainer for r in wanted[2:]}
-        wanted += [Row(t, t.split("+")[0], augment=t.split("+", 1)[1]) if t.partition("+")[2] in AUGMENTATIONS
-                   else Row(t, t) for t in trainers if t not in known | defaults and t != BASELINE]
+        for t in trainers:
+            if t in known | defaults or t == BASELINE:
+                continue
+            trainer, _, augment = t.partition("+")
+            wanted.append(Row(t, trainer, augment=augment) if augment in AUGMENTATIONS else Row(t, t))
     rows, skipped = [], {}
     for r in wanted:
         if r.trainer not in info:

@@ -104,7 +104,6 @@ def _paired_cases(scores: dict, key: tuple[str, str], base: tuple[str, str]) -> 
     return seeds, sorted({c for s in seeds for c in scores[key][s]} & {c for s in seeds for c in scores[base][s]})
 
 
-
 def _variant_table(state: dict, summary: dict) -> str:
     effects = variant_effects(state, summary)
     if not effects:
