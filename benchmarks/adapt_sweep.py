@@ -81,12 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def validation_folder(root: Path, state: dict) -> Path:
-    """``root/validation`` with ``images/``, ``labels/`` (links to the cohort's training cases) and ``domains.json``."""
+    """``root/validation`` with ``validation_images/``, ``validation_labels/`` (links to the cohort's training
+    cases) and ``domains.json``."""
     src = Path(state["settings"]["source"]) if state["settings"].get("source") else root / "cohort"
     val = root / "validation"
     groups = state["train_groups"]
     for sub in ("images", "labels"):
-        cohort.link_cases(val / sub, (f for c, f in cohort.cases(src / sub).items() if c in groups))
+        cohort.link_cases(val / f"validation_{sub}", (f for c, f in cohort.cases(src / sub).items() if c in groups))
     (val / "domains.json").write_text(json.dumps(groups))
     return val
 
@@ -95,23 +96,13 @@ def run_setting(root: Path, val: Path, *, row: dict, seed: int, did: int, config
                 method: str | None, hp: dict[str, str]) -> dict:
     """Predict and score the validation cases with one model and setting."""
     tag = f"{_tag(row['key'], seed)}__{setting_name(method, hp).replace(' ', '_').replace('=', '-')}"
-    out, ev, logs = root / "validation_predictions" / tag, root / "validation_evaluations" / tag, root / "logs"
-    env = cohort.run_env(root / "nnUNet_results" / _tag(row["key"], seed), 1)
     extra = ["--augment", row["augment"]] if row.get("augment") else []
     adapt = [] if method is None else ["--adapt", method, *(x for k, v in hp.items() for x in ("--adapt-hparam",
                                                                                                 f"{k}={v}"))]
-    t = time.time()
-    cohort.nnzoo("predict", "-i", str(val / "images"), "-o", str(out), "-d", str(did), "-c", config, "-tr",
-                 row["trainer"], "-f", "all", "-device", device, "--overwrite", *extra, *adapt,
-                 log=logs / f"validation_predict_{tag}.log", env=env)
-    seconds = time.time() - t
-    cohort.nnzoo("evaluate", "-ref", str(val / "labels"), "-pred", str(out), "-d", str(did), "-o", str(ev),
-                 "--groups", str(val / "domains.json"), log=logs / f"validation_evaluate_{tag}.log", env=env)
-    groups = json.loads((ev / "summary.json").read_text())["groups"]
-    record = out / "adaptation.json"
-    change = json.loads(record.read_text()).get("mean_relative_change") if record.is_file() else None
-    return {"dice": {g: v["foreground_mean"]["Dice"] for g, v in groups.items()}, "change": change,
-            "seconds": round(seconds, 1)}
+    r = cohort.predict_evaluate(root, val, did=did, trainer=row["trainer"], config=config, device=device, jobs=1,
+                                results=root / "nnUNet_results" / _tag(row["key"], seed), tag=tag, extra=extra,
+                                predict_extra=adapt, split="validation", groups=val / "domains.json")
+    return {"dice": r["groups"], "change": r.get("adapt_mean_change"), "seconds": r["predict_s"]}
 
 
 def to_markdown(result: dict) -> str:
@@ -150,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"in {state_file}")
     val = validation_folder(root, state)
     st = state["settings"]
-    result = {"seed": a.seed, "source_domains": state["source_domains"], "n_cases": len(cohort.cases(val / "images")),
+    result = {"seed": a.seed, "source_domains": state["source_domains"], "n_cases": len(cohort.cases(val / "validation_images")),
               "runs": {}}
     todo = [(m, None, {}) for m in a.models] + [(m, meth, hp) for m in a.models for meth, hp in a.settings]
     print(f"{len(todo)} predictions of {result['n_cases']} validation cases", flush=True)

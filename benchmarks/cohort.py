@@ -234,36 +234,44 @@ def train_predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, see
 
 def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: str, device: str, jobs: int,
                      results: Path, tag: str, extra: Sequence[str] = (), predict_extra: Sequence[str] = (),
-                     streams: dict[str, list[str]] | None = None) -> dict:
-    """Predict ``test_images/`` with a trained fold-``all`` model and score it against ``test_labels/`` (CLI).
+                     streams: dict[str, list[str]] | None = None, split: str = "test",
+                     groups: Path | None = None) -> dict:
+    """Predict ``{split}_images/`` with a trained fold-``all`` model and score it against ``{split}_labels/`` (CLI).
 
     Args:
         results: the model's ``nnUNet_results``.
         tag: names the logs, predictions and evaluation folders.
         extra: arguments that name the model (e.g. ``--augment gin``).
         predict_extra: arguments of ``predict`` only (e.g. ``--adapt tent``).
-        streams: ``{name: [test case, ...]}``: one ``predict`` per stream, on a folder of its cases only (each
+        streams: ``{name: [case, ...]}``: one ``predict`` per stream, on a folder of its cases only (each
             stream starts from the model as trained: with ``--adapt-continual``, the papers' protocol of one
-            continual run per target domain); None: one ``predict`` on every test case.
+            continual run per target domain); None: one ``predict`` on every case.
+        split: which cases of ``src``: ``test`` (the held-out cases) or another name whose ``{split}_images/``
+            and ``{split}_labels/`` exist there (e.g. ``validation``); logs and folders of another split are
+            prefixed with it.
+        groups: a ``domains.json`` passed to ``evaluate --groups`` (its per-group means come back as ``groups``).
 
     Returns:
-        ``dice`` (per class), ``mean_fg``, ``predict_s`` (all streams), ``per_case`` (``{test file name: {class:
-        Dice}}``) and, with ``--adapt``, ``adapt_s`` and ``adapt_change`` (``{case: seconds spent adapting}``,
-        ``{case: relative change}`` from ``adaptation.json``).
+        ``dice`` (per class), ``mean_fg``, ``predict_s`` (all streams), ``per_case`` (``{file name: {class:
+        Dice}}``), with ``groups`` ``{group: mean foreground Dice}``, and, with ``--adapt``, ``adapt_s`` and
+        ``adapt_change`` (``{case: seconds spent adapting}``, ``{case: relative change}`` from
+        ``adaptation.json``) and ``adapt_mean_change`` (the records' ``mean_relative_change``, mean over streams).
 
     Raises:
         CommandFailed: a command failed.
     """
     env = run_env(results, jobs)
     logs = root / "logs"
-    pred, ev = root / "predictions" / tag, root / "evaluations" / tag
-    test = cases(src / "test_images")
+    pre = "" if split == "test" else f"{split}_"
+    pred, ev = root / f"{pre}predictions" / tag, root / f"{pre}evaluations" / tag
+    images, labels = src / f"{split}_images", src / f"{split}_labels"
+    test = cases(images)
     outputs = []
     if streams is None:
-        calls = [(src / "test_images", pred, logs / f"predict_{tag}.log")]
+        calls = [(images, pred, logs / f"{pre}predict_{tag}.log")]
     else:
-        calls = [(link_cases(root / "streams" / tag / name, (test[c] for c in members)),
-                  root / "predictions" / f"{tag}__streams" / name, logs / f"predict_{tag}_{name}.log")
+        calls = [(link_cases(root / f"{pre}streams" / tag / name, (test[c] for c in members)),
+                  root / f"{pre}predictions" / f"{tag}__streams" / name, logs / f"{pre}predict_{tag}_{name}.log")
                  for name, members in streams.items()]
     t_pred = 0.0
     for inp, out, log in calls:
@@ -277,17 +285,21 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
             for f in out.iterdir():
                 if f.is_file() and f.suffix != ".json":
                     shutil.copy(f, pred / f.name)
-    nnzoo("evaluate", "-ref", str(src / "test_labels"), "-pred", str(pred), "-d", str(did), "-o", str(ev),
-          log=logs / f"evaluate_{tag}.log", env=env)
+    nnzoo("evaluate", "-ref", str(labels), "-pred", str(pred), "-d", str(did), "-o", str(ev),
+          *(() if groups is None else ("--groups", str(groups))), log=logs / f"{pre}evaluate_{tag}.log", env=env)
     summary = json.loads((ev / "summary.json").read_text())
     dice = {k: float(v["Dice"]) for k, v in summary["mean"].items() if k != "0"}
     out = {"dice": dice, "mean_fg": sum(dice.values()) / len(dice), "predict_s": round(t_pred, 1),
            "per_case": {Path(c["reference_file"]).name: {k: m["Dice"] for k, m in c["metrics"].items() if k != "0"}
                         for c in summary["metric_per_case"]}}
+    if groups is not None:
+        out["groups"] = {g: float(v["foreground_mean"]["Dice"]) for g, v in summary["groups"].items()}
     records = [json.loads((o / "adaptation.json").read_text()) for o in outputs if (o / "adaptation.json").is_file()]
     if records:
         out["adapt_s"] = {c: v for r in records for c, v in r.get("seconds_per_case", {}).items()}
         out["adapt_change"] = {c: v for r in records for c, v in r.get("relative_change_per_case", {}).items()}
+        means = [r["mean_relative_change"] for r in records if r.get("mean_relative_change") is not None]
+        out["adapt_mean_change"] = sum(means) / len(means) if means else None
     return out
 
 

@@ -56,6 +56,7 @@ the measured cost of an ``nnUNetTrainer`` run and each trainer's train-step rati
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -330,6 +331,55 @@ def run_one(a: argparse.Namespace, root: Path, src: Path, ids: dict[str, int], r
     return {**base, **r}
 
 
+def pseudo_label_dice(root: Path, ids: dict[str, int], run: dict, config: str,
+                      groups: dict[str, str]) -> dict[str, float] | None:
+    """How good a self-training run's pseudo-labels were: mean foreground Dice per domain of its training cases.
+
+    The pseudo-labels (``nnzoo.trainers.self_training``, preprocessed space) of the unlabeled training cases are
+    compared with the same cases' labels in the *all* dataset's preprocessed segmentations (the oracle's data;
+    the self-training run never saw them). A case whose arrays differ in shape (the two datasets preprocessed to
+    other geometries) is left out.
+
+    Args:
+        run: a finished run's record (``trainer``, ``augment``, ``seed``, ``row``).
+        groups: ``{training case: domain}``.
+
+    Returns:
+        ``{domain: mean foreground Dice}``, or None when the run left no complete pseudo-label folder.
+    """
+    import blosc2
+    import numpy as np
+
+    from nnzoo.trainers.self_training import PSEUDO_DONE, pseudo_label_dir
+
+    pre = root / "nnUNet_preprocessed"
+    src_ds = next(pre.glob(f"Dataset{ids['source']:03d}_*"), None)
+    all_ds = next(pre.glob(f"Dataset{ids['all']:03d}_*"), None)
+    suffix = f"_{run['augment']}" if run.get("augment") else ""
+    folders = sorted((root / "nnUNet_results" / _tag(run["row"], run["seed"])).glob(
+        f"*/{run['trainer']}__*__{config}{suffix}"))
+    if src_ds is None or all_ds is None or not folders:
+        return None
+    pseudo = pseudo_label_dir(src_ds, folders[0], "all")
+    if not (pseudo / PSEUDO_DONE).is_file():
+        return None
+    ident = json.loads((all_ds / "nnUNetPlans.json").read_text())["configurations"][config]["data_identifier"]
+    per_domain: dict[str, list[float]] = {}
+    for f in sorted(pseudo.glob("*.npy")):
+        seg_file = all_ds / ident / f"{f.stem}_seg.b2nd"
+        if f.stem not in groups or not seg_file.is_file():
+            continue
+        pred, ref = np.load(f), np.asarray(blosc2.open(str(seg_file))[:])
+        if pred.size != ref.size:
+            continue
+        pred = pred.reshape(ref.shape)
+        classes = [int(k) for k in np.unique(ref) if k > 0]
+        dice = [2 * np.sum((pred == k) & (ref == k)) / max(np.sum(pred == k) + np.sum(ref == k), 1) for k in classes]
+        if dice:
+            per_domain.setdefault(groups[f.stem], []).append(float(np.mean(dice)))
+    return {d: float(np.mean(v)) for d, v in sorted(per_domain.items())} or None
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     root = cohort.work_folder(a.out)
@@ -370,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     # training runs first; test-time adaptation rows predict with models trained there
     cohort.run_parallel([t for t in todo if not t[1][0].adapt], work, a.jobs)
     cohort.run_parallel([t for t in todo if t[1][0].adapt], work, a.jobs)
+    for key, run in state["runs"].items():  # self-training rows: how good their pseudo-labels were (also resumed runs)
+        if "failed" not in run and not run.get("adapt") and "pseudo_label_dice" not in run:
+            score = pseudo_label_dice(root, ids, run, a.config, state["train_groups"])
+            if score is not None:
+                cohort.save_state(out_json, state, key, {**run, "pseudo_label_dice": score})
     cohort.finish_state(state, t0, "domain_shift.py", argv)
     cohort.save_state(out_json, state)
     from benchmarks.domain_shift_report import write_report

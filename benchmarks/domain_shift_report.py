@@ -192,6 +192,15 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
          "s adapting per case"],
         ([_name(r), *(f"{r['change'][g]:.2e}" if g in r["change"] else "–" for g in ("source", "target")),
           f"{r['adapt_s_mean']:.2f}" if r.get("adapt_s_mean") is not None else "–"] for r in adapted))
+    pseudo: dict[str, dict[str, list[float]]] = {}
+    for run in state["runs"].values():
+        for g, v in (run.get("pseudo_label_dice") or {}).items():
+            pseudo.setdefault(run["row"], {}).setdefault(g, []).append(v)
+    t5 = markdown_table(
+        ["row", *(f"{g}: pseudo-label Dice" for g in targets), "seeds"],
+        ([_name(s["rows"][k]) if k in s["rows"] else k,
+          *(f"{np.mean(v[g]):.3f}" if g in v else "–" for g in targets), str(max(map(len, v.values())))]
+         for k, v in sorted(pseudo.items())))
     winners = goal_rows(s)
     hp = {r["key"]: r["hparams"] for r in s["rows"].values() if r["hparams"]}
     notes = [
@@ -224,6 +233,9 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
                "||θ − θ_trained|| / ||θ_trained||, for TENT and GraTa; VPTTA: root mean square of prompt − 1; "
                "mean over the seeds' test cases; continual: accumulated along the domain's stream):\n\n"
                + "\n".join(t4) + "\n\n" if adapted else "")
+            + ("Self-training's pseudo-labels of the unlabeled training images against those images' labels (which "
+               "the run never saw; mean foreground Dice per domain, mean over seeds):\n\n" + "\n".join(t5) + "\n\n"
+               if pseudo else "")
             + "\n".join(f"- {n}" for n in notes) + "\n")
 
 

@@ -391,6 +391,9 @@ def test_domain_shift_summary_gaps_paired_differences_and_failures():
     assert "failed (1/1 seeds): error: Z needs domains.json" in md
     assert "| `X` | 50 % [50, 50] | no gap | +0.000 [+0.000, +0.000] |" in md
     assert "nnUNetTrainerTriD is not a registered trainer" in md and "goal" in md and "`X`" in md
+    assert "pseudo-label Dice" not in md
+    state["runs"]["X|0"]["pseudo_label_dice"], state["runs"]["X|1"]["pseudo_label_dice"] = {"t2": 0.2}, {"t2": 0.4}
+    assert "| `X` | 0.300 | – | 2 |" in report.to_markdown(state)
 
 
 def test_domain_shift_rows_come_from_the_registry(monkeypatch):
@@ -464,6 +467,42 @@ def test_domain_shift_own_cohort_needs_domains(tmp_path):
         ds.make_source(a, tmp_path)
 
 
+def test_domain_shift_scores_self_training_pseudo_labels(tmp_path):
+    """A self-training run's pseudo-labels are scored per domain against the *all* dataset's segmentations (a
+    case of another shape, a folder not yet complete and another model's folder give nothing)."""
+    import json
+
+    import blosc2
+
+    from nnzoo.trainers.self_training import PSEUDO_DONE, pseudo_label_dir
+
+    _, ds, report = _domain_shift()
+    pre = tmp_path / "nnUNet_preprocessed"
+    src_ds, all_ds = pre / "Dataset960_S", pre / "Dataset961_A"
+    (all_ds / "nnUNetPlans_2d").mkdir(parents=True)
+    (all_ds / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": {"data_identifier":
+                                                                                    "nnUNetPlans_2d"}}}))
+    run = {"row": "nnUNetTrainerSelfTraining+gin", "trainer": "nnUNetTrainerSelfTraining", "augment": "gin", "seed": 0}
+    model = tmp_path / "nnUNet_results" / ds._tag(run["row"], 0) / "Dataset960_S" / \
+        "nnUNetTrainerSelfTraining__nnUNetPlans__2d_gin"
+    model.mkdir(parents=True)
+    pseudo = pseudo_label_dir(src_ds, model, "all")
+    pseudo.mkdir(parents=True)
+    ref = np.zeros((1, 1, 8, 8), np.int16)
+    ref[..., :4, :4], ref[..., 4:, 4:] = 1, 2
+    perfect, half = ref.copy(), ref.copy()
+    half[..., 4:, 4:] = 0  # class 1 right, class 2 missed: mean foreground Dice 0.5
+    for case, pred in (("a", perfect), ("b", half), ("c", perfect[..., :4])):
+        blosc2.asarray(np.ascontiguousarray(ref), urlpath=str(all_ds / "nnUNetPlans_2d" / f"{case}_seg.b2nd"),
+                       mode="w")
+        np.save(pseudo / f"{case}.npy", pred)
+    ids, groups = {"source": 960, "all": 961}, {"a": "t2", "b": "t2", "c": "flair"}
+    assert ds.pseudo_label_dice(tmp_path, ids, run, "2d", groups) is None  # the folder is not complete yet
+    (pseudo / PSEUDO_DONE).write_text("{}")
+    assert ds.pseudo_label_dice(tmp_path, ids, run, "2d", groups) == pytest.approx({"t2": 0.75})
+    assert ds.pseudo_label_dice(tmp_path, ids, {**run, "augment": None}, "2d", groups) is None  # another model
+
+
 @pytest.mark.slow
 def test_domain_shift_smoke_runs_every_row(tmp_path):
     """End to end (tiny, every row): the source dataset holds the source domains' cases labeled and the others
@@ -513,7 +552,7 @@ def test_domain_shift_smoke_runs_every_row(tmp_path):
     sweep = json.loads((out / "adapt_sweep.json").read_text())["runs"]["source only"]
     assert list(sweep) == ["plain", "tent STEPS=2"] and sweep["tent STEPS=2"]["change"] > 0
     assert set(sweep["plain"]["dice"]) == set(state["train_groups"].values())
-    assert not set(state["test_groups"]) & {p.name.split(".")[0] for p in (out / "validation" / "images").iterdir()}
+    assert not set(state["test_groups"]) & {p.name.split(".")[0] for p in (out / "validation" / "validation_images").iterdir()}
 
 
 def test_adapt_sweep_settings_report_and_errors(tmp_path):
