@@ -420,7 +420,7 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
                and r.data == "source" and r.model_row in keys for r in adapt) and len(adapt) == 12
     assert ds.streams_of({"b": "t2", "a": "t1", "c": "t2"}) == {"t1": ["a"], "t2": ["b", "c"]}
     assert [r for r, _ in ds.plan_runs(rows, [0, 1])[-2 * len(adapt):]] == adapt + adapt
-    only = [r.key for r in ds.plan_rows(["source only+tent", "nnUNetTrainerGINIPA+tent"], "2d")[0]]
+    only = [r.key for r in ds.plan_rows(["source only+tent", f"{ds.DG_TTA_MODEL}+tent"], "2d")[0]]
     assert only == ["source only", "oracle", "source only+tent"]  # no TTA row without its model's row
     fake = dict(info, nnUNetTrainerNew=info["nnUNetTrainerDA5"].__class__(
         name="nnUNetTrainerNew", cls=object, description="x", domain_generalisation=True, dims=("3d",)))
