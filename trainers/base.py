@@ -130,7 +130,8 @@ class NnzooTrainerMixin(AtomicCheckpointMixin):
     - under DDP (a process group initialised by ``nnzoo train -num_gpus N`` or by torchrun): the
       device is ``cuda:LOCAL_RANK`` (nnU-Net picks ``cuda:<global rank>``) or the requested CPU
       (Gloo), the network is wrapped in DDP for that device, and only rank 0 writes into the model
-      folder (nnU-Net writes ``plans.json`` etc. on every rank);
+      folder (nnU-Net writes ``plans.json`` etc. on every rank), and only rank 0 creates the dataset's
+      ``splits_final.json`` (the other ranks wait for it);
     - the method's UPPER_CASE hyperparameters printed to the training log when training starts;
     - declared label support: a trainer that sets ``supports_regions``, ``supports_ignore_label``
       or ``supports_cascade`` to False refuses such datasets or configurations in its constructor
@@ -161,6 +162,10 @@ class NnzooTrainerMixin(AtomicCheckpointMixin):
                 torch.cuda.set_device(self.device)
             else:
                 self.grad_scaler = None  # nnU-Net made one for the CUDA device it assumed
+
+    def do_split(self):
+        compat.wait_for_splits(self)  # under DDP only rank 0 creates the split file; the others read it whole
+        return super().do_split()
 
     def initialize(self) -> None:
         if not self.is_ddp:

@@ -244,7 +244,17 @@ def _check_fold_loop():
     assert loop < src.index("load_state_dict(params)") < src.index("self.predict_sliding_window_return_logits(data)")
 
 
+def _check_do_split_writes_splits():
+    src = _src(nnUNetTrainer.do_split)
+    assert 'join(self.preprocessed_dataset_folder_base, "splits_final.json")' in src
+    assert src.index("if not isfile(splits_file)") < src.index("save_json(splits, splits_file)") < \
+        src.index("splits = load_json(splits_file)")
+    assert compat.SPLITS_FILE == "splits_final.json"
+
+
 CHECKS = {
+    "nnUNetTrainer.do_split creates splits_final.json with save_json on any rank that finds it missing":
+        _check_do_split_writes_splits,
     "nnUNetPredictor.predict_sliding_window_return_logits pads with pad_nd_image and tiles with "
     "_internal_get_sliding_window_slicers": _check_sliding_window_tiles,
     "nnUNetPredictor.predict_logits_from_preprocessed_data loads each fold's parameters, then calls "
@@ -346,3 +356,33 @@ def test_checkpoint_extra_state_is_in_the_one_write(tmp_path):
     assert not list(tmp_path.glob("*.tmp-*"))
     t.load_checkpoint(str(tmp_path / "c.pth"))
     assert t.restored == 7
+
+
+def test_ranks_above_zero_wait_for_the_split_file_rank_zero_writes(tmp_path):
+    """Under DDP a rank > 0 returns only once the split file is there and complete (a half-written file is
+    waited out, not read); rank 0, fold ``all`` and single-process runs never wait; a file that never comes is
+    one error naming it."""
+    import json
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    path = tmp_path / compat.SPLITS_FILE
+    rank1 = SimpleNamespace(is_ddp=True, local_rank=1, fold=0, preprocessed_dataset_folder_base=str(tmp_path))
+    for trainer in (SimpleNamespace(**{**vars(rank1), "local_rank": 0}), SimpleNamespace(**{**vars(rank1), "fold": "all"}),
+                    SimpleNamespace(**{**vars(rank1), "is_ddp": False})):
+        compat.wait_for_splits(trainer, timeout_s=0.0)  # returns at once although the file is missing
+    with pytest.raises(RuntimeError, match=f"{compat.SPLITS_FILE} was not written by rank 0 within"):
+        compat.wait_for_splits(rank1, timeout_s=0.2)
+
+    def rank_zero_writes() -> None:
+        path.write_text('[{"train": ["a"], ')  # a partial write ...
+        time.sleep(0.3)
+        path.write_text(json.dumps([{"train": ["a"], "val": ["b"]}]))  # ... then the whole file
+
+    writer = threading.Thread(target=rank_zero_writes)
+    start = time.monotonic()
+    writer.start()
+    compat.wait_for_splits(rank1, timeout_s=10.0, poll_s=0.01)
+    writer.join()
+    assert time.monotonic() - start >= 0.3 and json.loads(path.read_text())[0]["val"] == ["b"]

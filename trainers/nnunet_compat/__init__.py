@@ -27,10 +27,12 @@ from ._data import (
                     unwrap_network,
 )
 from ._ddp import (
+                    SPLITS_FILE,
                     ddp_device,
                     ddp_wrapping,
                     nnunet_trainer_module,
                     validation_on_rank_zero,
+                    wait_for_splits,
                     writes_of_this_rank,
 )
 from ._prediction import MirroredForwardMixin, sliding_window_tiles
@@ -55,7 +57,7 @@ __all__ = ["sliding_window_tiles", "INTERNALS", "build_trainer", "run_nnunet_tra
            "build_augmenter", "shutdown_augmenter", "do_i_compile", "deep_supervision_scales",
            "load_checkpoint_for_run", "nnunet_train_step", "ddp_device", "ddp_wrapping", "writes_of_this_rank",
            "validation_on_rank_zero", "nnunet_trainer_module", "results_elsewhere", "retarget_output_folder",
-           "MirroredForwardMixin"]
+           "MirroredForwardMixin", "wait_for_splits", "SPLITS_FILE"]
 
 #: Every nnunetv2 internal nnzoo relies on, and the function of this module that uses it.
 #: ``tests/trainers/test_nnunet_compat.py`` holds one check per entry (and fails if an entry has none).
@@ -82,6 +84,8 @@ INTERNALS: dict[str, str] = {
     "nnUNetDatasetBlosc2.save_case's file layout": "preprocessed_case_files",
     "module global DDP of nnunetv2's trainer module, called with device_ids=[self.local_rank]": "ddp_wrapping",
     "nnUNetTrainer.on_train_start writes into output_folder_base": "writes_of_this_rank",
+    "nnUNetTrainer.do_split creates splits_final.json with save_json on any rank that finds it missing":
+        "wait_for_splits",
     "nnUNetPredictor's sliding window calls self._internal_maybe_mirror_and_predict(patch) per patch":
         "MirroredForwardMixin",
     "nnUNetPredictor.predict_sliding_window_return_logits pads with pad_nd_image and tiles with "

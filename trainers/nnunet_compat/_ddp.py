@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -92,3 +94,35 @@ def validation_on_rank_zero(trainer) -> Iterator[bool]:
         yield True
     finally:
         trainer.network, trainer.is_ddp = network, True
+
+
+#: the file nnU-Net's ``do_split`` creates in the preprocessed dataset folder when it is missing
+SPLITS_FILE = "splits_final.json"
+
+
+def wait_for_splits(trainer, *, timeout_s: float = 600.0, poll_s: float = 0.05) -> None:
+    """On ranks > 0 of a DDP run: wait until rank 0 has written the cross-validation split file.
+
+    Why internal: ``nnUNetTrainer.do_split`` creates ``splits_final.json`` (with ``save_json``, not
+    atomically) on every rank that finds it missing; under DDP a rank could read it while another
+    is writing it (``JSONDecodeError``), or two ranks write it at once. Ranks > 0 call this before
+    ``do_split``, so only rank 0 creates the file and the others read it complete. Nothing to wait for
+    with fold ``all`` (no split) or outside DDP.
+
+    Raises:
+        RuntimeError: the file is not there, complete, within ``timeout_s`` seconds (the message names it).
+    """
+    if not trainer.is_ddp or trainer.local_rank == 0 or trainer.fold == "all":
+        return
+    path = os.path.join(trainer.preprocessed_dataset_folder_base, SPLITS_FILE)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(path) as f:
+                json.load(f)
+            return
+        except (FileNotFoundError, json.JSONDecodeError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank {trainer.local_rank}: {path} was not written by rank 0 within "
+                                   f"{timeout_s:.0f} s") from None
+            time.sleep(poll_s)
