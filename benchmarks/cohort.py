@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CommandFailed", "nnzoo", "failure_reason", "cases", "generated_cohort", "check_source_folder",
-           "make_dataset", "run_env", "train_predict_evaluate", "run_parallel", "load_state", "save_state",
+           "make_dataset", "run_env", "train_predict_evaluate", "model_folders", "run_parallel", "load_state", "save_state",
            "add_run_args", "parse_hparams", "apply_defaults", "trainer_hparams", "machine", "finish_state",
            "bootstrap_interval", "run_case_scores", "score_matrix", "markdown_table", "save_figure"]
 
@@ -307,8 +307,8 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
 METHOD_RECORDS = ("shape_critic.json", "bcp_lcc.json")
 
 
-def method_records(results: Path, *, trainer: str, config: str, extra: Sequence[str] = ()) -> dict:
-    """The :data:`METHOD_RECORDS` of a finished fold-``all`` run, ``{file stem: content}`` (empty for most trainers).
+def model_folders(results: Path, *, trainer: str, config: str, extra: Sequence[str] = ()) -> list[Path]:
+    """The model folders of a run's trainer and configuration in its ``nnUNet_results`` (sorted).
 
     Args:
         results: the run's ``nnUNet_results``.
@@ -317,8 +317,14 @@ def method_records(results: Path, *, trainer: str, config: str, extra: Sequence[
         extra: the run's extra ``train`` arguments (an ``--augment NAME`` ends the model folder's name with ``_NAME``).
     """
     suffix = f"_{extra[list(extra).index('--augment') + 1]}" if "--augment" in extra else ""
+    return sorted(results.glob(f"*/{trainer}__*__{config}{suffix}"))
+
+
+def method_records(results: Path, *, trainer: str, config: str, extra: Sequence[str] = ()) -> dict:
+    """The :data:`METHOD_RECORDS` of a finished fold-``all`` run, ``{file stem: content}`` (empty for most trainers);
+    arguments as :func:`model_folders`."""
     out: dict = {}
-    for folder in sorted(results.glob(f"*/{trainer}__*__{config}{suffix}/fold_all")):
+    for folder in (m / "fold_all" for m in model_folders(results, trainer=trainer, config=config, extra=extra)):
         for name in METHOD_RECORDS:
             if (folder / name).is_file():
                 out[Path(name).stem] = json.loads((folder / name).read_text())

@@ -354,14 +354,14 @@ def pseudo_label_dice(root: Path, ids: dict[str, int], run: dict, config: str,
     import blosc2
     import numpy as np
 
+    from nnzoo.pipeline.metrics import dice
     from nnzoo.trainers.self_training import PSEUDO_DONE, pseudo_label_dir
 
     pre = root / "nnUNet_preprocessed"
     src_ds = next(pre.glob(f"Dataset{ids['source']:03d}_*"), None)
     all_ds = next(pre.glob(f"Dataset{ids['all']:03d}_*"), None)
-    suffix = f"_{run['augment']}" if run.get("augment") else ""
-    folders = sorted((root / "nnUNet_results" / _tag(run["row"], run["seed"])).glob(
-        f"*/{run['trainer']}__*__{config}{suffix}"))
+    folders = cohort.model_folders(root / "nnUNet_results" / _tag(run["row"], run["seed"]), trainer=run["trainer"],
+                                   config=config, extra=["--augment", run["augment"]] if run.get("augment") else [])
     if src_ds is None or all_ds is None or not folders:
         return None
     pseudo = pseudo_label_dir(src_ds, folders[0], "all")
@@ -377,10 +377,9 @@ def pseudo_label_dice(root: Path, ids: dict[str, int], run: dict, config: str,
         if pred.size != ref.size:
             continue
         pred = pred.reshape(ref.shape)
-        classes = [int(k) for k in np.unique(ref) if k > 0]
-        dice = [2 * np.sum((pred == k) & (ref == k)) / max(np.sum(pred == k) + np.sum(ref == k), 1) for k in classes]
-        if dice:
-            per_domain.setdefault(groups[f.stem], []).append(float(np.mean(dice)))
+        scores = [dice(ref == k, pred == k) for k in np.unique(ref) if k > 0]  # classes present: never NaN
+        if scores:
+            per_domain.setdefault(groups[f.stem], []).append(float(np.mean(scores)))
     return {d: float(np.mean(v)) for d, v in sorted(per_domain.items())} or None
 
 

@@ -198,8 +198,7 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
             pseudo.setdefault(run["row"], {}).setdefault(g, []).append(v)
     t5 = markdown_table(
         ["row", *(f"{g}: pseudo-label Dice" for g in targets), "seeds"],
-        ([_name(s["rows"][k]) if k in s["rows"] else k,
-          *(f"{np.mean(v[g]):.3f}" if g in v else "–" for g in targets), str(max(map(len, v.values())))]
+        ([_name(s["rows"][k]), *(f"{np.mean(v[g]):.3f}" if g in v else "–" for g in targets), str(max(map(len, v.values())))]
          for k, v in sorted(pseudo.items())))
     winners = goal_rows(s)
     hp = {r["key"]: r["hparams"] for r in s["rows"].values() if r["hparams"]}
