@@ -87,7 +87,11 @@ def _rss_kib(field: str) -> int:
 
 
 def _worker(args: argparse.Namespace) -> dict:
-    tmp = tempfile.mkdtemp(prefix="bench_cotr_")
+    with tempfile.TemporaryDirectory(prefix="bench_cotr_") as tmp:
+        return _measure(args, Path(tmp))
+
+
+def _measure(args: argparse.Namespace, tmp: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -108,7 +112,7 @@ def _worker(args: argparse.Namespace) -> dict:
         with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
             f.write("5")
         base = _rss_kib("VmRSS")
-    trainer = build_trainer(cls, plans, cfg, dataset_json, device, Path(tmp))
+    trainer = build_trainer(cls, plans, cfg, dataset_json, device, tmp)
     scales = deep_supervision_scales(trainer)
     batch = make_batch(trainer, args.batch, device)
     trainer.network.train()

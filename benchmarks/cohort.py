@@ -235,7 +235,7 @@ def train_predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, see
 def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: str, device: str, jobs: int,
                      results: Path, tag: str, extra: Sequence[str] = (), predict_extra: Sequence[str] = (),
                      streams: dict[str, list[str]] | None = None, split: str = "test",
-                     groups: Path | None = None) -> dict:
+                     groups: Path | None = None, model: Sequence[str] | None = None) -> dict:
     """Predict ``{split}_images/`` with a trained fold-``all`` model and score it against ``{split}_labels/`` (CLI).
 
     Args:
@@ -250,6 +250,8 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
             and ``{split}_labels/`` exist there (e.g. ``validation``); logs and folders of another split are
             prefixed with it.
         groups: a ``domains.json`` passed to ``evaluate --groups`` (its per-group means come back as ``groups``).
+        model: ``predict`` arguments naming the model(s) instead of ``-d -c -tr -f all`` and ``extra`` (e.g.
+            ``--ensemble FOLDER FOLDER ...``).
 
     Returns:
         ``dice`` (per class), ``mean_fg``, ``predict_s`` (all streams), ``per_case`` (``{file name: {class:
@@ -275,8 +277,10 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
                  for name, members in streams.items()]
     t_pred = 0.0
     for inp, out, log in calls:
-        t_pred += nnzoo("predict", "-i", str(inp), "-o", str(out), "-d", str(did), "-c", config, "-tr", trainer,
-                        "-f", "all", "-device", device, "--overwrite", *extra, *predict_extra, log=log, env=env)
+        which = list(model) if model is not None else ["-d", str(did), "-c", config, "-tr", trainer, "-f", "all",
+                                                        *extra]
+        t_pred += nnzoo("predict", "-i", str(inp), "-o", str(out), *which, "-device", device, "--overwrite",
+                        *predict_extra, log=log, env=env)
         outputs.append(out)
     if streams is not None:  # the streams' predictions in one folder, as evaluate reads them
         shutil.rmtree(pred, ignore_errors=True)

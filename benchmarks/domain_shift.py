@@ -30,8 +30,11 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    the cost) and to the :data:`DG_TTA_MODEL` model of the same seed (DG + TTA), each once episodic
    (``predict``'s default: every case from the trained model) and once continual per domain
    (``--adapt-continual`` on one stream per test domain, in case order, each stream from the trained model:
-   the papers' continual protocol). Every run: fold ``all``, the same ``--epochs x --iters`` iterations, seed
-   ``s`` for each of ``--seeds`` (initialisation and sampling; the data do not depend on the seed). A row
+   the papers' continual protocol); and :data:`AGREEMENT_ROW`, the source-only and the :data:`DG_TTA_MODEL`
+   models of the same seed ensembled by ``nnzoo predict --ensemble-weighting agreement`` (each case weighted by
+   the two models' agreement, :mod:`nnzoo.pipeline.ensembling`; no training). Every run: fold ``all``, the
+   same ``--epochs x --iters`` iterations, seed ``s`` for each of ``--seeds`` (initialisation and sampling; the
+   data do not depend on the seed). A row
    whose trainer is not registered is skipped with a note; a run that fails is reported as failed with its
    one-line reason and the table is still written (a later call retries it).
 4. **Scoring**: ``nnzoo predict`` on ``test_images/`` and ``nnzoo evaluate`` against
@@ -44,13 +47,13 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    test cases (:func:`benchmarks.cohort.bootstrap_interval`).
 
 ``--smoke`` runs every row on a tiny cohort (24x24 images, 1 seed, 2 iterations) for the tests.
-The full default table (2D, 23 rows x 3 seeds: 11 trained, 12 prediction-only; 20 x 50 iterations, 40 training
+The full default table (2D, 24 rows x 3 seeds: 11 trained, 13 prediction-only; 20 x 50 iterations, 40 training
 and 50 test cases)::
 
     python benchmarks/domain_shift.py --jobs 2 --out domain_shift_work
 
-takes about 111 min on 2 CPU cores (2026-12-06: measured in calls as rows were added, 136 min in all with extra
-rows and repeated runs; the runs of the default rows sum to 100.1 min per core pair, and the first 66-run table took
+takes about 111 min on 2 CPU cores (2026-12-06: measured in calls as rows were added, 137 min in all with extra
+rows and repeated runs; the runs of the default rows sum to 100.4 min per core pair, and the first 66-run table took
 1.11x its sum). The estimate is printed up front, from the measured cost of an ``nnUNetTrainer`` run and each
 trainer's train-step ratio; see :data:`COST`.
 """
@@ -80,6 +83,10 @@ GIN_TRAINERS = (BASELINE, "nnUNetTrainerBCP", "nnUNetTrainerC2SDG")
 #: largest share of both target gaps (3 seeds, 2026-12-06; GIN-IPA's DG + TTA rows, the DG + TTA model until then,
 #: stay in the measured record)
 DG_TTA_MODEL = "nnUNetTrainerMIND"
+#: ``predict --ensemble SPECIALIST GENERALIST --ensemble-weighting agreement`` (:mod:`nnzoo.pipeline.ensembling`):
+#: the source-only model and the :data:`DG_TTA_MODEL` model of the same seed, each ``(row, trainer)`` (no training)
+AGREEMENT_MEMBERS = ((SOURCE_ONLY, BASELINE), (DG_TTA_MODEL, DG_TTA_MODEL))
+AGREEMENT_ROW = f"{SOURCE_ONLY} + {DG_TTA_MODEL} (agreement)"
 
 #: defaults per configuration (2D: sized for <= 120 min on 2 CPU cores with --jobs 2, see the README)
 DEFAULTS = {
@@ -114,6 +121,13 @@ class Row:
     model_row: str | None = None
     #: ``--adapt-continual``, one continual stream per test domain (the papers' protocol), instead of episodic
     continual: bool = False
+    #: ``(row, trainer)`` of the models ensembled with ``--ensemble-weighting agreement`` (no training)
+    ensemble: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def predict_only(self) -> bool:
+        """The row predicts with models of other rows (test-time adaptation, an ensemble)."""
+        return bool(self.adapt or self.ensemble)
 
     @property
     def extra(self) -> list[str]:
@@ -122,7 +136,8 @@ class Row:
 
 def _tag(key: str, seed: int) -> str:
     """The name of a run's folders (model, predictions, logs)."""
-    return f"{key.replace(' ', '_').replace('+', '_')}_s{seed}"
+    name = key.replace(" + ", "+").replace(" ", "_").replace("+", "_").replace("(", "").replace(")", "")
+    return f"{name}_s{seed}"
 
 
 def adapt_methods() -> list[str]:
@@ -152,15 +167,17 @@ def plan_rows(trainers: list[str] | None, config: str) -> tuple[list[Row], dict[
               *(Row(f"{t}+gin", t, augment="gin") for t in GIN_TRAINERS),
               *(Row(f"{model}+{m}{' continual' if c else ''}", trainer, adapt=m, model_row=model, continual=c)
                 for c in (False, True) for model, trainer in ((SOURCE_ONLY, BASELINE), (DG_TTA_MODEL, DG_TTA_MODEL))
-                for m in adapt_methods())]
+                for m in adapt_methods()),
+              Row(AGREEMENT_ROW, DG_TTA_MODEL, ensemble=AGREEMENT_MEMBERS)]
     if trainers is not None:
         from nnzoo.trainers.augment import AUGMENTATIONS
 
         defaults = {r.key for r in wanted}
         keep = set(trainers)
-        wanted = wanted[:2] + [r for r in wanted[2:] if (r.trainer in keep and not r.adapt) or r.key in keep]
+        wanted = wanted[:2] + [r for r in wanted[2:] if (r.trainer in keep and not r.predict_only) or r.key in keep]
         kept = {r.key for r in wanted}
-        wanted = [r for r in wanted if not r.adapt or r.model_row in kept]  # TTA needs its model's row
+        wanted = [r for r in wanted if (not r.adapt or r.model_row in kept)  # TTA needs its model's row
+                  and all(m in kept for m, _ in r.ensemble)]  # an ensemble its members' rows
         known = {r.key for r in wanted} | {r.trainer for r in wanted[2:]}
         for t in trainers:
             if t in known | defaults or t == BASELINE:
@@ -269,9 +286,9 @@ def plan_runs(rows: list[Row], seeds: list[int]) -> list[tuple[Row, int]]:
     source only and the oracle, so that with ``--jobs`` the short runs come last; then the test-time adaptation
     rows (prediction only, on models trained above)."""
     refs = [r for r in rows if r.key in (SOURCE_ONLY, ORACLE)]
-    trained = [r for r in rows if not r.adapt]
+    trained = [r for r in rows if not r.predict_only]
     return ([(r, s) for s in seeds for r in trained if r not in refs] + [(r, s) for s in seeds for r in refs]
-            + [(r, s) for s in seeds for r in rows if r.adapt])
+            + [(r, s) for s in seeds for r in rows if r.predict_only])
 
 
 def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) -> tuple[float, list[str]]:
@@ -284,8 +301,8 @@ def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) 
     per_iter = SECONDS_PER_ITER[a.config] * a.epochs * a.iters
     total, assumed = 0.0, set()
     for row, _ in runs:
-        if row.adapt:  # prediction only (measured: episodic about one plain prediction, continual per domain two)
-            total += (2 if row.continual else 1) * SECONDS_PER_RUN[a.config]
+        if row.predict_only:  # measured: episodic about one plain prediction, continual per domain two
+            total += (2 if row.continual or row.ensemble else 1) * SECONDS_PER_RUN[a.config]
             continue
         if base and done.get(row.key):
             factor = sum(done[row.key]) / len(done[row.key]) / base
@@ -315,9 +332,22 @@ def run_one(a: argparse.Namespace, root: Path, src: Path, ids: dict[str, int], r
     tag = _tag(row.key, seed)
     hp = cohort.trainer_hparams(row.trainer, quick=a.quick, hparams=a.hparams)
     base = {"row": row.key, "trainer": row.trainer, "data": row.data, "augment": row.augment, "seed": seed,
-            "hparams": hp, "adapt": row.adapt, "continual": row.continual}
+            "hparams": hp, "adapt": row.adapt, "continual": row.continual,
+            "ensemble": [m for m, _ in row.ensemble] or None}
     try:
-        if row.adapt:  # the model of row.model_row, same seed, predicted with --adapt
+        if row.ensemble:  # the members' models of the same seed, weighted per case by their agreement
+            folders = []
+            for member, trainer in row.ensemble:
+                found = cohort.model_folders(root / "nnUNet_results" / _tag(member, seed), trainer=trainer,
+                                             config=a.config)
+                if not found:
+                    return {**base, "failed": f"no trained model of row {member!r}, seed {seed}"}
+                folders.append(str(found[0]))
+            r = {"train_s": 0.0, **cohort.predict_evaluate(
+                root, src, did=ids[row.data], trainer=row.trainer, config=a.config, device=a.device, jobs=a.jobs,
+                results=root / "nnUNet_results" / tag, tag=tag,
+                model=["--ensemble", *folders, "--ensemble-weighting", "agreement", "-f", "all"])}
+        elif row.adapt:  # the model of row.model_row, same seed, predicted with --adapt
             r = {"train_s": 0.0, **cohort.predict_evaluate(
                 root, src, did=ids[row.data], trainer=row.trainer, config=a.config, device=a.device, jobs=a.jobs,
                 results=root / "nnUNet_results" / _tag(row.model_row, seed), tag=tag, extra=row.extra,
@@ -421,10 +451,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     # training runs first; test-time adaptation rows predict with models trained there
-    cohort.run_parallel([t for t in todo if not t[1][0].adapt], work, a.jobs)
-    cohort.run_parallel([t for t in todo if t[1][0].adapt], work, a.jobs)
+    cohort.run_parallel([t for t in todo if not t[1][0].predict_only], work, a.jobs)
+    cohort.run_parallel([t for t in todo if t[1][0].predict_only], work, a.jobs)
     for key, run in state["runs"].items():  # self-training rows: how good their pseudo-labels were (also resumed runs)
-        if "failed" not in run and not run.get("adapt") and "pseudo_label_dice" not in run:
+        if "failed" not in run and not run.get("adapt") and not run.get("ensemble") and "pseudo_label_dice" not in run:
             score = pseudo_label_dice(root, ids, run, a.config, state["train_groups"])
             if score is not None:
                 cohort.save_state(out_json, state, key, {**run, "pseudo_label_dice": score})

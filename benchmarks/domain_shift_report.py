@@ -47,7 +47,7 @@ def summarise(state: dict) -> dict:
         row = rows.setdefault(run["row"], {"key": run["row"], "trainer": run["trainer"], "augment": run.get("augment"),
                                            "failed": {}, "train_s": [], "predict_s": [], "adapt": run.get("adapt"),
                                            "hparams": run.get("hparams") or {}, "continual": run.get("continual"),
-                                           "adapt_change": [], "adapt_s": []})
+                                           "adapt_change": [], "adapt_s": [], "ensemble": run.get("ensemble")})
         if "failed" in run:
             row["failed"][run["seed"]] = run["failed"]
         else:
@@ -116,6 +116,9 @@ def _order(summary: dict) -> list[dict]:
 
 
 def _name(r: dict) -> str:
+    if r.get("ensemble"):
+        return ("`predict --ensemble` " + " + ".join(r["ensemble"]) + " `--ensemble-weighting agreement` (weighted per "
+                "case by the two models' agreement)")
     return {SOURCE_ONLY: f"`{r['trainer']}`, source labels (source only)",
             ORACLE: f"`{r['trainer']}`, all labels (oracle)"}.get(r["key"], f"`{r['trainer']}`"
                                                                      + (f" + `--augment {r['augment']}`"
@@ -241,7 +244,7 @@ def to_markdown(state: dict, summary: dict | None = None) -> str:
 def _short(key: str) -> str:
     """A row's label in the figure (``nnUNetTrainerX`` -> ``X``, ``nnUNetTrainer+gin`` -> ``nnU-Net+gin``)."""
     if key in (SOURCE_ONLY, ORACLE) or not key.startswith("nnUNetTrainer"):
-        return key
+        return key.replace(" + nnUNetTrainer", " + ")  # an ensemble row: source only + MIND (agreement)
     rest = key[len("nnUNetTrainer"):]
     return "nnU-Net" + rest if not rest or rest.startswith("+") else rest
 

@@ -103,6 +103,9 @@ def _predict_parser(sub) -> None:
                     help="the model or ensemble and postprocessing chosen by `nnzoo find-best` (its output folder)")
     pr.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL_FOLDER", dest="ensemble",
                     help="ensemble these model folders (softmax averaging, as nnUNetv2_ensemble)")
+    pr.add_argument("--ensemble-weighting", default="mean", dest="ensemble_weighting", metavar="{mean,agreement}",
+                    help="mean: nnU-Net's softmax average (default); agreement: --ensemble SPECIALIST GENERALIST, "
+                         "weighted per case by how much the two agree (ensemble_weights.json records it)")
     pr.add_argument("-f", nargs="+", default=None, dest="folds", help="folds (default: all trained)")
     pr.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     _add_device(pr)

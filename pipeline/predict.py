@@ -49,6 +49,9 @@ class PredictOptions:
             unzipped export.
         from_best: the output folder of ``nnzoo find-best`` (its chosen model or ensemble and postprocessing).
         ensemble: model folders whose probabilities are averaged (as ``nnUNetv2_ensemble``).
+        ensemble_weighting: how ``ensemble`` members are combined: ``mean`` (nnU-Net's average) or ``agreement``
+            (two members, a specialist and a generalist, weighted per case by their agreement:
+            :mod:`nnzoo.pipeline.ensembling`).
         folds: folds to ensemble (``-f``; default: every fold with the checkpoint).
         checkpoint: checkpoint file name (``-chk``).
         device: ``auto``, ``cpu``, ``cuda``.
@@ -84,6 +87,7 @@ class PredictOptions:
     model_dir: str | Path | None = None
     from_best: str | Path | None = None
     ensemble: list[str] | None = None
+    ensemble_weighting: str = "mean"
     folds: list[str] | None = None
     checkpoint: str = "checkpoint_final.pth"
     device: str = "auto"
@@ -252,6 +256,15 @@ def check_options(o: PredictOptions) -> None:
     if o.augment is not None and (o.model_dir is not None or o.from_best is not None or o.ensemble):
         raise NnzooError(f"--augment {o.augment} names a model folder with -d and -c; -m, --from-best and --ensemble "
                          "name the model folders themselves")
+    from .ensembling import WEIGHTINGS
+
+    if o.ensemble_weighting not in WEIGHTINGS:
+        raise NnzooError(f"--ensemble-weighting {o.ensemble_weighting}: one of {', '.join(WEIGHTINGS)}")
+    if o.ensemble_weighting == "agreement" and o.from_best is not None:
+        raise NnzooError("--ensemble-weighting agreement weighs the two models of --ensemble, not --from-best's")
+    if o.ensemble_weighting == "agreement" and len(o.ensemble or []) != 2:
+        raise NnzooError("--ensemble-weighting agreement weighs two models: give --ensemble SPECIALIST GENERALIST "
+                         f"(got {len(o.ensemble or [])} model folder(s))")
     if o.num_parts < 1:
         raise NnzooError(f"-num_parts {o.num_parts}: must be at least 1")
     if not 0 <= o.part_id < o.num_parts:

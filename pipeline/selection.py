@@ -311,7 +311,9 @@ def _instructions(result: dict, out: Path) -> str:
 
 
 def predict_ensemble(options: PredictOptions) -> list[Path]:
-    """``nnzoo predict --from-best DIR`` / ``--ensemble FOLDERS``: members' probabilities, averaged, postprocessed.
+    """``nnzoo predict --from-best DIR`` / ``--ensemble FOLDERS``: members' probabilities, averaged (or, with
+    ``--ensemble-weighting agreement``, weighted per case by the two members' agreement: :mod:`.ensembling`),
+    postprocessed.
 
     Each member predicts with ``save_probabilities`` into ``<output_dir>/.nnzoo_members/<i>`` (kept
     until the end, so ``continue_prediction`` resumes a member); nnU-Net's ``ensemble_folders``
@@ -361,7 +363,8 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
     for i, folder in enumerate(model_dirs):
         target = work / str(i)
         print(f"nnzoo: ensemble member {i + 1}/{len(model_dirs)}: {Path(folder).name}")
-        predict(replace(options, output_dir=target, model_dir=folder, from_best=None, ensemble=None, folds=folds,
+        predict(replace(options, output_dir=target, model_dir=folder, from_best=None, ensemble=None,
+                        ensemble_weighting="mean", folds=folds,
                         dataset=None, configuration=None, labeled=None, augment=None, prev_stage_predictions=None,
                         save_probabilities=len(model_dirs) > 1, overwrite=False,
                         continue_prediction=options.continue_prediction or target.is_dir()))
@@ -370,7 +373,14 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
     plans = json.loads((Path(model_dirs[0]) / "plans.json").read_text())
     nproc = max(1, num_processes or min(4, os.cpu_count() or 1))
     merged = work / "merged"
-    if len(members) > 1:
+    if options.ensemble_weighting == "agreement":
+        from .ensembling import merge_by_agreement
+
+        print("nnzoo: weighting the two models per case by their agreement (specialist: "
+              f"{Path(model_dirs[0]).name}, generalist: {Path(model_dirs[1]).name})")
+        merge_by_agreement([Path(m) for m in members], merged, dataset_json=dataset_json, plans=plans,
+                           names=[str(m) for m in model_dirs])
+    elif len(members) > 1:
         print(f"nnzoo: averaging the probabilities of {len(members)} models (nnU-Net's ensemble_folders)")
         ensemble_folders(members, str(merged), False, nproc, dataset_json, plans)
     else:
@@ -382,6 +392,10 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
     else:
         for f in merged.glob(f"*{dataset_json['file_ending']}"):
             shutil.copy(f, output_dir / f.name)
+    from .ensembling import WEIGHTS_FILE
+
+    if (merged / WEIGHTS_FILE).is_file():
+        shutil.copy(merged / WEIGHTS_FILE, output_dir / WEIGHTS_FILE)
     written = sorted(output_dir.glob(f"*{dataset_json['file_ending']}"))
     if options.adapt is not None:  # each member adapted on its own: their records, side by side
         from .adaptation import record_file

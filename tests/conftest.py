@@ -8,7 +8,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import FOLDERS, nnunet_folders, prepare_dataset  # noqa: E402
+from helpers import FOLDERS, drops_new_models, nnunet_folders, prepare_dataset  # noqa: E402
 
 #: fixtures that plan and preprocess a dataset through nnU-Net (tens of seconds each): their tests are ``slow``
 DATASET_FIXTURES = {"prepared_2d", "prepared_3d", "in_prepared", "dataset_root"}
@@ -58,7 +58,8 @@ def prepared_2d(tmp_path_factory):
 
 @pytest.fixture
 def in_prepared(request):
-    """Use with indirect parametrization: activates a prepared dataset's folders for the test."""
+    """Use with indirect parametrization: activates a prepared dataset's folders for the test (the models it
+    trains there are removed after it)."""
     prep = request.getfixturevalue(request.param)
-    with nnunet_folders(prep["base"]):
+    with nnunet_folders(prep["base"]), drops_new_models(prep["base"] / "nnUNet_results"):
         yield prep

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -110,6 +111,24 @@ def nnunet_folders(base: Path):
             mp.setenv(k, str(base / k))
             (base / k).mkdir(parents=True, exist_ok=True)
         yield base
+
+
+@contextmanager
+def drops_new_models(results: Path):
+    """Remove the model and fold folders the block adds under ``results`` (``nnUNet_results``) when it ends.
+
+    Tests on a shared (session or module) dataset train into its results folder; without this every test's
+    checkpoints stay on disk until the session ends (gigabytes for the full suite).
+    """
+    def folders() -> set[Path]:
+        return set(results.glob("*/*")) | set(results.glob("*/*/fold_*"))
+
+    before = folders()
+    try:
+        yield
+    finally:
+        for f in sorted(folders() - before, key=lambda q: len(q.parts)):
+            shutil.rmtree(f, ignore_errors=True)
 
 
 def prepare_dataset(base: Path, dim: int, dataset_id: int | None = None) -> dict:

@@ -419,9 +419,15 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
     assert all((r.model_row, r.trainer) in {("source only", "nnUNetTrainer"), (ds.DG_TTA_MODEL, ds.DG_TTA_MODEL)}
                and r.data == "source" and r.model_row in keys for r in adapt) and len(adapt) == 12
     assert ds.streams_of({"b": "t2", "a": "t1", "c": "t2"}) == {"t1": ["a"], "t2": ["b", "c"]}
-    assert [r for r, _ in ds.plan_runs(rows, [0, 1])[-2 * len(adapt):]] == adapt + adapt
-    only = [r.key for r in ds.plan_rows(["source only+tent", f"{ds.DG_TTA_MODEL}+tent"], "2d")[0]]
-    assert only == ["source only", "oracle", "source only+tent"]  # no TTA row without its model's row
+    ens = [r for r in rows if r.ensemble]  # the agreement-weighted ensemble of source only and the DG model
+    assert [(r.key, r.ensemble) for r in ens] == [(ds.AGREEMENT_ROW, (("source only", "nnUNetTrainer"),
+                                                                     (ds.DG_TTA_MODEL, ds.DG_TTA_MODEL)))]
+    predict_only = adapt + ens  # after every trained row
+    assert [r for r, _ in ds.plan_runs(rows, [0, 1])[-2 * len(predict_only):]] == predict_only + predict_only
+    only = [r.key for r in ds.plan_rows(["source only+tent", f"{ds.DG_TTA_MODEL}+tent", ds.AGREEMENT_ROW], "2d")[0]]
+    assert only == ["source only", "oracle", "source only+tent"]  # no TTA or ensemble row without its models' rows
+    only = [r.key for r in ds.plan_rows([ds.DG_TTA_MODEL, ds.AGREEMENT_ROW], "2d")[0]]
+    assert only == ["source only", "oracle", ds.DG_TTA_MODEL, ds.AGREEMENT_ROW]
     fake = dict(info, nnUNetTrainerNew=info["nnUNetTrainerDA5"].__class__(
         name="nnUNetTrainerNew", cls=object, description="x", domain_generalisation=True, dims=("3d",)))
     monkeypatch.setattr(ds, "registered", lambda: fake)
@@ -544,6 +550,11 @@ def test_domain_shift_smoke_runs_every_row(tmp_path):
     streams = out / "streams" / ds._tag(state["runs"][cont[0]]["row"], 0)
     assert {p.name for p in streams.iterdir()} == set(state["test_groups"].values())
     assert "How far test-time adaptation moved the model" in md and "--adapt-continual` (per domain)" in md
+    # the agreement-weighted ensemble: every test case weighted, recorded beside its predictions
+    weights = json.loads((out / "predictions" / ds._tag(ds.AGREEMENT_ROW, 0) / "ensemble_weights.json").read_text())
+    assert sorted(weights["cases"]) == test_cases and weights["weighting"] == "agreement"
+    assert all(0 <= c["agreement"] <= 1 for c in weights["cases"].values())
+    assert "`--ensemble-weighting agreement`" in md
     # the adaptation sweep on the validation (training) cases of the finished folder, one setting
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "adapt_sweep.py"), "--out", str(out), "--models",
                         "source only", "--setting", "tent:STEPS=2"], capture_output=True, text=True, cwd=tmp_path,

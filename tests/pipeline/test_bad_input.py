@@ -44,7 +44,7 @@ from bad_input_cases import (  # noqa: E402
 from nnzoo.pipeline.cli import main  # noqa: E402
 
 #: rows of :data:`BAD` per command (the README's reliability paragraph quotes these)
-ROWS_PER_COMMAND = {"dataset create": 58, "plan_and_preprocess": 27, "train": 46, "predict": 57, "evaluate": 45,
+ROWS_PER_COMMAND = {"dataset create": 58, "plan_and_preprocess": 27, "train": 46, "predict": 62, "evaluate": 45,
                     "find-best": 16, "export-model": 14, "install-model": 11, "source-stats": 4}
 
 
@@ -275,6 +275,20 @@ rows("predict", {
                                          ["--from-best", "--ensemble"]),
     "ensemble-member-missing": lambda c: (c.predict("--ensemble", str(c.w.model), str(c.tmp / "nomodel")),
                                           [str(c.tmp / "nomodel")]),
+    "ensemble-weighting-unknown": lambda c: (c.predict("--ensemble", str(c.w.model), str(c.w.model),
+                                                       "--ensemble-weighting", "median"),
+                                             ["--ensemble-weighting median", "mean, agreement"]),
+    "ensemble-weighting-agreement-three-models": lambda c: (
+        c.predict("--ensemble", *[str(c.w.model)] * 3, "--ensemble-weighting", "agreement"),
+        ["--ensemble-weighting agreement", "SPECIALIST GENERALIST", "got 3"]),
+    "ensemble-weighting-agreement-one-model": lambda c: (
+        c.predict("--ensemble", str(c.w.model), "--ensemble-weighting", "agreement"),
+        ["--ensemble-weighting agreement", "got 1"]),
+    "ensemble-weighting-agreement-no-ensemble": lambda c: (c.predict("--ensemble-weighting", "agreement"),
+                                                           ["--ensemble-weighting agreement", "got 0"]),
+    "ensemble-weighting-agreement-from-best": lambda c: (
+        c.predict("--from-best", str(c.tmp), "--ensemble-weighting", "agreement"),
+        ["--ensemble-weighting agreement", "--from-best"]),
     "input-truncated": lambda c: (c.predict(inp=pred_dir_with(c, "truncate")), ["case001.png", "cannot be read"]),
     "input-empty-file": lambda c: (c.predict(inp=pred_dir_with(c, "empty")), ["case001.png", "empty"]),
     "input-other-file-type": lambda c: (c.predict(inp=pred_dir_with(c, "nii")), [".nii.gz"]),

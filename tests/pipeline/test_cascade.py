@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def cascade(tmp_path_factory):
             assert main(["train", "505", "3d_lowres", str(fold), "-device", "cpu", "--epochs", "1", "--iters", "2"]) == 0
         assert main(["train", "505", "3d_cascade_fullres", "0", "-device", "cpu", "--epochs", "1", "--iters", "2",
                      "--no-val"]) == 0
-    return prep
+    yield prep
+    shutil.rmtree(prep["base"].parent, ignore_errors=True)  # the module's models off the disk
 
 
 def test_cascade_predicts_its_first_stage_or_takes_it(cascade, tmp_path, capsys):

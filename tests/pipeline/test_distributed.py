@@ -86,14 +86,15 @@ def planned(tmp_path_factory):
         for info in list_trainers():
             if info.planner and "2d" in info.dims:
                 plan_and_preprocess(503, configurations=["2d"], planner=info.planner, num_processes=1)
-    return prep
+    yield prep
+    shutil.rmtree(prep["base"].parent, ignore_errors=True)  # the module's data off the disk
 
 
 @pytest.fixture
 def in_planned(planned):
-    from helpers import nnunet_folders
+    from helpers import drops_new_models, nnunet_folders
 
-    with nnunet_folders(planned["base"]):
+    with nnunet_folders(planned["base"]), drops_new_models(planned["base"] / "nnUNet_results"):
         yield planned
 
 

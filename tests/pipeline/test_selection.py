@@ -47,7 +47,8 @@ def zoo(tmp_path_factory):
             for fold in range(5):
                 assert main(["train", "504", "2d", str(fold), "-tr", tr, "-device", "cpu", "--epochs", "1",
                              "--iters", "3", "--npz", "--seed", str(fold)]) == 0
-    return {"base": base / "work", "src": src}
+    yield {"base": base / "work", "src": src}
+    shutil.rmtree(base, ignore_errors=True)  # ten trained models off the disk once the module is done
 
 
 @pytest.fixture
@@ -113,6 +114,35 @@ def test_find_best_and_ensemble_errors(in_zoo, tmp_path, capsys):
     assert main(["predict", "--ensemble", str(models / "nnUNetTrainer__nnUNetPlans__2d"), str(other), "-i",
                  str(in_zoo["src"]["images"]), "-o", str(tmp_path / "o")]) == 2
     assert "cannot be ensembled: different label sets" in capsys.readouterr().err
+
+
+def test_agreement_weighted_ensemble_of_a_specialist_and_a_generalist(in_zoo, tmp_path, capsys):
+    from nnzoo.pipeline.ensembling import agreement, mix
+
+    models = Path(os.environ["nnUNet_results"]) / "Dataset504_Zoo"
+    spec, gen = models / "nnUNetTrainer__nnUNetPlans__2d", next(models.glob("nnUNetTrainerBoundaryAware__*__2d"))
+    common = ["-i", str(in_zoo["src"]["images"]), "-f", "0", "-device", "cpu"]
+    assert main(["predict", *common, "-o", str(tmp_path / "agree"), "--ensemble", str(spec), str(gen),
+                 "--ensemble-weighting", "agreement"]) == 0
+    assert "weighting the two models per case by their agreement" in capsys.readouterr().out
+    for name, model in (("s", spec), ("g", gen)):  # each model alone, with its probabilities
+        assert main(["predict", *common, "-o", str(tmp_path / name), "-m", str(model), "--save-probabilities"]) == 0
+    record = json.loads((tmp_path / "agree" / "ensemble_weights.json").read_text())
+    out, alone_s, alone_g = _arrays(tmp_path / "agree"), _arrays(tmp_path / "s"), _arrays(tmp_path / "g")
+    assert sorted(out) == sorted(alone_s) and sorted(record["cases"]) == sorted(Path(n).stem for n in out)
+    for name in out:
+        a = agreement(alone_s[name], alone_g[name], [1, 2])
+        assert record["cases"][Path(name).stem]["agreement"] == pytest.approx(a, abs=1e-6)
+        p_s, p_g = (np.load(tmp_path / m / f"{Path(name).stem}.npz")["probabilities"] for m in ("s", "g"))
+        np.testing.assert_array_equal(out[name], mix(p_s, p_g, a).argmax(0).reshape(out[name].shape))
+    assert any(0 < c["agreement"] < 1 for c in record["cases"].values())  # some case really mixed
+    # the same model twice agrees with itself everywhere: its own segmentation
+    assert main(["predict", *common, "-o", str(tmp_path / "twice"), "--ensemble", str(spec), str(spec),
+                 "--ensemble-weighting", "agreement"]) == 0
+    twice = json.loads((tmp_path / "twice" / "ensemble_weights.json").read_text())
+    assert all(c["agreement"] == 1.0 for c in twice["cases"].values())
+    for name, arr in _arrays(tmp_path / "twice").items():
+        np.testing.assert_array_equal(arr, alone_s[name])
 
 
 def test_continue_and_parts(in_zoo, tmp_path):

@@ -290,7 +290,8 @@ def dataset_root(tmp_path_factory):
             mp.setenv(k, str(root / k))
         mp.setenv("nnUNet_n_proc_DA", "1")  # nnU-Net's planner sets torch's thread count from it
         _build_dataset(root)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # the module's data and models off the disk
 
 
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
