@@ -396,6 +396,8 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
 
     if (merged / WEIGHTS_FILE).is_file():
         shutil.copy(merged / WEIGHTS_FILE, output_dir / WEIGHTS_FILE)
+    else:  # an --overwrite or --continue of an agreement-weighted folder: its record no longer describes it
+        (output_dir / WEIGHTS_FILE).unlink(missing_ok=True)
     written = sorted(output_dir.glob(f"*{dataset_json['file_ending']}"))
     if options.adapt is not None:  # each member adapted on its own: their records, side by side
         from .adaptation import record_file

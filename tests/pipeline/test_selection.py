@@ -143,6 +143,10 @@ def test_agreement_weighted_ensemble_of_a_specialist_and_a_generalist(in_zoo, tm
     assert all(c["agreement"] == 1.0 for c in twice["cases"].values())
     for name, arr in _arrays(tmp_path / "twice").items():
         np.testing.assert_array_equal(arr, alone_s[name])
+    # predicted again into the same folder with nnU-Net's average: the agreement record goes with the old outputs
+    assert main(["predict", *common, "-o", str(tmp_path / "twice"), "--ensemble", str(spec), str(gen),
+                 "--overwrite"]) == 0
+    assert not (tmp_path / "twice" / "ensemble_weights.json").exists()
 
 
 def test_continue_and_parts(in_zoo, tmp_path):
