@@ -275,10 +275,9 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
         calls = [(link_cases(root / f"{pre}streams" / tag / name, (test[c] for c in members)),
                   root / f"{pre}predictions" / f"{tag}__streams" / name, logs / f"{pre}predict_{tag}_{name}.log")
                  for name, members in streams.items()]
+    which = list(model) if model is not None else ["-d", str(did), "-c", config, "-tr", trainer, "-f", "all", *extra]
     t_pred = 0.0
     for inp, out, log in calls:
-        which = list(model) if model is not None else ["-d", str(did), "-c", config, "-tr", trainer, "-f", "all",
-                                                        *extra]
         t_pred += nnzoo("predict", "-i", str(inp), "-o", str(out), *which, "-device", device, "--overwrite",
                         *predict_extra, log=log, env=env)
         outputs.append(out)

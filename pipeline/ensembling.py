@@ -20,6 +20,7 @@ predictions per case).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +48,12 @@ def agreement(seg_a: np.ndarray, seg_b: np.ndarray, labels: list[int]) -> float:
     Raises:
         ValueError: the shapes differ.
     """
+    from .metrics import dice  # nnzoo evaluate's Dice (NaN where both masks are empty)
+
     if seg_a.shape != seg_b.shape:
         raise ValueError(f"segmentations of shapes {seg_a.shape} and {seg_b.shape} cannot be compared")
-    scores = []
-    for k in labels:
-        a, b = seg_a == k, seg_b == k
-        total = int(a.sum()) + int(b.sum())
-        scores.append(1.0 if total == 0 else 2.0 * int((a & b).sum()) / total)
-    return float(np.mean(scores)) if scores else 1.0
+    scores = [dice(seg_a == k, seg_b == k) for k in labels]
+    return float(np.mean([1.0 if math.isnan(s) else s for s in scores])) if scores else 1.0
 
 
 def mix(p_specialist: np.ndarray, p_generalist: np.ndarray, weight: float) -> np.ndarray:

@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from .ensembling import WEIGHTS_FILE, merge_by_agreement
 from .errors import NnzooError, read_json
 from .predict import PredictOptions
 
@@ -374,8 +375,6 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
     nproc = max(1, num_processes or min(4, os.cpu_count() or 1))
     merged = work / "merged"
     if options.ensemble_weighting == "agreement":
-        from .ensembling import merge_by_agreement
-
         print("nnzoo: weighting the two models per case by their agreement (specialist: "
               f"{Path(model_dirs[0]).name}, generalist: {Path(model_dirs[1]).name})")
         merge_by_agreement([Path(m) for m in members], merged, dataset_json=dataset_json, plans=plans,
@@ -392,8 +391,6 @@ def predict_ensemble(options: PredictOptions) -> list[Path]:
     else:
         for f in merged.glob(f"*{dataset_json['file_ending']}"):
             shutil.copy(f, output_dir / f.name)
-    from .ensembling import WEIGHTS_FILE
-
     if (merged / WEIGHTS_FILE).is_file():
         shutil.copy(merged / WEIGHTS_FILE, output_dir / WEIGHTS_FILE)
     else:  # an --overwrite or --continue of an agreement-weighted folder: its record no longer describes it
