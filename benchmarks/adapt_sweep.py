@@ -32,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import cohort
+from benchmarks import cohort, stats
 from benchmarks.domain_shift import DG_TTA_MODEL, SOURCE_ONLY, _tag
 
 #: settings per method: the official one first, then more steps, a larger learning rate, a larger prompt
@@ -113,7 +113,7 @@ def to_markdown(result: dict) -> str:
         domains = sorted(plain, key=lambda d: (d not in result["source_domains"], d))
         lines += [f"**{model}** (seed {result['seed']}), mean foreground Dice of the validation cases per domain "
                   "(Δ against plain prediction):", ""]
-        lines += cohort.markdown_table(
+        lines += stats.markdown_table(
             ["setting", *(f"{d}{' (seen in training)' if d in result['source_domains'] else ''}" for d in domains),
              "relative change", "s"],
             [[name, *(f"{r['dice'][d]:.3f}" + ("" if name == "plain" else f" ({r['dice'][d] - plain[d]:+.3f})")

@@ -44,7 +44,7 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    (mean and standard deviation over seeds); the share of each target domain's gap (oracle minus
    source only) it closes and its change on the source domains; the paired differences to source
    only (same seed, same test cases) per seed, with 95 % intervals from a bootstrap over seeds and
-   test cases (:func:`benchmarks.cohort.bootstrap_interval`).
+   test cases (:func:`benchmarks.stats.bootstrap_interval`).
 
 ``--smoke`` runs every row on a tiny cohort (24x24 images, 1 seed, 2 iterations) for the tests.
 The full default table (2D, 24 rows x 3 seeds: 11 trained, 13 prediction-only; 20 x 50 iterations, 40 training

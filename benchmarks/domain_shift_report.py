@@ -11,7 +11,7 @@ import numpy as np
 if __package__ in (None, ""):  # loaded by path: the repository root makes `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cohort import bootstrap_interval, markdown_table, run_case_scores, save_figure, score_matrix
+from benchmarks.stats import bootstrap_interval, markdown_table, run_case_scores, save_figure, score_matrix
 
 __all__ = ["summarise", "to_markdown", "write_report", "MIN_GAP"]
 

@@ -10,7 +10,7 @@ import numpy as np
 if __package__ in (None, ""):  # loaded by path: the repository root makes `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cohort import bootstrap_interval, markdown_table, run_case_scores, save_figure, score_matrix
+from benchmarks.stats import bootstrap_interval, markdown_table, run_case_scores, save_figure, score_matrix
 
 BASELINE = "nnUNetTrainer"
 FULL = "all labels"
@@ -28,7 +28,7 @@ def summarise(state: dict) -> dict:
 
     The gap is ``mean(baseline on all labels) - mean(baseline on N labels)`` over seeds; a trainer
     closes ``mean_s(trainer_s - baseline_s) / gap`` of it. The intervals (``diff_ci``, ``closed_ci``:
-    ``(estimate, lower, upper)``) are :func:`benchmarks.cohort.bootstrap_interval`'s two-way bootstrap
+    ``(estimate, lower, upper)``) are :func:`benchmarks.stats.bootstrap_interval`'s two-way bootstrap
     over seeds and test cases of the per-case differences (trainer minus baseline, same seed, same
     case); their estimates are means over cases of the per-case Dice, which equal the run means when
     every class is present in every case.
