@@ -314,6 +314,15 @@ def estimate_s(a: argparse.Namespace, runs: list[tuple[Row, int]], state: dict) 
     return total / max(1, min(a.jobs, len(runs))), sorted(assumed)
 
 
+def adaptation_rows(config: str = "2d") -> list[str]:
+    """The keys that ``--trainers`` takes to run only the test-time adaptation and ensemble rows and the models they
+    predict with (source only and the oracle always run): the GPU check's selection (``dev/gpu_check.sh``)."""
+    rows, _ = plan_rows(None, config)
+    wanted = [r for r in rows if r.predict_only]
+    models = {r.model_row for r in wanted if r.adapt} | {m for r in wanted for m, _ in r.ensemble}
+    return [r.key for r in rows if r.key in models - {SOURCE_ONLY, ORACLE}] + [r.key for r in wanted]
+
+
 def streams_of(groups: dict[str, str]) -> dict[str, list[str]]:
     """``{domain: [test case, ...]}`` in case order: the continual rows' streams, one per domain."""
     out: dict[str, list[str]] = {}

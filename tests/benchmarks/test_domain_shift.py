@@ -95,6 +95,9 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
     assert only == ["source only", "oracle", "source only+tent"]  # no TTA or ensemble row without its models' rows
     only = [r.key for r in ds.plan_rows([ds.DG_TTA_MODEL, ds.AGREEMENT_ROW], "2d")[0]]
     assert only == ["source only", "oracle", ds.DG_TTA_MODEL, ds.AGREEMENT_ROW]
+    # the GPU check's selection: every TTA and ensemble row and the models they predict with, no other trained row
+    gpu = ds.plan_rows(ds.adaptation_rows("2d"), "2d")[0]
+    assert [r.key for r in gpu] == ["source only", "oracle", ds.DG_TTA_MODEL, *(r.key for r in predict_only)]
     fake = dict(info, nnUNetTrainerNew=info["nnUNetTrainerDA5"].__class__(
         name="nnUNetTrainerNew", cls=object, description="x", domain_generalisation=True, dims=("3d",)))
     monkeypatch.setattr(ds, "registered", lambda: fake)
