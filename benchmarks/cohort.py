@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = ["CommandFailed", "nnzoo", "failure_reason", "cases", "generated_cohort", "check_source_folder",
-           "make_dataset", "run_env", "train_predict_evaluate", "model_folders", "run_parallel", "load_state", "save_state",
-           "add_run_args", "parse_hparams", "apply_defaults", "trainer_hparams", "machine", "finish_state"]
+           "make_dataset", "run_env", "train_predict_evaluate", "model_folders", "member_records", "run_parallel",
+           "load_state", "save_state", "add_run_args", "parse_hparams", "apply_defaults", "trainer_hparams", "machine",
+           "finish_state"]
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -293,13 +294,29 @@ def predict_evaluate(root: Path, src: Path, *, did: int, trainer: str, config: s
                         for c in summary["metric_per_case"]}}
     if groups is not None:
         out["groups"] = {g: float(v["foreground_mean"]["Dice"]) for g, v in summary["groups"].items()}
-    records = [json.loads((o / "adaptation.json").read_text()) for o in outputs if (o / "adaptation.json").is_file()]
+    records = [r for o in outputs if (o / "adaptation.json").is_file()
+               for r in member_records(json.loads((o / "adaptation.json").read_text()))]
     if records:
         out["adapt_s"] = {c: v for r in records for c, v in r.get("seconds_per_case", {}).items()}
         out["adapt_change"] = {c: v for r in records for c, v in r.get("relative_change_per_case", {}).items()}
         means = [r["mean_relative_change"] for r in records if r.get("mean_relative_change") is not None]
         out["adapt_mean_change"] = sum(means) / len(means) if means else None
     return out
+
+
+def member_records(record: dict) -> list[dict]:
+    """An ``adaptation.json`` as one record per model: an ensemble's (``members``, each adapted on its own) merged
+    into one whose seconds per case add up and whose relative change per case is the members' mean."""
+    members = record.get("members")
+    if not members:
+        return [record]
+    cases = sorted({c for m in members for c in m.get("seconds_per_case", {})})
+    changes = [m for m in members if m.get("relative_change_per_case")]
+    merged = {c: sum(m["relative_change_per_case"][c] for m in changes) / len(changes)
+              for c in cases if changes and all(c in m["relative_change_per_case"] for m in changes)}
+    means = [m["mean_relative_change"] for m in members if m.get("mean_relative_change") is not None]
+    return [{"seconds_per_case": {c: sum(m.get("seconds_per_case", {}).get(c, 0.0) for m in members) for c in cases},
+             "relative_change_per_case": merged, "mean_relative_change": sum(means) / len(means) if means else None}]
 
 
 #: what a trainer writes beside its checkpoints about its own auxiliary steps (e.g. the shape critic's held-out AUC)

@@ -32,7 +32,9 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    (``--adapt-continual`` on one stream per test domain, in case order, each stream from the trained model:
    the papers' continual protocol); and :data:`AGREEMENT_ROW`, the source-only and the :data:`DG_TTA_MODEL`
    models of the same seed ensembled by ``nnzoo predict --ensemble-weighting agreement`` (each case weighted by
-   the two models' agreement, :mod:`nnzoo.pipeline.ensembling`; no training). Every run: fold ``all``, the
+   the two models' agreement, :mod:`nnzoo.pipeline.ensembling`; no training), also with each ``--adapt`` method
+   (episodic; each member adapted on its own before the weighting: TTA on the best combination of the
+   domain-generalisation issue). Every run: fold ``all``, the
    same ``--epochs x --iters`` iterations, seed ``s`` for each of ``--seeds`` (initialisation and sampling; the
    data do not depend on the seed). A row
    whose trainer is not registered is skipped with a note; a run that fails is reported as failed with its
@@ -47,13 +49,13 @@ Protocol (one command, resumable; every run goes through the ``nnzoo`` CLI as a 
    test cases (:func:`benchmarks.stats.bootstrap_interval`).
 
 ``--smoke`` runs every row on a tiny cohort (24x24 images, 1 seed, 2 iterations) for the tests.
-The full default table (2D, 24 rows x 3 seeds: 11 trained, 13 prediction-only; 20 x 50 iterations, 40 training
+The full default table (2D, 27 rows x 3 seeds: 11 trained, 16 prediction-only; 20 x 50 iterations, 40 training
 and 50 test cases)::
 
     python benchmarks/domain_shift.py --jobs 2 --out domain_shift_work
 
-takes about 111 min on 2 CPU cores (2026-12-06: measured in calls as rows were added, 137 min in all with extra
-rows and repeated runs; the runs of the default rows sum to 100.4 min per core pair, and the first 66-run table took
+takes about 113 min on 2 CPU cores (2026-12-06: measured in calls as rows were added, 141 min in all with extra
+rows and repeated runs; the runs of the default rows sum to 101.8 min per core pair, and the first 66-run table took
 1.11x its sum). The estimate is printed up front, from the measured cost of an ``nnUNetTrainer`` run and each
 trainer's train-step ratio; see :data:`COST`.
 """
@@ -168,7 +170,9 @@ def plan_rows(trainers: list[str] | None, config: str) -> tuple[list[Row], dict[
               *(Row(f"{model}+{m}{' continual' if c else ''}", trainer, adapt=m, model_row=model, continual=c)
                 for c in (False, True) for model, trainer in ((SOURCE_ONLY, BASELINE), (DG_TTA_MODEL, DG_TTA_MODEL))
                 for m in adapt_methods()),
-              Row(AGREEMENT_ROW, DG_TTA_MODEL, ensemble=AGREEMENT_MEMBERS)]
+              Row(AGREEMENT_ROW, DG_TTA_MODEL, ensemble=AGREEMENT_MEMBERS),
+              *(Row(f"{AGREEMENT_ROW}+{m}", DG_TTA_MODEL, adapt=m, model_row=AGREEMENT_ROW, ensemble=AGREEMENT_MEMBERS)
+                for m in adapt_methods())]
     if trainers is not None:
         from nnzoo.trainers.augment import AUGMENTATIONS
 
@@ -320,7 +324,7 @@ def adaptation_rows(config: str = "2d") -> list[str]:
     rows, _ = plan_rows(None, config)
     wanted = [r for r in rows if r.predict_only]
     models = {r.model_row for r in wanted if r.adapt} | {m for r in wanted for m, _ in r.ensemble}
-    return [r.key for r in rows if r.key in models - {SOURCE_ONLY, ORACLE}] + [r.key for r in wanted]
+    return [r.key for r in rows if r.key in models - {SOURCE_ONLY, ORACLE} and not r.predict_only] + [r.key for r in wanted]
 
 
 def streams_of(groups: dict[str, str]) -> dict[str, list[str]]:
@@ -355,7 +359,8 @@ def run_one(a: argparse.Namespace, root: Path, src: Path, ids: dict[str, int], r
             r = {"train_s": 0.0, **cohort.predict_evaluate(
                 root, src, did=ids[row.data], trainer=row.trainer, config=a.config, device=a.device, jobs=a.jobs,
                 results=root / "nnUNet_results" / tag, tag=tag,
-                model=["--ensemble", *folders, "--ensemble-weighting", "agreement", "-f", "all"])}
+                model=["--ensemble", *folders, "--ensemble-weighting", "agreement", "-f", "all"],
+                predict_extra=["--adapt", row.adapt] if row.adapt else [])}
         elif row.adapt:  # the model of row.model_row, same seed, predicted with --adapt
             r = {"train_s": 0.0, **cohort.predict_evaluate(
                 root, src, did=ids[row.data], trainer=row.trainer, config=a.config, device=a.device, jobs=a.jobs,

@@ -118,7 +118,8 @@ def _order(summary: dict) -> list[dict]:
 def _name(r: dict) -> str:
     if r.get("ensemble"):
         return ("`predict --ensemble` " + " + ".join(r["ensemble"]) + " `--ensemble-weighting agreement` (weighted per "
-                "case by the two models' agreement)")
+                "case by the two models' agreement)" + (f" + `--adapt {r['adapt']}` (each member adapted)"
+                                                        if r.get("adapt") else ""))
     return {SOURCE_ONLY: f"`{r['trainer']}`, source labels (source only)",
             ORACLE: f"`{r['trainer']}`, all labels (oracle)"}.get(r["key"], f"`{r['trainer']}`"
                                                                      + (f" + `--augment {r['augment']}`"

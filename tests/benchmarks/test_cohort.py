@@ -38,3 +38,21 @@ def test_failure_reason_is_the_error_line():
     assert cohort.failure_reason(log) == "ValueError: DCAC needs two domains"
     assert cohort.failure_reason("a\nerror: --augment gin: unknown\n") == "error: --augment gin: unknown"
     assert cohort.failure_reason("") == "no output"
+
+
+def test_member_records_merge_an_ensembles_adaptation_record():
+    """An ensemble's adaptation.json (one record per member): seconds per case add up, the relative change per case
+    is the members' mean; a single model's record is kept as it is."""
+    from benchmarks import cohort
+
+    single = {"seconds_per_case": {"a": 1.0}, "relative_change_per_case": {"a": 0.1}, "mean_relative_change": 0.1}
+    assert cohort.member_records(single) == [single]
+    ens = {"method": "tent", "members": [
+        {"model": "m1", "seconds_per_case": {"a": 1.0, "b": 2.0}, "relative_change_per_case": {"a": 0.1, "b": 0.3},
+         "mean_relative_change": 0.2},
+        {"model": "m2", "seconds_per_case": {"a": 0.5, "b": 0.5}, "relative_change_per_case": {"a": 0.3, "b": 0.1},
+         "mean_relative_change": 0.4}]}
+    (merged,) = cohort.member_records(ens)
+    assert merged["seconds_per_case"] == {"a": 1.5, "b": 2.5}
+    assert merged["relative_change_per_case"] == pytest.approx({"a": 0.2, "b": 0.2})
+    assert merged["mean_relative_change"] == pytest.approx(0.3)

@@ -76,7 +76,7 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
     assert {n for n, i in info.items() if i.domain_generalisation} <= set(keys) and not skipped
     assert [r.data for r in rows if r.key == "oracle"] == ["all"]
     assert all(r.augment == "gin" for r in rows if r.key.endswith("+gin"))
-    adapt = [r for r in rows if r.adapt]  # each --adapt method on the source-only and the DG model, after training
+    adapt = [r for r in rows if r.adapt and not r.ensemble]  # each --adapt method on source only and the DG model
     for continual in (False, True):  # episodic, and continual per domain (the papers' protocol)
         mine = [r for r in adapt if r.continual == continual]
         assert sorted(r.adapt for r in mine if r.model_row == "source only") == sorted(ds.adapt_methods()) == \
@@ -86,15 +86,19 @@ def test_domain_shift_rows_come_from_the_registry(monkeypatch):
     assert all((r.model_row, r.trainer) in {("source only", "nnUNetTrainer"), (ds.DG_TTA_MODEL, ds.DG_TTA_MODEL)}
                and r.data == "source" and r.model_row in keys for r in adapt) and len(adapt) == 12
     assert ds.streams_of({"b": "t2", "a": "t1", "c": "t2"}) == {"t1": ["a"], "t2": ["b", "c"]}
-    ens = [r for r in rows if r.ensemble]  # the agreement-weighted ensemble of source only and the DG model
-    assert [(r.key, r.ensemble) for r in ens] == [(ds.AGREEMENT_ROW, (("source only", "nnUNetTrainer"),
-                                                                     (ds.DG_TTA_MODEL, ds.DG_TTA_MODEL)))]
+    ens = [r for r in rows if r.ensemble]  # the agreement-weighted ensemble of source only and the DG model, alone
+    members = (("source only", "nnUNetTrainer"), (ds.DG_TTA_MODEL, ds.DG_TTA_MODEL))  # and with each --adapt method
+    assert [(r.key, r.ensemble, r.adapt, r.continual) for r in ens] == [(ds.AGREEMENT_ROW, members, None, False)] + [
+        (f"{ds.AGREEMENT_ROW}+{m}", members, m, False) for m in ["tent", "vptta", "grata"]]
+    assert all(r.model_row == ds.AGREEMENT_ROW for r in ens[1:])
     predict_only = adapt + ens  # after every trained row
     assert [r for r, _ in ds.plan_runs(rows, [0, 1])[-2 * len(predict_only):]] == predict_only + predict_only
     only = [r.key for r in ds.plan_rows(["source only+tent", f"{ds.DG_TTA_MODEL}+tent", ds.AGREEMENT_ROW], "2d")[0]]
     assert only == ["source only", "oracle", "source only+tent"]  # no TTA or ensemble row without its models' rows
     only = [r.key for r in ds.plan_rows([ds.DG_TTA_MODEL, ds.AGREEMENT_ROW], "2d")[0]]
     assert only == ["source only", "oracle", ds.DG_TTA_MODEL, ds.AGREEMENT_ROW]
+    only = [r.key for r in ds.plan_rows([ds.DG_TTA_MODEL, f"{ds.AGREEMENT_ROW}+tent"], "2d")[0]]
+    assert only == ["source only", "oracle", ds.DG_TTA_MODEL]  # not without the ensemble's own row
     # the GPU check's selection: every TTA and ensemble row and the models they predict with, no other trained row
     gpu = ds.plan_rows(ds.adaptation_rows("2d"), "2d")[0]
     assert [r.key for r in gpu] == ["source only", "oracle", ds.DG_TTA_MODEL, *(r.key for r in predict_only)]
@@ -224,7 +228,7 @@ def test_domain_shift_smoke_runs_every_row(tmp_path):
     weights = json.loads((out / "predictions" / ds._tag(ds.AGREEMENT_ROW, 0) / "ensemble_weights.json").read_text())
     assert sorted(weights["cases"]) == test_cases and weights["weighting"] == "agreement"
     assert all(0 <= c["agreement"] <= 1 for c in weights["cases"].values())
-    assert "`--ensemble-weighting agreement`" in md
+    assert "`--ensemble-weighting agreement`" in md and "+ `--adapt tent` (each member adapted)" in md
     # the adaptation sweep on the validation (training) cases of the finished folder, one setting
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "adapt_sweep.py"), "--out", str(out), "--models",
                         "source only", "--setting", "tent:STEPS=2"], capture_output=True, text=True, cwd=tmp_path,
