@@ -35,6 +35,9 @@ if [ ! -f "$SITE/.unpacked" ]; then
 fi
 for p in pipeline plans trainers; do ln -sfn "$REPO/$p" "$SITE/nnzoo/$p"; done  # the installed layout, no build
 export PYTHONPATH="$SITE:$REPO" PYTHONUNBUFFERED=1
+# nnU-Net compiles the network on CUDA by default: about a minute per training run that the budget cannot spare
+# (the check measures prediction and adaptation, which nnU-Net does not compile); nnUNet_compile=t to keep it
+export nnUNet_compile=${nnUNet_compile:-f}
 PY=${PY:-python3}
 "$PY" - <<'EOF' | tee "$OUT/env.txt"
 import platform, torch, nnunetv2, nnzoo.pipeline  # noqa: F401
